@@ -1,0 +1,237 @@
+"""Run configuration: dataclasses whose fields are documented and validated (litgpt's `args.py`).
+
+A run config is YAML with three sections, `model`, `data` and `train`, plus `out`. Unknown keys are errors, named
+with their dotted path. Precedence: defaults < `--config FILE` < CLI flags < `--set key=value`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, did_you_mean
+from .model import MODALITIES, EncoderSpec, ModelConfig
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def default_encoders() -> dict[str, EncoderSpec]:
+    return {"text": EncoderSpec("tiny-text"), "image": EncoderSpec("tiny-image")}
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None
+    """Shard directory with a dataset.json; None uses the embedded demo dataset (generated once, then cached)."""
+    batch_size: int = 64
+    """Training samples per optimizer micro-step."""
+    eval_batch_size: int = 128
+    """Samples per evaluation batch."""
+    num_workers: int = 0
+    """Loader worker processes (capped at the number of shards); 0-1 suits a 2-core CPU."""
+    shuffle_buffer: int = 1000
+    """Size of the sample shuffle buffer (after shards are shuffled)."""
+    strict: bool = False
+    """Stop at the first sample that fails to decode instead of skipping and counting it."""
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "eval_batch_size")
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    """Passes over the training split."""
+    lr: float = 2e-3
+    """Peak learning rate of the fusion, projections and head."""
+    encoder_lr: float | None = None
+    """Peak learning rate of the encoders (None: same as `lr`); lower it for pretrained towers."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (not applied to biases, norms and embeddings)."""
+    warmup: float = 0.05
+    """Fraction of the optimizer steps spent in linear warm-up before cosine decay to zero."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    precision: str = "auto"
+    """auto | fp32 | bf16 | fp16. auto: bf16 (fp16 without bf16 support) on CUDA; bf16 on CPUs with avx512_bf16
+    or AMX, else fp32 (bf16 without them is 2-3x slower)."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    seed: int = 0
+    """Seed of model init, shuffling and dropout."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (for smoke tests); None trains all epochs."""
+    log_every: int = 20
+    """Write a train record to metrics.jsonl every this many steps."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "lr", "grad_accum", "log_every")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"train.warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(["text", "image"], default_encoders()))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str | None = None
+    """Run directory; None: runs/<date>-<time>-<modalities>."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    section = type(obj).__name__.replace("Config", "").lower()
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {getattr(obj, name)}")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint, converting YAML strings like '3e-4' where unambiguous."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if hint is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        _, value_hint = typing.get_args(hint) or (str, Any)
+        return {k: _coerce(v, value_hint, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item_hint,) = typing.get_args(hint) or (Any,)
+        return [_coerce(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        try:
+            number = float(value) if hint is float else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be {'a number' if hint is float else 'an integer'}, got {value!r}")
+        if hint is int and isinstance(value, float) and value != int(value):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return number
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise `ConfigError` naming the key."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'{did_you_mean(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{where or 'config'}: {err}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping with model/data/train sections")
+    return data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; `update` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def set_dotted(data: dict[str, Any], assignment: str) -> None:
+    """Apply 'train.lr=3e-4' to a nested dict (the value is parsed as YAML)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects KEY=VALUE, got '{assignment}'")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def resolve(*layers: dict[str, Any]) -> RunConfig:
+    """Merge config layers over the defaults and validate them into a `RunConfig`."""
+    data = RunConfig().to_dict()
+    for layer in layers:
+        data = merge(data, layer)
+    model = data.get("model", {})
+    if isinstance(model, dict) and isinstance(model.get("modalities"), (str, list)):
+        modalities = model["modalities"]
+        if isinstance(modalities, str):
+            modalities = [m.strip() for m in modalities.split(",") if m.strip()]
+        for m in modalities:
+            if m not in MODALITIES:
+                raise ConfigError(f"unknown modality '{m}'{did_you_mean(m, MODALITIES)}; choose from "
+                                  f"{', '.join(MODALITIES)}")
+    return from_dict(RunConfig, data)
+
+
+def dump_yaml(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,56 @@
+"""The batch: a plain `dict` that every stage after the loader reads. This is its one documented layout.
+
+    key             list[str]          sample keys, in batch order
+    label           (B,) int64         class index into the dataset's label vocabulary
+    text_ids        (B, T) int64       token ids, padded to the longest text in the batch
+    text_mask       (B, T) bool        True for real tokens
+    image           (B, 3, S, S) float resized and normalised by the image encoder's preprocessor
+    present_<m>     (B,) bool          False where the sample has no input of modality m (placeholder values)
+    skipped         dict[str, int]     samples dropped since the previous batch, counted per reason
+
+Modalities a model does not use are not decoded and have no entries.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..encoders.base import Preprocessor
+
+
+class Collator:
+    """Join decoded samples into a batch; each modality is collated by its encoder's preprocessor."""
+
+    def __init__(self, preprocessors: Mapping[str, Preprocessor]) -> None:
+        self.preprocessors = dict(preprocessors)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        skipped: Counter[str] = Counter()
+        real = []
+        for sample in samples:
+            skipped.update(sample.get("_skipped", {}))
+            if not sample.get("_empty"):
+                real.append(sample)
+        batch: dict[str, Any] = {"key": [s["key"] for s in real], "skipped": dict(skipped)}
+        if not real:
+            return batch
+        if "label" in real[0]:
+            batch["label"] = torch.tensor([s["label"] for s in real], dtype=torch.long)
+        for m, pre in self.preprocessors.items():
+            values = [s.get(m) for s in real]
+            batch.update(pre.collate(values))
+            batch[f"present_{m}"] = torch.tensor([v is not None for v in values], dtype=torch.bool)
+        return batch
+
+
+def batch_size(batch: Mapping[str, Any]) -> int:
+    return len(batch["key"])
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of `batch` to `device` (non-blocking from pinned memory)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,198 @@
+"""The embedded demo dataset: a seeded catalogue of text + image + audio items whose label needs fusion.
+
+Each item is a product of one of 3 *shapes* (only the image shows it) made of one of 2 *materials* (only the
+text states it). The label is the pair, so there are 6 classes:
+
+    text alone  -> knows the material, guesses the shape   -> ceiling 1/3
+    image alone -> knows the shape, guesses the material    -> ceiling 1/2
+    text+image  -> knows both                               -> ceiling 1.0
+
+The audio clip is a "tap" whose pitch is a noisy copy of the material (flipped for 15% of items, absent for 10%),
+so audio is redundant with text: a model that loses the text can fall back on it. Colours, sizes, positions,
+adjectives and templates are random distractors shared by all classes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .writer import write_split
+
+SHAPES = ("circle", "square", "triangle")
+MATERIALS = {
+    "wood": ("wooden", "oak", "pine", "timber", "bamboo", "walnut", "birch"),
+    "metal": ("metal", "steel", "iron", "aluminium", "copper", "brass", "chrome"),
+}
+LABELS = tuple(f"{shape}-{material}" for shape in SHAPES for material in MATERIALS)
+COLOURS = {
+    "red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 200), "yellow": (220, 200, 40),
+    "purple": (140, 50, 170), "orange": (230, 130, 30), "teal": (30, 150, 150), "grey": (128, 128, 128),
+}
+ADJECTIVES = ("small", "large", "elegant", "simple", "sturdy", "classic", "modern", "handmade", "polished",
+              "rustic", "compact", "durable", "vintage", "bright", "light", "heavy")
+NOUNS = ("item", "piece", "object", "ornament", "decoration", "toy", "block", "token", "figure")
+TEMPLATES = (
+    "a {adj} {colour} {noun} made of {mat}",
+    "this {noun} is {mat} and {adj}",
+    "{mat} {noun} with a {colour} finish",
+    "{adj} {noun} crafted from {mat}, painted {colour}",
+    "the {colour} {noun} is {adj}; material: {mat}",
+    "{colour} and {adj}, this {mat} {noun} suits any room",
+)
+AUDIO_RATE = 16_000
+AUDIO_SECONDS = 0.5
+AUDIO_PITCH = {"wood": (180.0, 320.0), "metal": (900.0, 1500.0)}  # Hz ranges
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Sizes and noise of the demo dataset; the cache key is derived from it."""
+
+    train: int = 3000
+    val: int = 500
+    test: int = 500
+    image_size: int = 64
+    shard_size: int = 500
+    audio_flip: float = 0.15
+    audio_missing: float = 0.10
+    seed: int = 0
+    version: int = 2
+
+    def cache_name(self) -> str:
+        return f"demo-v{self.version}-s{self.seed}-{self.train}-{self.val}-{self.test}-{self.image_size}px"
+
+
+def cache_dir() -> Path:
+    """`$MMFUSE_CACHE`, else `$XDG_CACHE_HOME/mmfuse`, else `~/.cache/mmfuse`."""
+    if "MMFUSE_CACHE" in os.environ:
+        return Path(os.environ["MMFUSE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmfuse"
+
+
+def _draw_image(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
+    """A noisy background with one filled shape of random colour, size and position. Returns (H, W, 3) uint8."""
+    background = rng.integers(170, 256, size=3)  # a light tint; shapes are saturated and darker
+    img = np.clip(background + rng.normal(0, 8, size=(size, size, 3)), 0, 255)
+    names = list(COLOURS)
+    colour = np.array(COLOURS[names[rng.integers(len(names))]], dtype=np.float64) * 0.8
+    radius = rng.uniform(0.22, 0.36) * size
+    cy, cx = rng.uniform(radius + 1, size - radius - 1, size=2)
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    dy, dx = yy - cy, xx - cx
+    if shape == "circle":
+        inside = dy**2 + dx**2 <= radius**2
+    elif shape == "square":
+        inside = (np.abs(dx) <= radius * 0.85) & (np.abs(dy) <= radius * 0.85)
+    else:  # an upright triangle
+        inside = (dy <= radius * 0.7) & (2 * np.abs(dx) <= (dy + radius) * 1.1)
+    img[inside] = colour + rng.normal(0, 6, size=(int(inside.sum()), 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _write_text(rng: np.random.Generator, material: str) -> str:
+    template = TEMPLATES[rng.integers(len(TEMPLATES))]
+    synonyms = MATERIALS[material]
+    return template.format(
+        adj=ADJECTIVES[rng.integers(len(ADJECTIVES))],
+        colour=list(COLOURS)[rng.integers(len(COLOURS))],
+        noun=NOUNS[rng.integers(len(NOUNS))],
+        mat=synonyms[rng.integers(len(synonyms))],
+    )
+
+
+def _tap_audio(rng: np.random.Generator, material: str) -> np.ndarray:
+    """A decaying tone (the pitch range tells the material) in noise. Returns (samples,) float32 in [-1, 1]."""
+    low, high = AUDIO_PITCH[material]
+    t = np.arange(int(AUDIO_RATE * AUDIO_SECONDS)) / AUDIO_RATE
+    onset = rng.uniform(0.0, 0.15)
+    envelope = np.where(t >= onset, np.exp(-(t - onset) * rng.uniform(6, 14)), 0.0)
+    tone = np.sin(2 * np.pi * rng.uniform(low, high) * t + rng.uniform(0, 2 * np.pi)) * envelope
+    return (0.6 * tone + rng.normal(0, 0.02, size=t.shape)).clip(-1, 1).astype(np.float32)
+
+
+def _encode_jpeg(img: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _encode_flac(wave: np.ndarray) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, AUDIO_RATE, format="FLAC")
+    return buf.getvalue()
+
+
+def make_samples(spec: DemoSpec, split: str, count: int, offset: int):
+    """Yield `count` webdataset samples of `split` (dicts of member extension -> bytes/str)."""
+    rng = np.random.default_rng([spec.seed, offset])
+    materials = list(MATERIALS)
+    for i in range(count):
+        shape = SHAPES[rng.integers(len(SHAPES))]
+        material = materials[rng.integers(len(materials))]
+        sample = {
+            "__key__": f"{split}-{offset + i:06d}",
+            "txt": _write_text(rng, material),
+            "jpg": _encode_jpeg(_draw_image(rng, shape, spec.image_size)),
+            "cls": str(LABELS.index(f"{shape}-{material}")),
+        }
+        heard = material
+        if rng.random() < spec.audio_flip:
+            heard = materials[1 - materials.index(material)]
+        wave = _tap_audio(rng, heard)
+        if rng.random() >= spec.audio_missing:
+            sample["flac"] = _encode_flac(wave)
+        sample["json"] = json.dumps({"shape": shape, "material": material, "audio_material": heard}).encode()
+        yield sample
+
+
+def build_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
+    """Write the demo shards and `dataset.json` into `out` (atomically: a temporary dir renamed at the end)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
+    try:
+        splits, offset = {}, 0
+        for split, count in (("train", spec.train), ("val", spec.val), ("test", spec.test)):
+            splits[split] = write_split(tmp, split, make_samples(spec, split, count, offset), spec.shard_size)
+            offset += count
+        meta = {
+            "format": "mmfuse-shards/1",
+            "name": "mmfuse-demo",
+            "modalities": {"text": ["txt"], "image": ["jpg"], "audio": ["flac"]},
+            "label_field": "cls",
+            "labels": list(LABELS),
+            "splits": splits,
+            "generator": {"module": __name__, "spec": asdict(spec)},
+        }
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def demo_dataset(spec: DemoSpec = DemoSpec(), root: str | Path | None = None) -> Path:
+    """Path of the cached demo dataset, generating it on first use (a few seconds)."""
+    path = Path(root or cache_dir()) / spec.cache_name()
+    if not (path / "dataset.json").exists():
+        try:
+            build_demo(path, spec)
+        except OSError as err:
+            raise DataError(f"cannot write the demo dataset to {path}: {err} (set MMFUSE_CACHE to a writable dir)")
+    return path

@@ -1,0 +1,67 @@
+"""`dataset.json`: what a shard directory holds (splits, shards, modalities, labels). The loader reads it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+FORMAT = "mmfuse-shards/1"
+
+
+@dataclass
+class DatasetInfo:
+    """A parsed `dataset.json`. `modalities` maps a modality to the member extensions that may hold it."""
+
+    root: Path
+    modalities: dict[str, list[str]]
+    labels: list[str]
+    label_field: str
+    splits: dict[str, dict[str, Any]]
+
+    @classmethod
+    def load(cls, path: str | Path) -> DatasetInfo:
+        """Read `path/dataset.json` (or `path` itself if it is the json file) and check it."""
+        path = Path(path)
+        file = path if path.suffix == ".json" else path / "dataset.json"
+        if not path.exists():
+            raise DataError(f"data path {path} does not exist")
+        if not file.exists():
+            raise DataError(f"{file} not found: a shard directory needs a dataset.json (write one with "
+                            f"`mmfuse data demo` or from a manifest)")
+        try:
+            meta = json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{file} is not valid JSON: {err}") from None
+        missing = [k for k in ("modalities", "labels", "splits") if k not in meta]
+        if missing:
+            raise DataError(f"{file} lacks the field(s): {', '.join(missing)}")
+        if meta.get("format", FORMAT) != FORMAT:
+            raise DataError(f"{file} has format '{meta['format']}', this mmfuse reads '{FORMAT}'")
+        info = cls(root=file.parent, modalities=meta["modalities"], labels=list(meta["labels"]),
+                   label_field=meta.get("label_field", "cls"), splits=meta["splits"])
+        for split in info.splits:
+            for shard in info.splits[split]["shards"]:
+                if not (info.root / shard["path"]).exists():
+                    raise DataError(f"{file}: shard {shard['path']} of split '{split}' is missing")
+        return info
+
+    def require_split(self, split: str) -> dict[str, Any]:
+        if split not in self.splits:
+            raise DataError(f"{self.root}/dataset.json has no split '{split}' (has: {', '.join(self.splits)})")
+        return self.splits[split]
+
+    def shard_urls(self, split: str) -> list[str]:
+        return [str(self.root / s["path"]) for s in self.require_split(split)["shards"]]
+
+    def count(self, split: str) -> int:
+        return int(self.require_split(split)["count"])
+
+    def require_modalities(self, modalities: list[str]) -> None:
+        missing = [m for m in modalities if m not in self.modalities]
+        if missing:
+            raise DataError(f"{self.root}/dataset.json has no modality {', '.join(missing)} "
+                            f"(has: {', '.join(self.modalities)})")

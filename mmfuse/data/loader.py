@@ -1,0 +1,132 @@
+"""The sharded loader: a `webdataset` pipeline of small stages (shards -> samples -> decoded -> batches).
+
+Nothing is ever unpickled: samples are read as raw bytes and only the members a modality maps to are decoded,
+by the encoders' own preprocessors. A sample that fails to decode is skipped and counted per reason; the
+counts travel inside the batches (`batch["skipped"]`) so they survive loader worker processes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+import webdataset as wds
+
+from ..encoders.base import Preprocessor
+from ..errors import DataError
+from .batch import Collator
+from .info import DatasetInfo
+
+
+class _FieldError(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def _member(raw: dict[str, Any], extensions: list[str]) -> Any:
+    for ext in extensions:
+        if ext in raw:
+            return raw[ext]
+    return None
+
+
+def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping[str, Preprocessor]) -> dict:
+    """Raw tar members of one sample -> {'key', 'label', <modality>: transformed value or None}."""
+    sample: dict[str, Any] = {"key": raw["__key__"]}
+    label = raw.get(info.label_field)
+    if label is None:
+        raise _FieldError("label", f"no '.{info.label_field}' member")
+    try:
+        sample["label"] = int(label)
+    except ValueError:
+        raise _FieldError("label", f"not an integer: {label[:20]!r}") from None
+    if not 0 <= sample["label"] < len(info.labels):
+        raise _FieldError("label", f"index {sample['label']} outside the {len(info.labels)} labels")
+    for m, pre in preprocessors.items():
+        value = _member(raw, info.modalities[m])
+        try:
+            sample[m] = pre.transform(value)
+        except Exception as err:  # noqa: BLE001 - any decoder failure is a data problem of this field
+            raise _FieldError(m, f"cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:80]})") from None
+    return sample
+
+
+def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], strict: bool = False):
+    """A pipeline stage: raw samples -> decoded samples; failures counted (or raised when `strict`)."""
+
+    def stage(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        pending: Counter[str] = Counter()
+        for raw in source:
+            try:
+                sample = decode_sample(raw, info, preprocessors)
+            except _FieldError as err:
+                if strict:
+                    raise DataError(f"{raw.get('__url__')}: sample '{raw.get('__key__')}': {err}") from None
+                pending[f"{err.field}: {err.reason.split(' (')[0]}"] += 1
+                continue
+            if pending:
+                sample["_skipped"], pending = dict(pending), Counter()
+            yield sample
+        if pending:  # failures after the last good sample still reach the counts
+            yield {"_skipped": dict(pending), "_empty": True}
+
+    return stage
+
+
+class _ShardErrorHandler:
+    """webdataset handler for unreadable tar files: raise when strict, else warn and continue."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+
+    def __call__(self, exn: Exception) -> bool:
+        if self.strict:
+            raise DataError(f"unreadable shard: {exn}") from None
+        import warnings
+
+        warnings.warn(f"mmfuse: skipping unreadable shard data: {exn}", stacklevel=2)
+        return True
+
+
+def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Preprocessor], batch_size: int, *,
+                   shuffle: bool = False, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000,
+                   strict: bool = False, drop_last: bool = False) -> wds.DataPipeline:
+    """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order."""
+    urls = info.shard_urls(split)
+    info.require_modalities(list(preprocessors))
+    stages: list[Any] = [wds.SimpleShardList(urls)]
+    if shuffle:
+        stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
+    stages += [wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples(handler=_ShardErrorHandler(strict))]
+    if shuffle:
+        stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
+    stages += [decode_stage(info, preprocessors, strict),
+               wds.batched(batch_size, collation_fn=Collator(preprocessors), partial=not drop_last)]
+    return wds.DataPipeline(*stages)
+
+
+def make_loader(info: DatasetInfo, split: str, preprocessors: Mapping[str, Preprocessor], batch_size: int, *,
+                num_workers: int = 0, pin_memory: bool = False, **pipeline_kwargs: Any) -> torch.utils.data.DataLoader:
+    """A `DataLoader` over `build_pipeline(...)`; workers are capped at the number of shards."""
+    pipeline = build_pipeline(info, split, preprocessors, batch_size, **pipeline_kwargs)
+    workers = min(num_workers, len(info.shard_urls(split)))
+    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                       persistent_workers=False)
+
+
+def read_records(info: DatasetInfo, split: str) -> Iterator[dict[str, Any]]:
+    """The raw records of `split` in shard order, as plain Python values for `Predictor.predict`:
+    {'key', 'label' (name), <modality>: str for text, bytes for media, or absent}."""
+    source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), wds.tarfile_to_samples())
+    for raw in source:
+        record: dict[str, Any] = {"key": raw["__key__"]}
+        if info.label_field in raw:
+            record["label"] = info.labels[int(raw[info.label_field])]
+        for m, extensions in info.modalities.items():
+            value = _member(raw, extensions)
+            if value is not None:
+                record[m] = value.decode("utf-8") if m == "text" else value
+        yield record

@@ -1,0 +1,8 @@
+"""Encoders: one file per backend family, each registered by name. See `base.py` for the protocol."""
+
+from . import hf_text, timm_image  # noqa: F401  (register the built-in encoders)
+from .base import Encoder, EncoderOutput, Preprocessor, masked_mean
+from .registry import create_encoder, list_encoders, register_encoder
+
+__all__ = ["Encoder", "EncoderOutput", "Preprocessor", "create_encoder", "list_encoders", "masked_mean",
+           "register_encoder"]

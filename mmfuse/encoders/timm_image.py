@@ -1,0 +1,144 @@
+"""Image encoders from `timm` (ViT by default, any timm model name), plus the `tiny-image` random-init preset.
+
+Batch entry: `image` (B, 3, S, S) float, resized and normalised by the encoder's own preprocessor.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .base import Encoder, EncoderOutput, Preprocessor
+from .registry import register_encoder
+
+
+def decode_image(value: Any) -> torch.Tensor:
+    """Bytes, a file path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) uint8 tensor -> (3, H, W) uint8."""
+    from torchvision.io import ImageReadMode, decode_image as tv_decode, read_file
+
+    if isinstance(value, (str, Path)):
+        return tv_decode(read_file(str(value)), mode=ImageReadMode.RGB)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = torch.frombuffer(bytearray(value), dtype=torch.uint8)
+        return tv_decode(data, mode=ImageReadMode.RGB)
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.uint8 or value.ndim != 3 or value.shape[0] != 3:
+            raise TypeError(f"an image tensor must be (3, H, W) uint8, got {tuple(value.shape)} {value.dtype}")
+        return value
+    if hasattr(value, "convert") and hasattr(value, "size"):  # PIL image
+        value = np.asarray(value.convert("RGB"))
+    if isinstance(value, np.ndarray):
+        if value.ndim == 2:
+            value = np.repeat(value[..., None], 3, axis=-1)
+        if value.ndim != 3 or value.shape[-1] != 3:
+            raise TypeError(f"an image array must be (H, W, 3), got {value.shape}")
+        return torch.from_numpy(np.ascontiguousarray(value, dtype=np.uint8)).permute(2, 0, 1)
+    raise TypeError(f"cannot read an image from {type(value).__name__}")
+
+
+class ImagePreprocessor(Preprocessor):
+    """Decodes, resizes (bilinear, antialiased) to `size`x`size` and normalises with `mean` / `std`."""
+
+    modality = "image"
+
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.size = size
+        self.mean = torch.tensor(mean).view(3, 1, 1) * 255.0
+        self.std = torch.tensor(std).view(3, 1, 1) * 255.0
+
+    def transform(self, value: Any) -> torch.Tensor | None:
+        if value is None:
+            return None
+        image = decode_image(value).float()  # (3, H, W)
+        if image.shape[-2:] != (self.size, self.size):
+            image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", antialias=True,
+                                  align_corners=False)[0]
+        return (image - self.mean) / self.std
+
+    def collate(self, values: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        blank = torch.zeros(3, self.size, self.size)
+        return {"image": torch.stack([v if v is not None else blank for v in values])}
+
+
+class TimmImageEncoder(Encoder):
+    """Wraps a `timm` model without its classifier.
+
+    Inputs: batch["image"] (B, 3, S, S).
+    Returns: tokens (B, T, D) (ViT tokens incl. prefix, or a CNN's flattened feature map), mask (B, T) all True,
+    pooled (B, D) from the model's own head pooling (`forward_head(pre_logits=True)`).
+    """
+
+    modality = "image"
+
+    def __init__(self, backbone: torch.nn.Module, image_size: int) -> None:
+        super().__init__()
+        import timm.data
+
+        self.backbone = backbone
+        self.width = backbone.num_features
+        cfg = timm.data.resolve_data_config({}, model=backbone)
+        self.preprocessor = ImagePreprocessor(image_size, tuple(cfg["mean"]), tuple(cfg["std"]))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        features = self.backbone.forward_features(batch["image"])
+        pooled = self.backbone.forward_head(features, pre_logits=True)  # (B, D)
+        tokens = features if features.ndim == 3 else features.flatten(2).transpose(1, 2)  # (B, T, D)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
+
+    def lock(self, unlocked_layers: int = 0) -> None:
+        super().lock()
+        blocks = getattr(self.backbone, "blocks", None)
+        if unlocked_layers and blocks is not None:
+            for block in list(blocks)[-unlocked_layers:]:
+                block.requires_grad_(True)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+
+def _create_timm(model: str, pretrained: bool, image_size: int | None, **kwargs: Any) -> torch.nn.Module:
+    import timm
+
+    if model not in timm.list_models() and model.split(".")[0] not in timm.list_models():
+        raise ConfigError(f"unknown timm model '{model}' (see timm.list_models())")
+    if pretrained and Path(model).exists():
+        raise ConfigError(f"'{model}' is a path; pass a timm model name and `checkpoint={model}` instead")
+    try:
+        try:
+            return timm.create_model(model, pretrained=pretrained, num_classes=0, img_size=image_size, **kwargs)
+        except TypeError:  # CNNs take any input size and have no img_size argument
+            return timm.create_model(model, pretrained=pretrained, num_classes=0, **kwargs)
+    except (OSError, RuntimeError) as err:
+        raise ConfigError(f"cannot load timm weights for '{model}' (no network? use pretrained=False or "
+                          f"checkpoint=PATH): {str(err).splitlines()[0]}") from None
+
+
+@register_encoder("timm-image")
+def timm_image(model: str = "vit_base_patch16_224", pretrained: bool = True, image_size: int = 224,
+               checkpoint: str | None = None, **kwargs: Any) -> TimmImageEncoder:
+    """Any timm model by name; `checkpoint` loads local weights (safetensors or a torch state dict)."""
+    extra = dict(kwargs)
+    if checkpoint is not None:
+        extra["pretrained_cfg_overlay"] = {"file": checkpoint}
+    backbone = _create_timm(model, pretrained or checkpoint is not None, image_size, **extra)
+    return TimmImageEncoder(backbone, image_size)
+
+
+@register_encoder("tiny-image")
+def tiny_image(pretrained: bool = False, image_size: int = 64, patch_size: int = 8, width: int = 64,
+               layers: int = 2, heads: int = 2) -> TimmImageEncoder:
+    """A random-init timm ViT (`width`, `layers`, patch `patch_size`) for tests and the demo; never downloads.
+
+    Mean-pooled patch tokens (no class token): from scratch it learns local cues such as edges and corners in a
+    few epochs, where [CLS] pooling first has to learn to route them.
+    """
+    backbone = _create_timm("vit_tiny_patch16_224", False, image_size, patch_size=patch_size, embed_dim=width,
+                            depth=layers, num_heads=heads, mlp_ratio=2.0, global_pool="avg", class_token=False)
+    return TimmImageEncoder(backbone, image_size)

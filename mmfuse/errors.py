@@ -1,0 +1,31 @@
+"""One exception type per kind of user mistake; the CLI prints them in one line and exits non-zero."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MmfuseError(Exception):
+    """Base class of every error mmfuse raises for a user mistake (never for a bug)."""
+
+
+class ConfigError(MmfuseError, ValueError):
+    """A run or model configuration is invalid: unknown key, bad value, unknown name."""
+
+
+class DataError(MmfuseError, ValueError):
+    """Input data is missing or malformed; the message names the file, sample key and field."""
+
+
+class RegistryError(ConfigError, KeyError):
+    """An encoder or fusion name is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest choice, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,134 @@
+"""`FusionModel`: per-modality encoders -> projection to a shared width -> fusion -> task head.
+
+TorchMultimodal's `LateFusion` composition: the class receives built modules; `build_model` takes a plain
+`ModelConfig` and builds them through the encoder and fusion registries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .encoders import Encoder, create_encoder
+from .encoders.registry import split_encoder_name
+from .errors import ConfigError
+from .fusion import Fusion, ModalityFeatures, create_fusion
+
+MODALITIES = ("text", "image", "audio")
+
+
+@dataclass
+class EncoderSpec:
+    """Which encoder a modality uses: a registered `name` (optionally `name:backbone`) and its keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = True
+    """Load pretrained weights (ignored by the random-init `tiny-*` presets)."""
+
+    def build(self) -> Encoder:
+        name, implied = split_encoder_name(self.name)
+        return create_encoder(name, pretrained=self.pretrained, **{**implied, **self.kwargs})
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; saved as `config.json` beside its weights."""
+
+    modalities: list[str]
+    """Modalities the model reads, any of text, image, audio."""
+    encoders: dict[str, EncoderSpec]
+    """Encoder per modality (entries for unused modalities are ignored)."""
+    labels: list[str] = field(default_factory=list)
+    """Class names; filled from the dataset's label vocabulary at training time."""
+    fusion: str = "concat-mlp"
+    """A registered fusion (`mmfuse list`)."""
+    dim: int = 128
+    """Shared width every modality is projected to; the fused embedding's size."""
+    fusion_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the fusion."""
+    dropout: float = 0.1
+    """Dropout before the classifier."""
+
+    def __post_init__(self) -> None:
+        self.encoders = {m: s if isinstance(s, EncoderSpec) else EncoderSpec(**s) for m, s in self.encoders.items()}
+        for m in self.modalities:
+            if m not in MODALITIES:
+                raise ConfigError(f"unknown modality '{m}'; choose from {', '.join(MODALITIES)}")
+            if m not in self.encoders:
+                raise ConfigError(f"modality '{m}' has no encoder: set model.encoders.{m}")
+        if not self.modalities:
+            raise ConfigError("at least one modality is needed")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"modalities repeat: {', '.join(self.modalities)}")
+        if self.dim <= 0:
+            raise ConfigError(f"model.dim must be > 0, got {self.dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ClassificationHead(nn.Module):
+    """Dropout + linear. Inputs: (B, D). Returns: logits (B, C)."""
+
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(x))
+
+
+class FusionModel(nn.Module):
+    """Encoders + per-modality projections + fusion + head.
+
+    `forward(batch)` -> logits (B, C); `embed(batch)` -> fused embedding (B, D); `encode(batch)` -> per-modality
+    `ModalityFeatures` at width D. The batch layout is documented in `mmfuse.data.batch`.
+    """
+
+    def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: nn.Module) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.projections = nn.ModuleDict({m: nn.Linear(e.width, fusion.dim) for m, e in encoders.items()})
+        self.fusion = fusion
+        self.head = head
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.encoders)
+
+    def encode(self, batch: dict[str, Any]) -> dict[str, ModalityFeatures]:
+        features = {}
+        for m in self.modalities:
+            out = self.encoders[m](batch)
+            project = self.projections[m]
+            present = batch.get(f"present_{m}")
+            if present is None:
+                present = torch.ones(out.pooled.shape[0], dtype=torch.bool, device=out.pooled.device)
+            tokens = project(out.tokens) if self.fusion.uses_tokens else out.tokens
+            features[m] = ModalityFeatures(tokens=tokens, mask=out.mask, pooled=project(out.pooled), present=present)
+        return features
+
+    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.fusion(self.encode(batch))  # (B, D)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.head(self.embed(batch))  # (B, C)
+
+    def preprocessors(self) -> dict[str, Any]:
+        """The encoders' preprocessors keyed by modality (what the loader and `Predictor` apply)."""
+        return {m: self.encoders[m].preprocessor for m in self.modalities}
+
+
+def build_model(config: ModelConfig) -> FusionModel:
+    """Build encoders, fusion and head from a `ModelConfig`."""
+    if len(config.labels) < 2:
+        raise ConfigError(f"a classifier needs at least 2 labels, got {len(config.labels)}")
+    encoders = {m: config.encoders[m].build() for m in config.modalities}
+    fusion = create_fusion(config.fusion, modalities=list(config.modalities), dim=config.dim,
+                           **config.fusion_kwargs)
+    return FusionModel(encoders, fusion, ClassificationHead(config.dim, len(config.labels), config.dropout))

@@ -1,0 +1,55 @@
+"""Device and mixed-precision choice by hardware."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from functools import lru_cache
+
+import torch
+
+from ..errors import ConfigError
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; an unavailable CUDA device is a `ConfigError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available on this machine")
+    return device
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has avx512_bf16 or AMX, the only CPUs where bf16 matmul beats fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(device: torch.device, requested: str = "auto") -> str:
+    """Resolve 'auto' to fp32 / bf16 / fp16 for `device`."""
+    if requested != "auto":
+        if requested == "fp16" and device.type == "cpu":
+            raise ConfigError("fp16 autocast is not supported on the CPU; use bf16 or fp32")
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    dtype = DTYPES[precision]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
