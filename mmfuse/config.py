@@ -22,7 +22,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def default_encoders() -> dict[str, EncoderSpec]:
-    return {"text": EncoderSpec("tiny-text"), "image": EncoderSpec("tiny-image")}
+    """The demo's tiny random-init towers (what `configs/demo.yaml` spells out)."""
+    return {
+        "text": EncoderSpec("tiny-text", {"width": 64, "layers": 2, "heads": 2}),
+        "image": EncoderSpec("tiny-image", {"width": 64, "layers": 2, "heads": 2, "image_size": 64, "patch_size": 8}),
+    }
 
 
 @dataclass
@@ -150,7 +154,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         try:
             number = float(value) if hint is float else int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be {'a number' if hint is float else 'an integer'}, got {value!r}")
+            raise ConfigError(
+                f"{where} must be {'a number' if hint is float else 'an integer'}, got {value!r}") from None
         if hint is int and isinstance(value, float) and value != int(value):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return number
@@ -220,6 +225,10 @@ def resolve(*layers: dict[str, Any]) -> RunConfig:
     """Merge config layers over the defaults and validate them into a `RunConfig`."""
     data = RunConfig().to_dict()
     for layer in layers:
+        encoders = layer.get("model", {}).get("encoders", {}) if isinstance(layer.get("model"), dict) else {}
+        for m, spec in encoders.items() if isinstance(encoders, dict) else ():
+            if isinstance(spec, dict) and "name" in spec:  # naming an encoder replaces the spec, kwargs and all
+                data["model"]["encoders"].pop(m, None)
         data = merge(data, layer)
     model = data.get("model", {})
     if isinstance(model, dict) and isinstance(model.get("modalities"), (str, list)):

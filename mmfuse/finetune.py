@@ -83,7 +83,7 @@ def finetune(config: RunConfig, echo: Any = print) -> dict[str, Any]:
                              epoch=epoch, shuffle_buffer=data.shuffle_buffer, **loader_kwargs)
         bar = tqdm(total=micro_batches, desc=f"epoch {epoch}/{train.epochs}", disable=not train.progress,
                    leave=False, dynamic_ncols=True)
-        stats = trainer.train_epoch(loader, lambda r: log.write({"epoch": epoch, **r}), bar)
+        stats = trainer.train_epoch(loader, lambda r, e=epoch: log.write({"epoch": e, **r}), bar)
         bar.close()
         skipped.update(stats["skipped"])
         val = trainer.evaluate(eval_loader(data.val_split), len(info.labels))

@@ -31,7 +31,10 @@ class EncoderSpec:
 
     def build(self) -> Encoder:
         name, implied = split_encoder_name(self.name)
-        return create_encoder(name, pretrained=self.pretrained, **{**implied, **self.kwargs})
+        try:
+            return create_encoder(name, pretrained=self.pretrained, **{**implied, **self.kwargs})
+        except TypeError as err:  # an option the encoder does not take
+            raise ConfigError(f"encoder '{self.name}': {err}") from None
 
 
 @dataclass

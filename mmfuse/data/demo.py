@@ -194,5 +194,6 @@ def demo_dataset(spec: DemoSpec = DemoSpec(), root: str | Path | None = None) ->
         try:
             build_demo(path, spec)
         except OSError as err:
-            raise DataError(f"cannot write the demo dataset to {path}: {err} (set MMFUSE_CACHE to a writable dir)")
+            raise DataError(
+                f"cannot write the demo dataset to {path}: {err} (set MMFUSE_CACHE to a writable dir)") from None
     return path

@@ -34,7 +34,8 @@ def build_optimizer(model: nn.Module, lr: float, encoder_lr: float | None, weigh
         return torch.optim.AdamW(groups, lr=lr, foreach=device.type == "cuda")
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
+                  warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over `warmup` of the steps, then cosine decay to zero at `total_steps`."""
     warmup_steps = max(1, int(round(warmup * total_steps)))
 

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mmfuse.data.info import DatasetInfo
+from mmfuse.data.loader import make_loader
+from mmfuse.errors import ConfigError
+from mmfuse.model import build_model
+from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfuse.train.optim import warmup_cosine
+from mmfuse.train.precision import choose_precision, cpu_has_fast_bf16
+from mmfuse.train.trainer import Trainer
+
+
+def setup(tiny_config, demo_shards, **train):
+    info = DatasetInfo.load(demo_shards)
+    model_cfg = replace(tiny_config.model, labels=info.labels)
+    model = build_model(model_cfg)
+    trainer = Trainer(model, replace(tiny_config.train, **train), torch.device("cpu"), total_steps=100)
+    batches = list(make_loader(info, "train", model.preprocessors(), 16))
+    return trainer, model_cfg, batches, info
+
+
+def test_precision_is_chosen_by_hardware():
+    cpu = torch.device("cpu")
+    assert choose_precision(cpu, "auto") == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert choose_precision(cpu, "bf16") == "bf16"
+    with pytest.raises(ConfigError, match="fp16 autocast is not supported on the CPU"):
+        choose_precision(cpu, "fp16")
+
+
+def test_adamw_is_fused_on_cpu(tiny_config, demo_shards):
+    trainer, *_ = setup(tiny_config, demo_shards)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert trainer.optimizer.defaults["fused"] is True
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=20, warmup=0.1)
+    lrs = []
+    for _ in range(20):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[3] < 1.0
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:], strict=False)) and sched.get_last_lr()[0] == 0.0
+
+
+def test_loss_goes_down_on_a_fixed_batch(tiny_config, demo_shards):
+    trainer, _, batches, _ = setup(tiny_config, demo_shards, grad_clip=1.0)
+    first = trainer.train_step(batches[0]).item()
+    for _ in range(30):
+        last = trainer.train_step(batches[0]).item()
+    assert last < 0.5 * first
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_config, demo_shards):
+    """Two micro-batches of 16 with grad_accum=2 give the same update as one batch of 32."""
+    trainer_a, cfg, batches, info = setup(tiny_config, demo_shards, grad_accum=2, grad_clip=0.0)
+    model_b = copy.deepcopy(trainer_a.model)
+    model_b.load_state_dict(trainer_a.model.state_dict())
+    trainer_b = Trainer(model_b, replace(trainer_a.cfg, grad_accum=1), torch.device("cpu"), total_steps=100)
+    for m in (trainer_a.model, trainer_b.model):
+        m.eval()  # no dropout, so both see the same function
+    big = next(iter(make_loader(info, "train", trainer_a.model.preprocessors(), 32)))
+    trainer_a.train_step(batches[0])
+    assert trainer_a.step == 0
+    trainer_a.train_step(batches[1])
+    trainer_b.train_step(big)
+    assert trainer_a.step == trainer_b.step == 1
+    for (name, a), b in zip(trainer_a.model.named_parameters(), trainer_b.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tiny_config, demo_shards, tmp_path):
+    trainer, cfg, batches, _ = setup(tiny_config, demo_shards)
+    trainer.train_step(batches[0])
+    save_checkpoint(trainer.model, cfg, tmp_path / "ckpt", {"epoch": 1})
+    loaded, loaded_cfg, meta = load_checkpoint(tmp_path / "ckpt")
+    assert meta["epoch"] == 1 and loaded_cfg.labels == cfg.labels
+    assert (tmp_path / "ckpt" / "assets" / "text" / "tokenizer.json").exists()
+    trainer.model.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model(batches[1]), loaded(batches[1]))
+    save_checkpoint(trainer.model, cfg, tmp_path / "ckpt")  # overwriting is atomic and leaves no temp dirs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_evaluate_counts_every_sample(tiny_config, demo_shards):
+    trainer, _, _, info = setup(tiny_config, demo_shards)
+    metrics = trainer.evaluate(make_loader(info, "test", trainer.model.preprocessors(), 16), len(info.labels))
+    assert metrics["count"] == 40 and metrics["skipped"] == {}
+    assert 0.0 <= metrics["accuracy"] <= 1.0
