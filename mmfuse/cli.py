@@ -1,107 +1,15 @@
-"""The `mmfuse` command: sub-commands map to library functions; user mistakes print one line and exit 2."""
+"""The `mmfuse` command: sub-commands (`mmfuse/commands/`) map to library functions; user mistakes print one line
+and exit 2."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from importlib import import_module
 
+from .commands import COMMANDS
 from .errors import MmfuseError
-
-
-def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "finetune", help="fine-tune a fusion model (default: the embedded demo data)",
-        description="Fine-tune encoders + fusion + classifier jointly, evaluate every epoch, test the best "
-                    "checkpoint. Settings come from the defaults, then --config, then these flags, then --set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--modalities", help="comma-separated modalities to fuse, from text,image,audio "
-                                        "(default: text,image)")
-    p.add_argument("--config", help="run config YAML with model/data/train sections (see configs/)")
-    p.add_argument("--data", help="shard directory with a dataset.json (default: the embedded demo dataset)")
-    p.add_argument("--out", help="run directory for checkpoints and metrics (default: runs/<time>-<modalities>)")
-    p.add_argument("--epochs", type=int, help="passes over the training split")
-    p.add_argument("--fusion", help="fusion name, see `mmfuse list` (default: concat-mlp)")
-    p.add_argument("--text-encoder", help="text encoder, e.g. tiny-text, hf-text:bert-base-uncased, "
-                                          "hf-text:/path/to/model")
-    p.add_argument("--image-encoder", help="image encoder, e.g. tiny-image, timm-image:vit_small_patch16_224")
-    p.add_argument("--batch-size", type=int, help="training batch size")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke tests)")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", help="auto, fp32, bf16 or fp16 (auto picks by hardware)")
-    p.add_argument("--workers", type=int, help="loader worker processes")
-    p.add_argument("--strict", action="store_true", default=None,
-                   help="fail on the first undecodable sample instead of skipping and counting it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.weight_decay=0.1 (repeatable)")
-    p.set_defaults(func=_finetune)
-
-
-def _finetune(args: argparse.Namespace) -> int:
-    from .config import load_yaml, resolve, set_dotted
-    from .finetune import finetune
-
-    file_layer = load_yaml(args.config) if args.config else {}
-    flags: dict[str, Any] = {"model": {}, "data": {}, "train": {}}
-    if args.modalities is not None:
-        flags["model"]["modalities"] = args.modalities
-    if args.fusion is not None:
-        flags["model"]["fusion"] = args.fusion
-    encoders = {m: getattr(args, f"{m}_encoder") for m in ("text", "image")}
-    flags["model"]["encoders"] = {m: {"name": n, "kwargs": {}} for m, n in encoders.items() if n}
-    for key, value in (("path", args.data), ("batch_size", args.batch_size), ("num_workers", args.workers),
-                       ("strict", args.strict)):
-        if value is not None:
-            flags["data"][key] = value
-    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("max_steps", args.max_steps),
-                       ("seed", args.seed), ("device", args.device), ("precision", args.precision)):
-        if value is not None:
-            flags["train"][key] = value
-    if args.no_progress:
-        flags["train"]["progress"] = False
-    if args.out is not None:
-        flags["out"] = args.out
-    overrides: dict[str, Any] = {}
-    for assignment in args.set:
-        set_dotted(overrides, assignment)
-    config = resolve(file_layer, flags, overrides)
-    finetune(config)
-    return 0
-
-
-def _add_list(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list registered encoders and fusions")
-    p.set_defaults(func=_list)
-
-
-def _list(args: argparse.Namespace) -> int:
-    from .encoders import list_encoders
-    from .fusion import list_fusions
-
-    print("encoders:", ", ".join(list_encoders()))
-    print("fusions: ", ", ".join(list_fusions()))
-    return 0
-
-
-def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo-data", help="write (or locate) the embedded demo dataset's shards",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", help="write the shards here instead of the user cache directory")
-    p.add_argument("--seed", type=int, default=0, help="generator seed")
-    p.set_defaults(func=_demo_data)
-
-
-def _demo_data(args: argparse.Namespace) -> int:
-    from .data.demo import DemoSpec, build_demo, demo_dataset
-
-    spec = DemoSpec(seed=args.seed)
-    path = build_demo(args.out, spec) if args.out else demo_dataset(spec)
-    print(path)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,9 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "that join text, images and audio.")
     parser.add_argument("--version", action="version", version=f"mmfuse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_finetune(sub)
-    _add_list(sub)
-    _add_data(sub)
+    for name in COMMANDS:
+        import_module(f"mmfuse.commands.{name}").add_parser(sub)
     return parser
 
 

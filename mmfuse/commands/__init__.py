@@ -1,0 +1,6 @@
+"""One module per sub-command, each with `add_parser(subparsers)` and `run(args) -> exit code`.
+
+To add a command: write `mmfuse/commands/<name>.py` and append its module name to `COMMANDS`.
+"""
+
+COMMANDS = ["finetune", "list", "demo_data"]
