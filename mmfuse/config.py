@@ -82,6 +82,14 @@ class TrainConfig:
     """Write a train record to metrics.jsonl every this many steps."""
     progress: bool = True
     """Show a progress bar."""
+    freeze: list[str] = field(default_factory=list)
+    """Towers (modalities) whose encoder is frozen, e.g. [text, image]."""
+    unfreeze_top: int = 0
+    """With `freeze`: still train the top k layers of each frozen tower (backends that have layers)."""
+    tower_lr: dict[str, float] = field(default_factory=dict)
+    """Per-tower learning rates overriding `encoder_lr`, e.g. {text: 3e-5, image: 1e-4}; `head` is the rest."""
+    checkpoint_every: int = 100
+    """Write a resumable checkpoint (checkpoints/resume) every this many optimizer steps; 0: at epoch ends only."""
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "lr", "grad_accum", "log_every")
@@ -89,6 +97,12 @@ class TrainConfig:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"train.warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        for tower in [*self.freeze, *self.tower_lr]:
+            if tower not in (*MODALITIES, "head"):
+                raise ConfigError(f"unknown tower '{tower}' in train.freeze / train.tower_lr"
+                                  f"{did_you_mean(tower, MODALITIES)}")
+        if self.checkpoint_every < 0 or self.unfreeze_top < 0:
+            raise ConfigError("train.checkpoint_every and train.unfreeze_top must be >= 0")
 
 
 @dataclass

@@ -5,6 +5,9 @@ A run directory holds:
     metrics.jsonl              one record per logged step and per epoch
     metrics.json               final summary: best epoch, val and test metrics, skipped samples, timings
     checkpoints/{best,last}/   model.safetensors + config.json + assets
+    checkpoints/resume/        the same + train_state.pt (optimizer, schedule, RNG, data position) for --resume
+
+Runs under `torchrun` use DDP: each rank reads distinct shards, metrics are summed over ranks, rank 0 writes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import time
 from collections import Counter
 from dataclasses import replace
@@ -26,11 +30,14 @@ from .config import RunConfig, dump_yaml
 from .data.demo import demo_dataset
 from .data.info import DatasetInfo
 from .data.loader import make_loader
-from .errors import DataError
+from .data.position import LoaderPosition
+from .errors import ConfigError, DataError
 from .model import build_model
-from .train.checkpoint import load_checkpoint, save_checkpoint
-from .train.precision import resolve_device
-from .train.trainer import MetricsLog, Trainer
+from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
+from .train.distributed import DistEnv, any_rank, gather_objects, init_distributed, sum_counters
+from .train.freeze import apply_freeze, count_parameters
+from .train.state import read_state, rng_state, set_rng_state
+from .train.trainer import MetricsLog, Trainer, mean_loss
 
 
 def seed_everything(seed: int) -> None:
@@ -43,86 +50,220 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(config.model.modalities)}"
 
 
-def finetune(config: RunConfig, echo: Any = print) -> dict[str, Any]:
-    """Train `config.model` on `config.data`, evaluate each epoch, test the best checkpoint. Returns metrics.json."""
-    started = time.perf_counter()
-    info = DatasetInfo.load(config.data.path or demo_dataset())
-    info.require_modalities(config.model.modalities)
-    for split in (config.data.train_split, config.data.val_split, config.data.test_split):
-        info.require_split(split)
-    model_config = replace(config.model, labels=list(info.labels))
-    out = Path(config.out) if config.out else default_run_dir(config)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(replace(config, out=str(out), data=replace(config.data, path=str(info.root))), out / "run_config.yaml")
+class Preempted(Exception):
+    """SIGTERM arrived; a resumable checkpoint has been written."""
 
-    device = resolve_device(config.train.device)
-    seed_everything(config.train.seed)
-    model = build_model(model_config)
-    data, train = config.data, config.train
-    micro_batches = math.ceil(info.count(data.train_split) / data.batch_size)
-    steps_per_epoch = max(1, micro_batches // train.grad_accum)
-    total_steps = steps_per_epoch * train.epochs
-    if train.max_steps is not None:
-        total_steps = min(total_steps, train.max_steps)
-    trainer = Trainer(model, train, device, total_steps)
-    preprocessors = model.preprocessors()
-    loader_kwargs = {"num_workers": data.num_workers, "pin_memory": device.type == "cuda", "strict": data.strict}
 
-    def eval_loader(split: str):
-        return make_loader(info, split, preprocessors, data.eval_batch_size, **loader_kwargs)
+class FinetuneRun:
+    """One fine-tuning run: set-up, the epoch loop with resumable checkpoints, and the final test."""
 
-    log = MetricsLog(out / "metrics.jsonl")
-    echo(f"mmfuse: fine-tuning {'+'.join(model_config.modalities)} with '{model_config.fusion}' fusion on "
-         f"{info.root} ({info.count(data.train_split)} train samples, {len(info.labels)} labels), "
-         f"{device} {trainer.precision}, {total_steps} steps -> {out}")
-    best: dict[str, Any] = {"epoch": 0, "accuracy": -1.0}
-    skipped: Counter[str] = Counter()
-    epoch_records = []
-    for epoch in range(1, train.epochs + 1):
-        loader = make_loader(info, data.train_split, preprocessors, data.batch_size, shuffle=True, seed=train.seed,
-                             epoch=epoch, shuffle_buffer=data.shuffle_buffer, **loader_kwargs)
-        bar = tqdm(total=micro_batches, desc=f"epoch {epoch}/{train.epochs}", disable=not train.progress,
-                   leave=False, dynamic_ncols=True)
-        stats = trainer.train_epoch(loader, lambda r, e=epoch: log.write({"epoch": e, **r}), bar)
+    def __init__(self, config: RunConfig, echo: Any = print, resume: bool = False) -> None:
+        self.config, self.started = config, time.perf_counter()
+        self.env: DistEnv = init_distributed(config.train.device)
+        self.echo = echo if self.env.is_main else (lambda *_: None)
+        data, train = config.data, config.train
+        self.info = DatasetInfo.load(data.path or demo_dataset())
+        self.info.require_modalities(config.model.modalities)
+        for split in (data.train_split, data.val_split, data.test_split):
+            self.info.require_split(split)
+        if data.batch_size % self.env.world_size:
+            raise ConfigError(f"data.batch_size {data.batch_size} (the global batch) must be divisible by the "
+                              f"{self.env.world_size} processes")
+        self.rank_batch = data.batch_size // self.env.world_size
+        self.model_config = replace(config.model, labels=list(self.info.labels))
+        self.out = Path(config.out) if config.out else default_run_dir(config)
+
+        seed_everything(train.seed)
+        model = build_model(self.model_config)
+        apply_freeze(model, train.freeze, train.unfreeze_top)
+        self.params = count_parameters(model)
+        self.micro_batches = math.ceil(self.info.count(data.train_split) / data.batch_size)
+        total_steps = max(1, self.micro_batches // train.grad_accum) * train.epochs
+        if train.max_steps is not None:
+            total_steps = min(total_steps, train.max_steps)
+        self.trainer = Trainer(model, train, self.env.device, total_steps, self.env)
+        self.preprocessors = model.preprocessors()
+        self.loader_kwargs = {"num_workers": data.num_workers, "pin_memory": self.env.device.type == "cuda",
+                              "strict": data.strict}
+        # progress that a resumable checkpoint carries
+        self.epoch, self.position = 1, LoaderPosition()
+        self.best: dict[str, Any] = {"epoch": 0, "accuracy": -1.0}
+        self.records: list[dict[str, Any]] = []
+        self.skipped: Counter[str] = Counter()
+        self.acc = {"loss_sum": 0.0, "batches": 0, "samples": 0, "data_s": 0.0, "compute_s": 0.0}
+        self.stop_requested = False
+        log_lines = self._restore() if resume else 0
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_yaml(replace(config, out=str(self.out), data=replace(data, path=str(self.info.root))),
+                      self.out / "run_config.yaml")
+            self.log = MetricsLog(self.out / "metrics.jsonl", keep=log_lines)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _train_state(self) -> dict[str, Any]:
+        t = self.trainer
+        return {"epoch": self.epoch, "positions": gather_objects(self.position.to_dict(), self.env),
+                "rng": gather_objects(rng_state(), self.env), "step": t.step, "micro_step": t.micro_step,
+                "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
+                "skipped": dict(self.skipped), "acc": dict(self.acc),
+                "log_lines": self.log.lines if self.env.is_main else 0}
+
+    def _save(self, kind: str, train_state: bool = False) -> None:
+        state = self._train_state() if train_state else None  # collective: every rank takes part
+        if self.env.is_main:
+            save_checkpoint(self.trainer.model, self.model_config, self.out / "checkpoints" / kind,
+                            {"epoch": self.epoch}, train_state=state)
+
+    def _restore(self) -> int:
+        ckpt = resolve_checkpoint_dir(self.out / "checkpoints" / "resume")
+        if not (ckpt / "train_state.pt").exists():
+            raise ConfigError(f"{self.out} has no resumable checkpoint (checkpoints/resume/train_state.pt)")
+        model, _, _ = load_checkpoint(ckpt)
+        self.trainer.model.load_state_dict(model.state_dict())
+        state, t = read_state(ckpt), self.trainer
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.scheduler.load_state_dict(state["scheduler"])
+        t.scaler.load_state_dict(state["scaler"])
+        t.step, t.micro_step = state["step"], state["micro_step"]
+        if len(state["positions"]) != self.env.world_size:
+            raise ConfigError(f"{ckpt} was written by {len(state['positions'])} processes; resume with as many")
+        self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(state["positions"][self.env.rank])
+        self.best, self.records, self.acc = state["best"], state["records"], state["acc"]
+        self.skipped = Counter(state["skipped"])
+        set_rng_state(state["rng"][self.env.rank])
+        self.echo(f"mmfuse: resuming {self.out} at epoch {self.epoch}, step {t.step}")
+        return state["log_lines"]
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def _after_step(self, info: dict[str, Any]) -> bool:
+        """Book-keeping after each micro-batch; True stops the epoch (max_steps or SIGTERM)."""
+        t, train = self.trainer, self.config.train
+        self.skipped.update(info["skipped"])
+        if info.get("cursor") is not None:
+            worker, cursor = info["cursor"]
+            self.position.advance(worker, cursor, self.loader_kwargs["num_workers"])
+        if not info["size"]:
+            return False
+        self.acc["loss_sum"] += info["loss"]
+        self.acc["batches"] += 1
+        self.acc["samples"] += info["size"]
+        if t.micro_step % train.grad_accum:
+            return False
+        if self.env.is_main and t.step % train.log_every == 0:
+            self.log.write({"epoch": self.epoch, "step": t.step, "loss": info["loss"],
+                            "lr": t.scheduler.get_last_lr()[-1]})
+        done = train.max_steps is not None and t.step >= train.max_steps
+        if not self.env.distributed:  # mid-epoch checkpoints need every rank in step: single process only
+            if self.stop_requested:
+                self._save("resume", train_state=True)
+                raise Preempted
+            if train.checkpoint_every and t.step % train.checkpoint_every == 0 and not done:
+                self._save("resume", train_state=True)
+        return done
+
+    def _epoch(self) -> None:
+        data, train = self.config.data, self.config.train
+        loader = make_loader(self.info, data.train_split, self.preprocessors, self.rank_batch, shuffle=True,
+                             seed=train.seed, epoch=self.epoch, shuffle_buffer=data.shuffle_buffer,
+                             position=self.position, **self.loader_kwargs)
+        rank_batches = math.ceil(self.info.count(data.train_split) / self.env.world_size / self.rank_batch)
+        bar = tqdm(total=rank_batches, initial=self.acc["batches"], leave=False,
+                   desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
+                   dynamic_ncols=True)
+        stats = self.trainer.train_epoch(loader, self._after_step, bar)
         bar.close()
-        skipped.update(stats["skipped"])
-        val = trainer.evaluate(eval_loader(data.val_split), len(info.labels))
-        skipped.update(val["skipped"])
-        record = {"epoch": epoch, "step": trainer.step, "train_loss": stats["loss"], "train_samples": stats["samples"],
-                  "data_s": stats["data_s"], "compute_s": stats["compute_s"],
+        self.acc["data_s"] += stats["data_s"]
+        self.acc["compute_s"] += stats["compute_s"]
+        val = self.evaluate(data.val_split)
+        samples = sum(gather_objects(self.acc["samples"], self.env))
+        record = {"epoch": self.epoch, "step": self.trainer.step,
+                  "train_loss": mean_loss(self.acc["loss_sum"], self.acc["batches"]), "train_samples": samples,
+                  "data_s": round(self.acc["data_s"], 3), "compute_s": round(self.acc["compute_s"], 3),
                   "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
-        log.write(record)
-        epoch_records.append(record)
-        echo(f"epoch {epoch}: loss {stats['loss']:.4f}  val accuracy {val['accuracy']:.4f}  "
-             f"macro-F1 {val['macro_f1']:.4f}  ({stats['samples']} samples, data {stats['data_s']:.1f}s, "
-             f"compute {stats['compute_s']:.1f}s)")
-        save_checkpoint(trainer.model, model_config, out / "checkpoints" / "last", {"epoch": epoch})
-        if val["accuracy"] > best["accuracy"]:
-            best = {"epoch": epoch, "accuracy": val["accuracy"], "macro_f1": val["macro_f1"]}
-            save_checkpoint(trainer.model, model_config, out / "checkpoints" / "best", {"epoch": epoch})
-        if train.max_steps is not None and trainer.step >= train.max_steps:
-            break
+        self.records.append(record)
+        if self.env.is_main:
+            self.log.write(record)
+        self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val accuracy {val['accuracy']:.4f}  "
+                  f"macro-F1 {val['macro_f1']:.4f}  ({samples} samples, data {record['data_s']:.1f}s, "
+                  f"compute {record['compute_s']:.1f}s)")
+        self._save("last")
+        if val["accuracy"] > self.best["accuracy"]:
+            self.best = {"epoch": self.epoch, "accuracy": val["accuracy"], "macro_f1": val["macro_f1"]}
+            self._save("best")
 
-    best_model, _, _ = load_checkpoint(out / "checkpoints" / "best")
-    trainer.model.load_state_dict(best_model.state_dict())
-    test = trainer.evaluate(eval_loader(data.test_split), len(info.labels))
-    skipped.update(test["skipped"])
-    summary = {
-        "modalities": model_config.modalities, "fusion": model_config.fusion, "labels": model_config.labels,
-        "best_epoch": best["epoch"], "val": {k: v for k, v in best.items() if k != "epoch"},
-        "test": {k: test[k] for k in ("accuracy", "macro_f1", "count")},
-        "skipped": dict(skipped), "skipped_total": sum(skipped.values()),
-        "epochs": epoch_records, "steps": trainer.step, "device": str(device), "precision": trainer.precision,
-        "train_time_s": round(time.perf_counter() - started, 1), "data": str(info.root),
-    }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    if summary["skipped_total"]:
-        echo(f"mmfuse: skipped {summary['skipped_total']} samples: " +
-             ", ".join(f"{reason} x{n}" for reason, n in skipped.most_common()))
-    expected = info.count(data.test_split)
-    if test["count"] + sum(test["skipped"].values()) != expected:
-        raise DataError(f"test split: read {test['count']} + skipped {sum(test['skipped'].values())} samples, "
-                        f"dataset.json says {expected}")
-    echo(f"test accuracy ({'+'.join(model_config.modalities)}, best epoch {best['epoch']}): "
-         f"{test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  [{out / 'metrics.json'}]")
-    return summary
+    def evaluate(self, split: str) -> dict[str, Any]:
+        loader = make_loader(self.info, split, self.preprocessors, self.config.data.eval_batch_size,
+                             **self.loader_kwargs)
+        metrics = self.trainer.evaluate(loader, len(self.info.labels))
+        self.skipped.update(metrics["skipped"])
+        return metrics
+
+    def run(self) -> dict[str, Any]:
+        train = self.config.train
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            self.echo(f"mmfuse: fine-tuning {'+'.join(self.model_config.modalities)} with "
+                      f"'{self.model_config.fusion}' fusion on {self.info.root} "
+                      f"({self.info.count(self.config.data.train_split)} train samples, {len(self.info.labels)} "
+                      f"labels), {self.env.world_size} x {self.env.device} {self.trainer.precision}, "
+                      f"{self.trainer.total_steps} steps, {self.params['trainable']:,} of {self.params['total']:,} "
+                      f"parameters trained -> {self.out}")
+            while self.epoch <= train.epochs:
+                self._epoch()
+                finished = train.max_steps is not None and self.trainer.step >= train.max_steps
+                self.epoch += 1
+                self.position = LoaderPosition()
+                self.acc = {"loss_sum": 0.0, "batches": 0, "samples": 0, "data_s": 0.0, "compute_s": 0.0}
+                if finished or self.epoch > train.epochs:
+                    break
+                self._save("resume", train_state=True)
+                if any_rank(self.stop_requested, self.env):
+                    raise Preempted
+            return self._finish()
+        except Preempted:
+            self.echo(f"mmfuse: stopped by SIGTERM at step {self.trainer.step}; resume with "
+                      f"`mmfuse finetune --resume {self.out}`")
+            return {"interrupted": True, "step": self.trainer.step, "out": str(self.out)}
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def _finish(self) -> dict[str, Any]:
+        data = self.config.data
+        best_model, _, _ = load_checkpoint(self.out / "checkpoints" / "best")
+        self.trainer.model.load_state_dict(best_model.state_dict())
+        test = self.evaluate(data.test_split)
+        skipped = sum_counters(self.skipped, self.env) if self.env.distributed else dict(self.skipped)
+        summary = {
+            "modalities": self.model_config.modalities, "fusion": self.model_config.fusion,
+            "labels": self.model_config.labels, "best_epoch": self.best["epoch"],
+            "val": {k: v for k, v in self.best.items() if k != "epoch"},
+            "test": {k: test[k] for k in ("accuracy", "macro_f1", "count")},
+            "skipped": skipped, "skipped_total": sum(skipped.values()), "epochs": self.records,
+            "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
+            "device": str(self.env.device), "precision": self.trainer.precision,
+            "train_time_s": round(time.perf_counter() - self.started, 1), "data": str(self.info.root),
+        }
+        if self.env.is_main:
+            (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        if summary["skipped_total"]:
+            self.echo(f"mmfuse: skipped {summary['skipped_total']} samples: "
+                      + ", ".join(f"{reason} x{n}" for reason, n in Counter(skipped).most_common()))
+        expected = self.info.count(data.test_split)
+        if test["count"] + sum(test["skipped"].values()) != expected:
+            raise DataError(f"test split: read {test['count']} + skipped {sum(test['skipped'].values())} samples, "
+                            f"dataset.json says {expected}")
+        self.echo(f"test accuracy ({'+'.join(self.model_config.modalities)}, best epoch {self.best['epoch']}): "
+                  f"{test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  [{self.out / 'metrics.json'}]")
+        return summary
+
+
+def finetune(config: RunConfig, echo: Any = print, resume: bool = False) -> dict[str, Any]:
+    """Train `config.model` on `config.data`, evaluate each epoch, test the best checkpoint. Returns metrics.json.
+
+    `resume=True` continues the run in `config.out` from its `checkpoints/resume` exactly where it stopped.
+    """
+    return FinetuneRun(config, echo, resume).run()

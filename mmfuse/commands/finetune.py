@@ -31,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="loader worker processes")
     p.add_argument("--strict", action="store_true", default=None,
                    help="fail on the first undecodable sample instead of skipping and counting it")
+    p.add_argument("--freeze", help="comma-separated towers whose encoders stay frozen, e.g. text,image")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run exactly where its last resumable checkpoint left it "
+                        "(its run_config.yaml is used; other settings are ignored)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.weight_decay=0.1 (repeatable)")
@@ -41,6 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_yaml, resolve, set_dotted
     from ..finetune import finetune
 
+    if args.resume:
+        from pathlib import Path
+
+        config = resolve(load_yaml(Path(args.resume) / "run_config.yaml"),
+                         {"train": {"progress": False}} if args.no_progress else {})
+        summary = finetune(config, resume=True)
+        return 0 if summary else 1
     file_layer = load_yaml(args.config) if args.config else {}
     flags: dict[str, Any] = {"model": {}, "data": {}, "train": {}}
     if args.modalities is not None:
@@ -59,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             flags["train"][key] = value
     if args.no_progress:
         flags["train"]["progress"] = False
+    if args.freeze:
+        flags["train"]["freeze"] = args.freeze
     if args.out is not None:
         flags["out"] = args.out
     overrides: dict[str, Any] = {}

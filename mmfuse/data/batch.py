@@ -7,6 +7,8 @@
     image           (B, 3, S, S) float resized and normalised by the image encoder's preprocessor
     present_<m>     (B,) bool          False where the sample has no input of modality m (placeholder values)
     skipped         dict[str, int]     samples dropped since the previous batch, counted per reason
+    cursor          (int, int)         (loader worker, running raw-sample count) of the batch's last sample:
+                                       the data position a resumable checkpoint stores
 
 Modalities a model does not use are not decoded and have no entries.
 """
@@ -36,6 +38,9 @@ class Collator:
             if not sample.get("_empty"):
                 real.append(sample)
         batch: dict[str, Any] = {"key": [s["key"] for s in real], "skipped": dict(skipped)}
+        cursors = [s["_cursor"] for s in real if "_cursor" in s]
+        if cursors:
+            batch["cursor"] = max(cursors, key=lambda c: c[1])
         if not real:
             return batch
         if "label" in real[0]:

@@ -18,6 +18,7 @@ from ..encoders.base import Preprocessor
 from ..errors import DataError
 from .batch import Collator
 from .info import DatasetInfo
+from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
 
 
 class _FieldError(Exception):
@@ -35,7 +36,7 @@ def _member(raw: dict[str, Any], extensions: list[str]) -> Any:
 
 def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping[str, Preprocessor]) -> dict:
     """Raw tar members of one sample -> {'key', 'label', <modality>: transformed value or None}."""
-    sample: dict[str, Any] = {"key": raw["__key__"]}
+    sample: dict[str, Any] = {"key": raw["__key__"], "_cursor": (raw.get("__worker__", 0), raw.get("__cursor__", 0))}
     label = raw.get(info.label_field)
     if label is None:
         raise _FieldError("label", f"no '.{info.label_field}' member")
@@ -93,17 +94,23 @@ class _ShardErrorHandler:
 
 def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Preprocessor], batch_size: int, *,
                    shuffle: bool = False, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000,
-                   strict: bool = False, drop_last: bool = False) -> wds.DataPipeline:
-    """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order."""
+                   strict: bool = False, drop_last: bool = False,
+                   position: LoaderPosition | None = None) -> wds.DataPipeline:
+    """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order.
+
+    `position` (from batches' `cursor` entries) resumes the epoch where an earlier run of the same pipeline stopped.
+    """
     urls = info.shard_urls(split)
     info.require_modalities(list(preprocessors))
     stages: list[Any] = [wds.SimpleShardList(urls)]
     if shuffle:
         stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
-    stages += [wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples(handler=_ShardErrorHandler(strict))]
+    rotation = position.next_worker if position else 0
+    stages += [wds.split_by_node, split_by_worker_rotated(rotation),
+               wds.tarfile_to_samples(handler=_ShardErrorHandler(strict))]
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
-    stages += [decode_stage(info, preprocessors, strict),
+    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict),
                wds.batched(batch_size, collation_fn=Collator(preprocessors), partial=not drop_last)]
     return wds.DataPipeline(*stages)
 
@@ -113,8 +120,10 @@ def make_loader(info: DatasetInfo, split: str, preprocessors: Mapping[str, Prepr
     """A `DataLoader` over `build_pipeline(...)`; workers are capped at the number of shards."""
     pipeline = build_pipeline(info, split, preprocessors, batch_size, **pipeline_kwargs)
     workers = min(num_workers, len(info.shard_urls(split)))
+    # A private generator: creating the iterator must not draw from the global RNG, or resuming mid-epoch would
+    # shift every later dropout mask.
     return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                       persistent_workers=False)
+                                       persistent_workers=False, generator=torch.Generator())
 
 
 def read_records(info: DatasetInfo, split: str) -> Iterator[dict[str, Any]]:

@@ -20,13 +20,18 @@ import safetensors.torch
 from ..encoders.registry import split_encoder_name
 from ..errors import ConfigError
 from ..model import EncoderSpec, FusionModel, ModelConfig, build_model
+from .state import write_state
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Path,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write weights, config and assets to `directory` (replaced atomically: temp dir + rename)."""
+                    extra: dict[str, Any] | None = None, train_state: dict[str, Any] | None = None) -> Path:
+    """Write weights, config, assets (and a resumable `train_state`) to `directory`, atomically.
+
+    Everything is written into a temporary sibling directory which then replaces `directory` by renames, so a
+    crash at any point leaves either the old or the new checkpoint (`resolve_checkpoint_dir` finds it).
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
@@ -47,7 +52,10 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
         meta = {"model": saved.to_dict(), "asset_kwargs": asset_kwargs, **(extra or {})}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
         safetensors.torch.save_model(model, str(tmp / WEIGHTS))
-        old = directory.with_name(f".{directory.name}-old")
+        if train_state is not None:
+            write_state(tmp, train_state)
+        old = _previous(directory)
+        shutil.rmtree(old, ignore_errors=True)
         if directory.exists():
             os.replace(directory, old)
         os.replace(tmp, directory)
@@ -58,9 +66,21 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
     return directory
 
 
+def _previous(directory: Path) -> Path:
+    return directory.with_name(f".{directory.name}-old")
+
+
+def resolve_checkpoint_dir(directory: str | Path) -> Path:
+    """`directory`, or the previous checkpoint if a crash came between the two renames of a save."""
+    directory = Path(directory)
+    if not directory.exists() and (_previous(directory) / CONFIG).exists():
+        return _previous(directory)
+    return directory
+
+
 def read_checkpoint_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
     """The `ModelConfig` of a checkpoint with asset paths made absolute, and the rest of config.json."""
-    directory = Path(directory)
+    directory = resolve_checkpoint_dir(directory)
     file = directory / CONFIG
     if not file.exists():
         raise ConfigError(f"{directory} is not an mmfuse checkpoint: {CONFIG} is missing")
@@ -74,9 +94,10 @@ def read_checkpoint_config(directory: str | Path) -> tuple[ModelConfig, dict[str
 
 def load_checkpoint(directory: str | Path) -> tuple[FusionModel, ModelConfig, dict[str, Any]]:
     """Rebuild the model of a checkpoint directory and load its weights (strict)."""
+    directory = resolve_checkpoint_dir(directory)
     config, meta = read_checkpoint_config(directory)
     model = build_model(config)
-    weights = Path(directory) / WEIGHTS
+    weights = directory / WEIGHTS
     if not weights.exists():
         raise ConfigError(f"{directory} has no {WEIGHTS}")
     missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)

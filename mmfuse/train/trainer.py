@@ -7,33 +7,43 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
 from ..data.batch import batch_size, to_device
-from ..metrics import classification_metrics
+from ..metrics import confusion_matrix, metrics_from_confusion
 from ..model import FusionModel
+from .distributed import DistEnv, all_reduce_sum, sum_counters
 from .optim import build_optimizer, warmup_cosine
 from .precision import autocast, choose_precision
 
 
 class Trainer:
-    """Owns the model on its device, the optimizer, schedule, precision and grad scaler.
+    """Owns the model on its device (DDP-wrapped when distributed), optimizer, schedule, precision and scaler.
 
     `train_step(batch)` runs one micro-batch forward + backward and, every `grad_accum` micro-batches, one
-    optimizer step; `evaluate(loader)` returns accuracy / macro-F1; `fit(...)` runs the epochs.
+    optimizer step; `evaluate(loader)` returns accuracy / macro-F1 over all ranks; `train_epoch` runs a pass.
     """
 
-    def __init__(self, model: FusionModel, cfg: TrainConfig, device: torch.device, total_steps: int) -> None:
+    def __init__(self, model: FusionModel, cfg: TrainConfig, device: torch.device, total_steps: int,
+                 env: DistEnv | None = None) -> None:
         self.cfg = cfg
+        self.env = env or DistEnv(device=device)
         self.device = device
         self.model = model.to(device)
+        self.engine: torch.nn.Module = self.model
+        if self.env.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.engine = DistributedDataParallel(self.model, device_ids=ids)
         self.precision = choose_precision(device, cfg.precision)
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.encoder_lr, cfg.weight_decay, device)
+        self.optimizer = build_optimizer(self.model, cfg, device)
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.total_steps = total_steps
@@ -42,15 +52,18 @@ class Trainer:
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         with autocast(self.device, self.precision):
-            logits = self.model(batch)  # (B, C)
+            logits = self.engine(batch)  # (B, C)
         return F.cross_entropy(logits.float(), batch["label"])
 
     def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """One micro-batch (already on the device). Returns the detached loss."""
-        loss = self.loss(batch)
-        self.scaler.scale(loss / self.cfg.grad_accum).backward()
         self.micro_step += 1
-        if self.micro_step % self.cfg.grad_accum == 0:
+        boundary = self.micro_step % self.cfg.grad_accum == 0
+        sync = nullcontext() if boundary or not self.env.distributed else self.engine.no_sync()
+        with sync:
+            loss = self.loss(batch)
+            self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        if boundary:
             if self.cfg.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -63,7 +76,7 @@ class Trainer:
 
     @torch.inference_mode()
     def predict(self, loader: Iterable[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, Counter]:
-        """Predicted and true class indices over a loader, and the skipped-sample counts."""
+        """This rank's predicted and true class indices over a loader, and its skipped-sample counts."""
         self.model.eval()
         preds, targets, skipped = [], [], Counter()
         for batch in loader:
@@ -80,49 +93,61 @@ class Trainer:
         return torch.cat(preds), torch.cat(targets), skipped
 
     def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int) -> dict[str, Any]:
+        """Accuracy / macro-F1 over every rank's share of the split (confusion matrices summed)."""
         preds, targets, skipped = self.predict(loader)
-        return {**classification_metrics(preds, targets, num_classes), "skipped": dict(skipped)}
+        cm = all_reduce_sum(confusion_matrix(preds, targets, num_classes).to(self.device), self.env).cpu()
+        return {**metrics_from_confusion(cm), "skipped": sum_counters(skipped, self.env)}
 
-    def train_epoch(self, loader: Iterable[dict[str, Any]], on_step: Callable[[dict[str, Any]], None],
+    def train_epoch(self, loader: Iterable[dict[str, Any]], after_step: Callable[[dict[str, Any]], bool],
                     progress: Any = None) -> dict[str, Any]:
-        """One pass over `loader`; returns samples seen, skipped counts, mean loss and the data/compute split."""
+        """One pass over this rank's share of `loader`.
+
+        `after_step(batch_info)` runs after every micro-batch with its loss, size, skipped counts and data cursor;
+        returning True stops the epoch early (max_steps, a signal). Uneven shares across ranks are handled by DDP's
+        `Join`. Returns samples seen, mean loss and the data-wait / compute split.
+        """
         self.model.train()
-        seen, skipped, losses = 0, Counter(), []
+        seen, loss_sum, batches = 0, 0.0, 0
         data_time = compute_time = 0.0
-        tick = time.perf_counter()
-        for batch in loader:
-            skipped.update(batch["skipped"])
-            if not batch_size(batch):
-                continue
-            batch = to_device(batch, self.device)
-            loaded = time.perf_counter()
-            loss = self.train_step(batch)
-            losses.append(loss)
-            seen += batch_size(batch)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            done = time.perf_counter()
-            data_time, compute_time, tick = data_time + loaded - tick, compute_time + done - loaded, done
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-            if self.step % self.cfg.log_every == 0 and self.micro_step % self.cfg.grad_accum == 0:
-                on_step({"step": self.step, "loss": loss.item(), "lr": self.scheduler.get_last_lr()[-1]})
-            if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
-                break
-        mean_loss = torch.stack(losses).mean().item() if losses else math.nan
-        return {"samples": seen, "skipped": dict(skipped), "loss": mean_loss,
+        join = Join([self.engine]) if self.env.distributed else nullcontext()
+        with join:
+            tick = time.perf_counter()
+            for batch in loader:
+                if not batch_size(batch):
+                    after_step({"skipped": batch["skipped"], "size": 0, "cursor": batch.get("cursor")})
+                    continue
+                batch = to_device(batch, self.device)
+                loaded = time.perf_counter()
+                loss = self.train_step(batch).item()
+                done = time.perf_counter()
+                data_time, compute_time, tick = data_time + loaded - tick, compute_time + done - loaded, done
+                seen, loss_sum, batches = seen + batch_size(batch), loss_sum + loss, batches + 1
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                stop = after_step({"loss": loss, "size": batch_size(batch), "skipped": batch["skipped"],
+                                   "cursor": batch.get("cursor")})
+                if stop:
+                    break
+        return {"samples": seen, "loss_sum": loss_sum, "batches": batches,
                 "data_s": round(data_time, 3), "compute_s": round(compute_time, 3)}
 
 
-class MetricsLog:
-    """Appends one JSON object per line to `metrics.jsonl`."""
+def mean_loss(loss_sum: float, batches: int) -> float:
+    return loss_sum / batches if batches else math.nan
 
-    def __init__(self, path: Path) -> None:
+
+class MetricsLog:
+    """Appends one JSON object per line to `metrics.jsonl`; `keep` lines survive a resume, the rest are cut."""
+
+    def __init__(self, path: Path, keep: int = 0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
+        lines = path.read_text().splitlines(keepends=True)[:keep] if keep and path.exists() else []
+        path.write_text("".join(lines))
+        self.lines = len(lines)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.lines += 1
