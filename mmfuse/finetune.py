@@ -34,7 +34,7 @@ from .data.position import LoaderPosition
 from .errors import ConfigError, DataError
 from .model import build_model
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
-from .train.distributed import DistEnv, any_rank, gather_objects, init_distributed, sum_counters
+from .train.distributed import DistEnv, any_rank, barrier, gather_objects, init_distributed, sum_counters
 from .train.freeze import apply_freeze, count_parameters
 from .train.state import read_state, rng_state, set_rng_state
 from .train.trainer import MetricsLog, Trainer, mean_loss
@@ -114,6 +114,7 @@ class FinetuneRun:
         if self.env.is_main:
             save_checkpoint(self.trainer.model, self.model_config, self.out / "checkpoints" / kind,
                             {"epoch": self.epoch}, train_state=state)
+        barrier(self.env)
 
     def _restore(self) -> int:
         ckpt = resolve_checkpoint_dir(self.out / "checkpoints" / "resume")

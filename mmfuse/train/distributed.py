@@ -55,6 +55,12 @@ def shutdown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (e.g. until rank 0 has written a checkpoint the others will read)."""
+    if env.distributed:
+        dist.barrier()
+
+
 def all_reduce_sum(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Sum a tensor over ranks (in place and returned); identity in a world of one."""
     if env.distributed:
