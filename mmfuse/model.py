@@ -55,6 +55,8 @@ class ModelConfig:
     """Extra keyword arguments of the fusion."""
     dropout: float = 0.1
     """Dropout before the classifier."""
+    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-tower parameter-efficient fine-tuning, e.g. {text: {method: lora, r: 8}}; that tower's base is frozen."""
 
     def __post_init__(self) -> None:
         self.encoders = {m: s if isinstance(s, EncoderSpec) else EncoderSpec(**s) for m, s in self.encoders.items()}
@@ -132,6 +134,10 @@ def build_model(config: ModelConfig) -> FusionModel:
     if len(config.labels) < 2:
         raise ConfigError(f"a classifier needs at least 2 labels, got {len(config.labels)}")
     encoders = {m: config.encoders[m].build() for m in config.modalities}
+    if config.adapters:
+        from .adapters import apply_adapters
+
+        apply_adapters(encoders, config.adapters)
     fusion = create_fusion(config.fusion, modalities=list(config.modalities), dim=config.dim,
                            **config.fusion_kwargs)
     return FusionModel(encoders, fusion, ClassificationHead(config.dim, len(config.labels), config.dropout))

@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="loader worker processes")
     p.add_argument("--strict", action="store_true", default=None,
                    help="fail on the first undecodable sample instead of skipping and counting it")
+    p.add_argument("--lora", help="comma-separated towers fine-tuned with LoRA adapters (r=8) instead of fully, "
+                                   "e.g. text; finer control: --set model.adapters.text.r=16")
     p.add_argument("--freeze", help="comma-separated towers whose encoders stay frozen, e.g. text,image")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run exactly where its last resumable checkpoint left it "
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         flags["train"]["progress"] = False
     if args.freeze:
         flags["train"]["freeze"] = args.freeze
+    if args.lora:
+        flags["model"]["adapters"] = {t.strip(): {"method": "lora"} for t in args.lora.split(",") if t.strip()}
     if args.out is not None:
         flags["out"] = args.out
     overrides: dict[str, Any] = {}

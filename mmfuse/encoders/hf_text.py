@@ -50,6 +50,7 @@ class HFTextEncoder(Encoder):
     """
 
     modality = "text"
+    adapter_targets = ("query", "value")  # BERT-family attention projections (LoRA's usual choice)
 
     def __init__(self, backbone: torch.nn.Module, tokenizer: Any, pooling: str = "cls", max_length: int = 128) -> None:
         super().__init__()

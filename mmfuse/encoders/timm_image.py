@@ -81,6 +81,7 @@ class TimmImageEncoder(Encoder):
     """
 
     modality = "image"
+    adapter_targets = ("qkv",)  # timm ViT attention input projection
 
     def __init__(self, backbone: torch.nn.Module, image_size: int) -> None:
         super().__init__()
