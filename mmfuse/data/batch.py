@@ -7,6 +7,7 @@
     image           (B, 3, S, S) float resized and normalised by the image encoder's preprocessor
     present_<m>     (B,) bool          False where the sample has no input of modality m (placeholder values)
     skipped         dict[str, int]     samples dropped since the previous batch, counted per reason
+    ignored         dict[str, int]     shard members ignored since the previous batch (pickle members), per kind
 
 Modalities a model does not use are not decoded and have no entries.
 """
@@ -30,12 +31,14 @@ class Collator:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         skipped: Counter[str] = Counter()
+        ignored: Counter[str] = Counter()
         real = []
         for sample in samples:
             skipped.update(sample.get("_skipped", {}))
+            ignored.update(sample.get("_ignored", {}))
             if not sample.get("_empty"):
                 real.append(sample)
-        batch: dict[str, Any] = {"key": [s["key"] for s in real], "skipped": dict(skipped)}
+        batch: dict[str, Any] = {"key": [s["key"] for s in real], "skipped": dict(skipped), "ignored": dict(ignored)}
         if not real:
             return batch
         if "label" in real[0]:

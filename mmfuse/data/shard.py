@@ -59,15 +59,25 @@ class _Task:
 
 
 class _Rejects:
-    """Collects refused rows; raises the first one when strict."""
+    """Collects refused rows. When strict, raises the first one in manifest order: a refusal found while planning
+    is held until the media checks reach its line (`before`), so an earlier bad file still comes first."""
 
     def __init__(self, config: ShardConfig) -> None:
         self.config, self.rows = config, []
 
-    def add(self, line: int, key: Any, field_: str, reason: str) -> None:
-        if self.config.strict:
-            raise DataError(f"{self.config.manifest}:{line}: record '{key}': {field_}: {reason}")
+    def add(self, line: int, key: Any, field_: str, reason: str, hold: bool = False) -> None:
         self.rows.append({"line": line, "key": key, "field": field_, "reason": reason})
+        if self.config.strict and not hold:
+            self.raise_first()
+
+    def before(self, line: int) -> None:
+        if self.config.strict and self.rows and min(r["line"] for r in self.rows) < line:
+            self.raise_first()
+
+    def raise_first(self) -> None:
+        if self.rows:
+            r = min(self.rows, key=lambda r: r["line"])
+            raise DataError(f"{self.config.manifest}:{r['line']}: record '{r['key']}': {r['field']}: {r['reason']}")
 
     def reasons(self) -> dict[str, int]:
         return dict(Counter(f"{r['field']}: {_short(r['reason'])}" for r in self.rows))
@@ -76,10 +86,11 @@ class _Rejects:
 def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
     """First pass: keys, labels and splits; no file is opened."""
     tasks, seen = [], {}
+    add = partial(rejects.add, hold=True)
     vocabulary = set(config.labels) if config.labels is not None else None
     for line, row, error in read_manifest(config.manifest):
         if row is None:
-            rejects.add(line, None, "manifest", error)
+            add(line, None, "manifest", error)
             continue
         key = row.get(config.key)
         key = "" if key is None else str(key).strip()
@@ -87,17 +98,17 @@ def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
         label = "" if label is None else str(label).strip()
         split = hash_split(key, config.fractions) if config.split is None else str(row.get(config.split) or "")
         if not key:
-            rejects.add(line, None, config.key, "missing key")
+            add(line, None, config.key, "missing key")
         elif "." in key or key.startswith("/") or key.endswith("/"):
-            rejects.add(line, key, config.key, "key contains '.' or starts/ends with '/' (invalid tar member name)")
+            add(line, key, config.key, "key contains '.' or starts/ends with '/' (invalid tar member name)")
         elif key in seen:
-            rejects.add(line, key, config.key, f"duplicate key (first on line {seen[key]})")
+            add(line, key, config.key, f"duplicate key (first on line {seen[key]})")
         elif not label:
-            rejects.add(line, key, config.label, "missing label")
+            add(line, key, config.label, "missing label")
         elif vocabulary is not None and label not in vocabulary:
-            rejects.add(line, key, config.label, f"unknown label '{label[:40]}'")
+            add(line, key, config.label, f"unknown label '{label[:40]}'")
         elif not split.strip():
-            rejects.add(line, key, config.split or "split", "missing split")
+            add(line, key, config.split or "split", "missing split")
         else:
             tasks.append(_Task(line, key, row, label, split.strip()))
         if key and key not in seen:
@@ -147,6 +158,7 @@ def write_shards(config: ShardConfig) -> ShardReport:
         try:
             for task, sample, refused in _results(config, labels, tasks):
                 bar.update(1)
+                rejects.before(task.line)
                 if sample is None:
                     rejects.add(task.line, task.key, *refused)
                     continue
@@ -156,6 +168,8 @@ def write_shards(config: ShardConfig) -> ShardReport:
                 for ext in sample:
                     if ext in MODALITY_OF:
                         formats.setdefault(MODALITY_OF[ext], Counter())[ext] += 1
+            if config.strict:
+                rejects.raise_first()
         finally:
             bar.close()
             for writer in writers.values():
