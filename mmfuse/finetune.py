@@ -46,7 +46,7 @@ def default_run_dir(config: RunConfig) -> Path:
 def finetune(config: RunConfig, echo: Any = print) -> dict[str, Any]:
     """Train `config.model` on `config.data`, evaluate each epoch, test the best checkpoint. Returns metrics.json."""
     started = time.perf_counter()
-    info = DatasetInfo.load(config.data.path or demo_dataset())
+    info = DatasetInfo.load(config.data.path or demo_dataset(), verify=config.data.verify_shards)
     info.require_modalities(config.model.modalities)
     for split in (config.data.train_split, config.data.val_split, config.data.test_split):
         info.require_split(split)
@@ -59,7 +59,9 @@ def finetune(config: RunConfig, echo: Any = print) -> dict[str, Any]:
     seed_everything(config.train.seed)
     model = build_model(model_config)
     data, train = config.data, config.train
-    micro_batches = math.ceil(info.count(data.train_split) / data.batch_size)
+    epoch_samples = (data.epoch_samples or info.count(data.train_split)) if data.resampled \
+        else info.count(data.train_split)
+    micro_batches = math.ceil(epoch_samples / data.batch_size)
     steps_per_epoch = max(1, micro_batches // train.grad_accum)
     total_steps = steps_per_epoch * train.epochs
     if train.max_steps is not None:
@@ -77,18 +79,27 @@ def finetune(config: RunConfig, echo: Any = print) -> dict[str, Any]:
          f"{device} {trainer.precision}, {total_steps} steps -> {out}")
     best: dict[str, Any] = {"epoch": 0, "accuracy": -1.0}
     skipped: Counter[str] = Counter()
+    ignored: Counter[str] = Counter()
+
+    def tally(loader):  # shard members the loader ignored (pickle), reported beside the skipped samples
+        for batch in loader:
+            ignored.update(batch.get("ignored", {}))
+            yield batch
+
     epoch_records = []
     for epoch in range(1, train.epochs + 1):
         loader = make_loader(info, data.train_split, preprocessors, data.batch_size, shuffle=True, seed=train.seed,
-                             epoch=epoch, shuffle_buffer=data.shuffle_buffer, **loader_kwargs)
+                             epoch=epoch, shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
+                             epoch_samples=epoch_samples, **loader_kwargs)
         bar = tqdm(total=micro_batches, desc=f"epoch {epoch}/{train.epochs}", disable=not train.progress,
                    leave=False, dynamic_ncols=True)
-        stats = trainer.train_epoch(loader, lambda r, e=epoch: log.write({"epoch": e, **r}), bar)
+        stats = trainer.train_epoch(tally(loader), lambda r, e=epoch: log.write({"epoch": e, **r}), bar)
         bar.close()
         skipped.update(stats["skipped"])
-        val = trainer.evaluate(eval_loader(data.val_split), len(info.labels))
+        val = trainer.evaluate(tally(eval_loader(data.val_split)), len(info.labels))
         skipped.update(val["skipped"])
         record = {"epoch": epoch, "step": trainer.step, "train_loss": stats["loss"], "train_samples": stats["samples"],
+                  "train_skipped": sum(stats["skipped"].values()),
                   "data_s": stats["data_s"], "compute_s": stats["compute_s"],
                   "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
         log.write(record)
@@ -105,20 +116,20 @@ def finetune(config: RunConfig, echo: Any = print) -> dict[str, Any]:
 
     best_model, _, _ = load_checkpoint(out / "checkpoints" / "best")
     trainer.model.load_state_dict(best_model.state_dict())
-    test = trainer.evaluate(eval_loader(data.test_split), len(info.labels))
+    test = trainer.evaluate(tally(eval_loader(data.test_split)), len(info.labels))
     skipped.update(test["skipped"])
     summary = {
         "modalities": model_config.modalities, "fusion": model_config.fusion, "labels": model_config.labels,
         "best_epoch": best["epoch"], "val": {k: v for k, v in best.items() if k != "epoch"},
         "test": {k: test[k] for k in ("accuracy", "macro_f1", "count")},
-        "skipped": dict(skipped), "skipped_total": sum(skipped.values()),
+        "skipped": dict(skipped), "skipped_total": sum(skipped.values()), "ignored_members": dict(ignored),
         "epochs": epoch_records, "steps": trainer.step, "device": str(device), "precision": trainer.precision,
         "train_time_s": round(time.perf_counter() - started, 1), "data": str(info.root),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    if summary["skipped_total"]:
-        echo(f"mmfuse: skipped {summary['skipped_total']} samples: " +
-             ", ".join(f"{reason} x{n}" for reason, n in skipped.most_common()))
+    echo(f"mmfuse: skipped {summary['skipped_total']} samples" + "".join(
+        f"{', ' if i else ': '}{reason} x{n}" for i, (reason, n) in enumerate(skipped.most_common())) +
+         (f"; ignored shard members: {', '.join(f'{k} x{n}' for k, n in ignored.most_common())}" if ignored else ""))
     expected = info.count(data.test_split)
     if test["count"] + sum(test["skipped"].values()) != expected:
         raise DataError(f"test split: read {test['count']} + skipped {sum(test['skipped'].values())} samples, "
