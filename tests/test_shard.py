@@ -189,7 +189,7 @@ def test_not_empty_output_is_refused(catalogue, shards):
 
 
 def test_end_to_end_shard_then_finetune(tmp_path, capsys):
-    from tests.test_cli import TINY_FLAGS
+    from test_cli import TINY_FLAGS
 
     assert main(["demo-data", "--manifest", str(tmp_path / "cat"), "--count", "40", "--faults"]) == 0
     assert main(["shard", "--manifest", str(tmp_path / "cat" / "items.jsonl"), "--out", str(tmp_path / "data"),
