@@ -29,6 +29,8 @@ def parse_mapping(text: str) -> dict[str, str]:
         ext, sep, modality = (s.strip() for s in part.partition("="))
         if not sep or not ext or modality not in MODALITIES:
             raise DataError(f"--map: expected EXT=MODALITY with MODALITY in {', '.join(MODALITIES)}, got '{part}'")
+        if ext.lstrip(".") in PICKLE_EXTENSIONS:
+            raise DataError(f"--map: .{ext.lstrip('.')} members need pickle to decode; mmfuse never unpickles")
         mapping[ext.lstrip(".")] = modality
     return mapping
 

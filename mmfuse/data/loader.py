@@ -72,10 +72,12 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
     def stage(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         pending: Counter[str] = Counter()
         ignored: Counter[str] = Counter()
+        warned: set[str] = set()
         for raw in source:
             unsafe = sorted(ext for ext in raw if ext in PICKLE_EXTENSIONS)
             if unsafe:
-                if not ignored:
+                if raw.get("__url__") not in warned:  # once per shard
+                    warned.add(raw.get("__url__"))
                     warnings.warn(f"mmfuse: {raw.get('__url__')}: sample '{raw.get('__key__')}' has member(s) "
                                   f"{', '.join('.' + e for e in unsafe)} that would need pickle: ignored, never "
                                   f"decoded (counted in batch['ignored'])", stacklevel=2)
