@@ -201,3 +201,22 @@ def test_end_to_end_shard_then_finetune(tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["skipped_total"] == 0 and "mmfuse: skipped 0 samples" in printed
     assert metrics["test"]["count"] == DatasetInfo.load(tmp_path / "data").count("test")
+
+
+def test_malformed_rows_are_listed_not_fatal(tmp_path):
+    manifest = tmp_path / "items.jsonl"
+    manifest.write_text('{"key": "a", "text": "an oak toy", "label": "x"}\nnot json\n[1, 2]\n\n'
+                        '{"key": "b.c", "text": "t", "label": "x"}\n{"key": "d", "text": "t"}\n'
+                        '{"key": "e", "text": "", "label": "x"}\n{"key": 7, "text": "t", "label": "y", "image": ""}\n')
+    report = write_shards(ShardConfig(manifest=str(manifest), out=str(tmp_path / "out"), split="part",
+                                      empty_text="absent", progress=False))
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["field"]) for r in rejects] == [
+        (1, "part"), (2, "manifest"), (3, "manifest"), (5, "key"), (6, "label"), (7, "part"), (8, "part")]
+    assert rejects[1]["reason"].startswith("invalid JSON") and report.counts == {}
+    again = write_shards(ShardConfig(manifest=str(manifest), out=str(tmp_path / "again"), progress=False,
+                                     fractions={"train": 1.0}, empty_text="absent"))
+    assert again.counts == {"train": 2} and again.reasons == {
+        "manifest: invalid JSON": 1, "manifest: a line must be a JSON object": 1,
+        "key: key contains '.' or starts/ends with '/'": 1, "label: missing label": 1,
+        "record: no text, image or audio": 1}

@@ -143,7 +143,7 @@ def _modalities(formats: dict[str, Counter]) -> dict[str, list[str]]:
 def write_shards(config: ShardConfig) -> ShardReport:
     """Check every manifest row and write the accepted ones as shards in `config.out` (see the module doc)."""
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"output directory {out} is not empty (remove it or choose another --out)")
     rejects = _Rejects(config)
     tasks = _plan(config, rejects)
