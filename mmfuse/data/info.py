@@ -39,7 +39,7 @@ class DatasetInfo:
             raise DataError(f"data path {path} does not exist")
         if not file.exists():
             raise DataError(f"{file} not found: a shard directory needs a dataset.json (write one with "
-                            f"`mmfuse data demo` or from a manifest)")
+                            f"`mmfuse shard --manifest ITEMS.jsonl --out DIR`, or `mmfuse demo-data`)")
         try:
             meta = json.loads(file.read_text())
         except json.JSONDecodeError as err:
