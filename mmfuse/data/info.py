@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ class DatasetInfo:
         return self.splits[split]
 
     def shard_urls(self, split: str) -> list[str]:
-        return [str(self.root / s["path"]) for s in self.require_split(split)["shards"]]
+        return [os.path.normpath(self.root / s["path"]) for s in self.require_split(split)["shards"]]
 
     def count(self, split: str) -> int:
         return int(self.require_split(split)["count"])

@@ -80,7 +80,7 @@ class _Rejects:
             raise DataError(f"{self.config.manifest}:{r['line']}: record '{r['key']}': {r['field']}: {r['reason']}")
 
     def reasons(self) -> dict[str, int]:
-        return dict(Counter(f"{r['field']}: {_short(r['reason'])}" for r in self.rows))
+        return dict(Counter(f"{r['field']}: {_short(r['reason'])}" for r in sorted(self.rows, key=lambda r: r['line'])))
 
 
 def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
