@@ -43,6 +43,16 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(config.model.modalities)}"
 
 
+def data_summary(skipped: Counter[str], ignored: Counter[str]) -> str:
+    """The closing line about the data: samples skipped per reason, shard members ignored (never decoded)."""
+    line = f"mmfuse: skipped {sum(skipped.values())} samples"
+    if skipped:
+        line += ": " + ", ".join(f"{reason} x{n}" for reason, n in skipped.most_common())
+    if ignored:
+        line += "; ignored shard members: " + ", ".join(f"{kind} x{n}" for kind, n in ignored.most_common())
+    return line
+
+
 def finetune(config: RunConfig, echo: Any = print) -> dict[str, Any]:
     """Train `config.model` on `config.data`, evaluate each epoch, test the best checkpoint. Returns metrics.json."""
     started = time.perf_counter()
@@ -127,9 +137,7 @@ def finetune(config: RunConfig, echo: Any = print) -> dict[str, Any]:
         "train_time_s": round(time.perf_counter() - started, 1), "data": str(info.root),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    echo(f"mmfuse: skipped {summary['skipped_total']} samples" + "".join(
-        f"{', ' if i else ': '}{reason} x{n}" for i, (reason, n) in enumerate(skipped.most_common())) +
-         (f"; ignored shard members: {', '.join(f'{k} x{n}' for k, n in ignored.most_common())}" if ignored else ""))
+    echo(data_summary(skipped, ignored))
     expected = info.count(data.test_split)
     if test["count"] + sum(test["skipped"].values()) != expected:
         raise DataError(f"test split: read {test['count']} + skipped {sum(test['skipped'].values())} samples, "

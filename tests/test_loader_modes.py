@@ -123,3 +123,14 @@ def test_dataset_json_from_the_demo_records_shard_sizes(demo_shards):
     meta = json.loads((demo_shards / "dataset.json").read_text())
     shard = meta["splits"]["train"]["shards"][0]
     assert shard["bytes"] == (demo_shards / shard["path"]).stat().st_size
+
+
+def test_closing_summary_names_skips_and_ignored_members():
+    from collections import Counter
+
+    from mmfuse.finetune import data_summary
+
+    assert data_summary(Counter(), Counter()) == "mmfuse: skipped 0 samples"
+    assert data_summary(Counter({"image: cannot decode": 2, "label: missing": 1}), Counter({"pickle member .pyd": 1})) \
+        == "mmfuse: skipped 3 samples: image: cannot decode x2, label: missing x1; ignored shard members: " \
+           "pickle member .pyd x1"

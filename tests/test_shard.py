@@ -196,7 +196,8 @@ def test_end_to_end_shard_then_finetune(tmp_path, capsys):
                  "--text", "title", "--fractions", "train=0.6,val=0.2,test=0.2", "--no-progress"]) == 0
     assert "refused 5 rows" in capsys.readouterr().out  # without --labels the 'unknown' label is a 7th class
     assert main(["finetune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
-                 "--max-steps", "2", "--set", "data.verify_shards=true", *TINY_FLAGS]) == 0
+                 "--max-steps", "2", "--set", "data.verify_shards=true", "--set", "data.resampled=true",
+                 "--set", "data.epoch_samples=40", *TINY_FLAGS]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["skipped_total"] == 0 and "mmfuse: skipped 0 samples" in printed
