@@ -17,7 +17,7 @@ from .manifest import ShardConfig
 
 AUDIO_FORMATS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3", "aiff": "aiff", "w64": "w64"}
 FORMAT_NAMES = {"jpg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "GIF"}
-IMAGE_MAGIC = {b"\xff\xd8\xff": "jpg", b"\x89PNG": "png", b"RIFF": "webp", b"GIF8": "gif"}
+IMAGE_MAGIC = {b"\xff\xd8\xff": "jpg", b"\x89PNG": "png", b"GIF8": "gif"}
 
 
 class Refused(Exception):
@@ -57,6 +57,8 @@ def check_image(data: bytes, extension: str, column: str = "image") -> str:
     from torchvision.io import ImageReadMode, decode_image
 
     ext = next((e for magic, e in IMAGE_MAGIC.items() if data.startswith(magic)), None)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        ext = "webp"
     if ext is None:
         raise Refused(column, f"not a JPEG, PNG, WebP or GIF image (extension .{extension})")
     with warnings.catch_warnings():
