@@ -46,11 +46,19 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
+    verify_shards: bool = False
+    """Check every shard's sha256 against dataset.json before training (sizes are always checked)."""
+    resampled: bool = False
+    """Draw training shards with replacement (seeded) for a fixed epoch length instead of one pass over each."""
+    epoch_samples: int | None = None
+    """Training samples per epoch when `resampled` (default: the train split's count)."""
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "eval_batch_size")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
+        if self.epoch_samples is not None and self.epoch_samples < 1:
+            raise ConfigError("data.epoch_samples must be >= 1")
 
 
 @dataclass

@@ -50,6 +50,16 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(config.model.modalities)}"
 
 
+def data_summary(skipped: Counter[str], ignored: Counter[str]) -> str:
+    """The closing line about the data: samples skipped per reason, shard members ignored (never decoded)."""
+    line = f"mmfuse: skipped {sum(skipped.values())} samples"
+    if skipped:
+        line += ": " + ", ".join(f"{reason} x{n}" for reason, n in skipped.most_common())
+    if ignored:
+        line += "; ignored shard members: " + ", ".join(f"{kind} x{n}" for kind, n in ignored.most_common())
+    return line
+
+
 class Preempted(Exception):
     """SIGTERM arrived; a resumable checkpoint has been written."""
 
@@ -62,7 +72,7 @@ class FinetuneRun:
         self.env: DistEnv = init_distributed(config.train.device)
         self.echo = echo if self.env.is_main else (lambda *_: None)
         data, train = config.data, config.train
-        self.info = DatasetInfo.load(data.path or demo_dataset())
+        self.info = DatasetInfo.load(data.path or demo_dataset(), verify=data.verify_shards)
         self.info.require_modalities(config.model.modalities)
         for split in (data.train_split, data.val_split, data.test_split):
             self.info.require_split(split)
@@ -77,7 +87,10 @@ class FinetuneRun:
         model = build_model(self.model_config)
         apply_freeze(model, train.freeze, train.unfreeze_top)
         self.params = count_parameters(model)
-        self.micro_batches = math.ceil(self.info.count(data.train_split) / data.batch_size)
+        self.epoch_samples = self.info.count(data.train_split)
+        if data.resampled and data.epoch_samples:
+            self.epoch_samples = data.epoch_samples
+        self.micro_batches = math.ceil(self.epoch_samples / data.batch_size)
         total_steps = max(1, self.micro_batches // train.grad_accum) * train.epochs
         if train.max_steps is not None:
             total_steps = min(total_steps, train.max_steps)
@@ -90,7 +103,8 @@ class FinetuneRun:
         self.best: dict[str, Any] = {"epoch": 0, "accuracy": -1.0}
         self.records: list[dict[str, Any]] = []
         self.skipped: Counter[str] = Counter()
-        self.acc = {"loss_sum": 0.0, "batches": 0, "samples": 0, "data_s": 0.0, "compute_s": 0.0}
+        self.ignored: Counter[str] = Counter()
+        self.acc = self._new_epoch_acc()
         self.stop_requested = False
         log_lines = self._restore() if resume else 0
         if self.env.is_main:
@@ -106,7 +120,7 @@ class FinetuneRun:
                 "rng": gather_objects(rng_state(), self.env), "step": t.step, "micro_step": t.micro_step,
                 "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
-                "skipped": dict(self.skipped), "acc": dict(self.acc),
+                "skipped": dict(self.skipped), "ignored": dict(self.ignored), "acc": dict(self.acc),
                 "log_lines": self.log.lines if self.env.is_main else 0}
 
     def _save(self, kind: str, train_state: bool = False) -> None:
@@ -131,7 +145,7 @@ class FinetuneRun:
             raise ConfigError(f"{ckpt} was written by {len(state['positions'])} processes; resume with as many")
         self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(state["positions"][self.env.rank])
         self.best, self.records, self.acc = state["best"], state["records"], state["acc"]
-        self.skipped = Counter(state["skipped"])
+        self.skipped, self.ignored = Counter(state["skipped"]), Counter(state["ignored"])
         set_rng_state(state["rng"][self.env.rank])
         self.echo(f"mmfuse: resuming {self.out} at epoch {self.epoch}, step {t.step}")
         return state["log_lines"]
@@ -141,6 +155,7 @@ class FinetuneRun:
         """Book-keeping after each micro-batch; True stops the epoch (max_steps or SIGTERM)."""
         t, train = self.trainer, self.config.train
         self.skipped.update(info["skipped"])
+        self.acc["skipped"] += sum(info["skipped"].values())
         if info.get("cursor") is not None:
             worker, cursor = info["cursor"]
             self.position.advance(worker, cursor, self.loader_kwargs["num_workers"])
@@ -167,12 +182,13 @@ class FinetuneRun:
         data, train = self.config.data, self.config.train
         loader = make_loader(self.info, data.train_split, self.preprocessors, self.rank_batch, shuffle=True,
                              seed=train.seed, epoch=self.epoch, shuffle_buffer=data.shuffle_buffer,
-                             position=self.position, **self.loader_kwargs)
-        rank_batches = math.ceil(self.info.count(data.train_split) / self.env.world_size / self.rank_batch)
+                             resampled=data.resampled, epoch_samples=self.epoch_samples, position=self.position,
+                             **self.loader_kwargs)
+        rank_batches = math.ceil(self.epoch_samples / self.env.world_size / self.rank_batch)
         bar = tqdm(total=rank_batches, initial=self.acc["batches"], leave=False,
                    desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
                    dynamic_ncols=True)
-        stats = self.trainer.train_epoch(loader, self._after_step, bar)
+        stats = self.trainer.train_epoch(self._tally(loader), self._after_step, bar)
         bar.close()
         self.acc["data_s"] += stats["data_s"]
         self.acc["compute_s"] += stats["compute_s"]
@@ -180,6 +196,7 @@ class FinetuneRun:
         samples = sum(gather_objects(self.acc["samples"], self.env))
         record = {"epoch": self.epoch, "step": self.trainer.step,
                   "train_loss": mean_loss(self.acc["loss_sum"], self.acc["batches"]), "train_samples": samples,
+                  "train_skipped": sum(gather_objects(self.acc["skipped"], self.env)),
                   "data_s": round(self.acc["data_s"], 3), "compute_s": round(self.acc["compute_s"], 3),
                   "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
         self.records.append(record)
@@ -196,9 +213,19 @@ class FinetuneRun:
     def evaluate(self, split: str) -> dict[str, Any]:
         loader = make_loader(self.info, split, self.preprocessors, self.config.data.eval_batch_size,
                              **self.loader_kwargs)
-        metrics = self.trainer.evaluate(loader, len(self.info.labels))
+        metrics = self.trainer.evaluate(self._tally(loader), len(self.info.labels))
         self.skipped.update(metrics["skipped"])
         return metrics
+
+    def _tally(self, loader):
+        """Count the shard members the loader ignored (pickle), reported beside the skipped samples."""
+        for batch in loader:
+            self.ignored.update(batch.get("ignored", {}))
+            yield batch
+
+    @staticmethod
+    def _new_epoch_acc() -> dict[str, Any]:
+        return {"loss_sum": 0.0, "batches": 0, "samples": 0, "skipped": 0, "data_s": 0.0, "compute_s": 0.0}
 
     def run(self) -> dict[str, Any]:
         train = self.config.train
@@ -215,7 +242,7 @@ class FinetuneRun:
                 finished = train.max_steps is not None and self.trainer.step >= train.max_steps
                 self.epoch += 1
                 self.position = LoaderPosition()
-                self.acc = {"loss_sum": 0.0, "batches": 0, "samples": 0, "data_s": 0.0, "compute_s": 0.0}
+                self.acc = self._new_epoch_acc()
                 if finished or self.epoch > train.epochs:
                     break
                 self._save("resume", train_state=True)
@@ -237,22 +264,22 @@ class FinetuneRun:
         best_model, _, _ = load_checkpoint(self.out / "checkpoints" / "best")
         self.trainer.model.load_state_dict(best_model.state_dict())
         test = self.evaluate(data.test_split)
-        skipped = sum_counters(self.skipped, self.env) if self.env.distributed else dict(self.skipped)
+        skipped = sum_counters(self.skipped, self.env)
+        ignored = sum_counters(self.ignored, self.env)
         summary = {
             "modalities": self.model_config.modalities, "fusion": self.model_config.fusion,
             "labels": self.model_config.labels, "best_epoch": self.best["epoch"],
             "val": {k: v for k, v in self.best.items() if k != "epoch"},
             "test": {k: test[k] for k in ("accuracy", "macro_f1", "count")},
-            "skipped": skipped, "skipped_total": sum(skipped.values()), "epochs": self.records,
+            "skipped": skipped, "skipped_total": sum(skipped.values()), "ignored_members": ignored,
+            "epochs": self.records,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
             "device": str(self.env.device), "precision": self.trainer.precision,
             "train_time_s": round(time.perf_counter() - self.started, 1), "data": str(self.info.root),
         }
         if self.env.is_main:
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
-        if summary["skipped_total"]:
-            self.echo(f"mmfuse: skipped {summary['skipped_total']} samples: "
-                      + ", ".join(f"{reason} x{n}" for reason, n in Counter(skipped).most_common()))
+        self.echo(data_summary(Counter(skipped), Counter(ignored)))
         expected = self.info.count(data.test_split)
         if test["count"] + sum(test["skipped"].values()) != expected:
             raise DataError(f"test split: read {test['count']} + skipped {sum(test['skipped'].values())} samples, "

@@ -10,11 +10,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", help="write the shards here instead of the user cache directory")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--manifest", metavar="DIR",
+                   help="instead write the demo catalogue as DIR/items.jsonl + DIR/media/ (input of `mmfuse shard`)")
+    p.add_argument("--count", type=int, default=2000, help="with --manifest: number of items")
+    p.add_argument("--faults", action="store_true", help="with --manifest: append one row of each known fault")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.demo import DemoSpec, build_demo, demo_dataset
+
+    if args.manifest:
+        from ..data.demo_manifest import write_demo_manifest
+
+        print(write_demo_manifest(args.manifest, args.count, seed=args.seed, faults=args.faults))
+        return 0
 
     spec = DemoSpec(seed=args.seed)
     path = build_demo(args.out, spec) if args.out else demo_dataset(spec)

@@ -7,6 +7,7 @@
     image           (B, 3, S, S) float resized and normalised by the image encoder's preprocessor
     present_<m>     (B,) bool          False where the sample has no input of modality m (placeholder values)
     skipped         dict[str, int]     samples dropped since the previous batch, counted per reason
+    ignored         dict[str, int]     shard members ignored since the previous batch (pickle members), per kind
     cursor          (int, int)         (loader worker, running raw-sample count) of the batch's last sample:
                                        the data position a resumable checkpoint stores
 
@@ -32,12 +33,14 @@ class Collator:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         skipped: Counter[str] = Counter()
+        ignored: Counter[str] = Counter()
         real = []
         for sample in samples:
             skipped.update(sample.get("_skipped", {}))
+            ignored.update(sample.get("_ignored", {}))
             if not sample.get("_empty"):
                 real.append(sample)
-        batch: dict[str, Any] = {"key": [s["key"] for s in real], "skipped": dict(skipped)}
+        batch: dict[str, Any] = {"key": [s["key"] for s in real], "skipped": dict(skipped), "ignored": dict(ignored)}
         cursors = [s["_cursor"] for s in real if "_cursor" in s]
         if cursors:
             batch["cursor"] = max(cursors, key=lambda c: c[1])

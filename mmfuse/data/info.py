@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 from ..errors import DataError
 
 FORMAT = "mmfuse-shards/1"
+PICKLE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
+"""Member extensions whose decoders unpickle; mmfuse never decodes them (the loader reports and ignores them)."""
 
 
 @dataclass
@@ -21,17 +25,22 @@ class DatasetInfo:
     labels: list[str]
     label_field: str
     splits: dict[str, dict[str, Any]]
+    label_encoding: str = "index"
+    """How `.<label_field>` members hold the label: 'index' (into `labels`) or 'name' (a member of `labels`)."""
 
     @classmethod
-    def load(cls, path: str | Path) -> DatasetInfo:
-        """Read `path/dataset.json` (or `path` itself if it is the json file) and check it."""
+    def load(cls, path: str | Path, verify: bool = False) -> DatasetInfo:
+        """Read `path/dataset.json` (or `path` itself if it is the json file) and check it.
+
+        Every shard must exist and have the size recorded in `dataset.json`; with `verify` its sha256 is checked too.
+        """
         path = Path(path)
         file = path if path.suffix == ".json" else path / "dataset.json"
         if not path.exists():
             raise DataError(f"data path {path} does not exist")
         if not file.exists():
             raise DataError(f"{file} not found: a shard directory needs a dataset.json (write one with "
-                            f"`mmfuse data demo` or from a manifest)")
+                            f"`mmfuse shard --manifest ITEMS.jsonl --out DIR`, or `mmfuse demo-data`)")
         try:
             meta = json.loads(file.read_text())
         except json.JSONDecodeError as err:
@@ -42,12 +51,34 @@ class DatasetInfo:
         if meta.get("format", FORMAT) != FORMAT:
             raise DataError(f"{file} has format '{meta['format']}', this mmfuse reads '{FORMAT}'")
         info = cls(root=file.parent, modalities=meta["modalities"], labels=list(meta["labels"]),
-                   label_field=meta.get("label_field", "cls"), splits=meta["splits"])
+                   label_field=meta.get("label_field", "cls"), splits=meta["splits"],
+                   label_encoding=meta.get("label_encoding", "index"))
+        if info.label_encoding not in ("index", "name"):
+            raise DataError(f"{file}: label_encoding must be 'index' or 'name', got '{info.label_encoding}'")
         for split in info.splits:
             for shard in info.splits[split]["shards"]:
-                if not (info.root / shard["path"]).exists():
-                    raise DataError(f"{file}: shard {shard['path']} of split '{split}' is missing")
+                info._check_shard(file, split, shard, verify)
         return info
+
+    def _check_shard(self, file: Path, split: str, shard: dict[str, Any], verify: bool) -> None:
+        path = self.root / shard["path"]
+        if not path.exists():
+            raise DataError(f"{file}: shard {shard['path']} of split '{split}' is missing")
+        size = path.stat().st_size
+        if "bytes" in shard and size != shard["bytes"]:
+            raise DataError(f"shard {path} has changed: {size} bytes, {file.name} says {shard['bytes']} "
+                            f"(rewrite the shards, or their dataset.json if the change is intended)")
+        if verify and "sha256" in shard:
+            from .writer import sha256_file
+
+            if sha256_file(path) != shard["sha256"]:
+                raise DataError(f"shard {path} has changed: its sha256 differs from {file.name}'s "
+                                f"(rewrite the shards, or their dataset.json if the change is intended)")
+
+    @functools.cached_property
+    def label_index(self) -> dict[str, int]:
+        """Label name -> index into `labels`."""
+        return {name: index for index, name in enumerate(self.labels)}
 
     def require_split(self, split: str) -> dict[str, Any]:
         if split not in self.splits:
@@ -55,7 +86,7 @@ class DatasetInfo:
         return self.splits[split]
 
     def shard_urls(self, split: str) -> list[str]:
-        return [str(self.root / s["path"]) for s in self.require_split(split)["shards"]]
+        return [os.path.normpath(self.root / s["path"]) for s in self.require_split(split)["shards"]]
 
     def count(self, split: str) -> int:
         return int(self.require_split(split)["count"])

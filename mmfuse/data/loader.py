@@ -1,14 +1,19 @@
 """The sharded loader: a `webdataset` pipeline of small stages (shards -> samples -> decoded -> batches).
 
 Nothing is ever unpickled: samples are read as raw bytes and only the members a modality maps to are decoded,
-by the encoders' own preprocessors. A sample that fails to decode is skipped and counted per reason; the
-counts travel inside the batches (`batch["skipped"]`) so they survive loader worker processes.
+by the encoders' own preprocessors. A member that would need pickle (`.pyd`, `.pickle`, `.pth`, ...) is counted
+and ignored (`batch["ignored"]`), never decoded. A sample that fails to decode is skipped and counted per reason;
+the counts travel inside the batches (`batch["skipped"]`) so they survive loader worker processes.
+
+Two shard orders: one pass over every shard (split between ranks and workers, optionally shuffled), or
+`resampled`: shards drawn with replacement, seeded per rank and worker, for a fixed `epoch_samples`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -17,7 +22,7 @@ import webdataset as wds
 from ..encoders.base import Preprocessor
 from ..errors import DataError
 from .batch import Collator
-from .info import DatasetInfo
+from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
 
 
@@ -40,10 +45,17 @@ def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping
     label = raw.get(info.label_field)
     if label is None:
         raise _FieldError("label", f"no '.{info.label_field}' member")
-    try:
-        sample["label"] = int(label)
-    except ValueError:
-        raise _FieldError("label", f"not an integer: {label[:20]!r}") from None
+    if info.label_encoding == "name":
+        name = label.decode("utf-8", "replace").strip()
+        if name not in info.label_index:
+            raise _FieldError("label", f"'{name[:40]}' is not one of the {len(info.labels)} labels")
+        sample["label"] = info.label_index[name]
+        label = name
+    else:
+        try:
+            sample["label"] = int(label)
+        except ValueError:
+            raise _FieldError("label", f"not an integer: {label[:20]!r}") from None
     if not 0 <= sample["label"] < len(info.labels):
         raise _FieldError("label", f"index {sample['label']} outside the {len(info.labels)} labels")
     for m, pre in preprocessors.items():
@@ -60,7 +72,17 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
 
     def stage(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         pending: Counter[str] = Counter()
+        ignored: Counter[str] = Counter()
+        warned: set[str] = set()
         for raw in source:
+            unsafe = sorted(ext for ext in raw if ext in PICKLE_EXTENSIONS)
+            if unsafe:
+                if raw.get("__url__") not in warned:  # once per shard
+                    warned.add(raw.get("__url__"))
+                    warnings.warn(f"mmfuse: {raw.get('__url__')}: sample '{raw.get('__key__')}' has member(s) "
+                                  f"{', '.join('.' + e for e in unsafe)} that would need pickle: ignored, never "
+                                  f"decoded (counted in batch['ignored'])", stacklevel=2)
+                ignored.update(f"pickle member .{ext}" for ext in unsafe)
             try:
                 sample = decode_sample(raw, info, preprocessors)
             except _FieldError as err:
@@ -70,9 +92,11 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
                 continue
             if pending:
                 sample["_skipped"], pending = dict(pending), Counter()
+            if ignored:
+                sample["_ignored"], ignored = dict(ignored), Counter()
             yield sample
-        if pending:  # failures after the last good sample still reach the counts
-            yield {"_skipped": dict(pending), "_empty": True}
+        if pending or ignored:  # failures after the last good sample still reach the counts
+            yield {"_skipped": dict(pending), "_ignored": dict(ignored), "_empty": True}
 
     return stage
 
@@ -92,34 +116,60 @@ class _ShardErrorHandler:
         return True
 
 
+def epoch_limit(total: int) -> Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]]:
+    """A pipeline stage that passes `total` decoded samples in all, shared between every rank and loader worker."""
+
+    def stage(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        parts, part = world * workers, rank * workers + worker
+        quota = total // parts + (1 if part < total % parts else 0)
+        if quota == 0:
+            return
+        for sample in source:
+            yield sample
+            quota -= not sample.get("_empty")
+            if quota == 0:
+                return
+
+    return stage
+
+
 def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Preprocessor], batch_size: int, *,
                    shuffle: bool = False, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000,
-                   strict: bool = False, drop_last: bool = False,
-                   position: LoaderPosition | None = None) -> wds.DataPipeline:
+                   strict: bool = False, drop_last: bool = False, resampled: bool = False,
+                   epoch_samples: int | None = None, position: LoaderPosition | None = None) -> wds.DataPipeline:
     """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order.
 
-    `position` (from batches' `cursor` entries) resumes the epoch where an earlier run of the same pipeline stopped.
+    With `resampled`, shards are drawn with replacement (seeded per rank and worker) and the epoch ends after
+    `epoch_samples` samples in all (default: the split's count). `position` (from batches' `cursor` entries)
+    resumes an epoch where an earlier run of the same pipeline stopped.
     """
     urls = info.shard_urls(split)
     info.require_modalities(list(preprocessors))
-    stages: list[Any] = [wds.SimpleShardList(urls)]
-    if shuffle:
-        stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
-    rotation = position.next_worker if position else 0
-    stages += [wds.split_by_node, split_by_worker_rotated(rotation),
-               wds.tarfile_to_samples(handler=_ShardErrorHandler(strict))]
+    if resampled:
+        stages: list[Any] = [wds.ResampledShards(urls, seed=seed * 1000 + epoch, deterministic=True)]
+    else:
+        stages = [wds.SimpleShardList(urls)]
+        if shuffle:
+            stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
+        rotation = position.next_worker if position else 0
+        stages += [wds.split_by_node, split_by_worker_rotated(rotation)]
+    stages.append(wds.tarfile_to_samples(handler=_ShardErrorHandler(strict)))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
-    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict),
-               wds.batched(batch_size, collation_fn=Collator(preprocessors), partial=not drop_last)]
+    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict)]
+    if resampled:
+        stages.append(epoch_limit(epoch_samples if epoch_samples is not None else info.count(split)))
+    stages.append(wds.batched(batch_size, collation_fn=Collator(preprocessors), partial=not drop_last))
     return wds.DataPipeline(*stages)
 
 
 def make_loader(info: DatasetInfo, split: str, preprocessors: Mapping[str, Preprocessor], batch_size: int, *,
                 num_workers: int = 0, pin_memory: bool = False, **pipeline_kwargs: Any) -> torch.utils.data.DataLoader:
-    """A `DataLoader` over `build_pipeline(...)`; workers are capped at the number of shards."""
+    """A `DataLoader` over `build_pipeline(...)`; workers are capped at the number of shards (unless resampled)."""
     pipeline = build_pipeline(info, split, preprocessors, batch_size, **pipeline_kwargs)
-    workers = min(num_workers, len(info.shard_urls(split)))
+    resampled = pipeline_kwargs.get("resampled", False)
+    workers = num_workers if resampled else min(num_workers, len(info.shard_urls(split)))
     # A private generator: creating the iterator must not draw from the global RNG, or resuming mid-epoch would
     # shift every later dropout mask.
     return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
@@ -133,7 +183,8 @@ def read_records(info: DatasetInfo, split: str) -> Iterator[dict[str, Any]]:
     for raw in source:
         record: dict[str, Any] = {"key": raw["__key__"]}
         if info.label_field in raw:
-            record["label"] = info.labels[int(raw[info.label_field])]
+            label = raw[info.label_field].decode("utf-8").strip()
+            record["label"] = label if info.label_encoding == "name" else info.labels[int(label)]
         for m, extensions in info.modalities.items():
             value = _member(raw, extensions)
             if value is not None:

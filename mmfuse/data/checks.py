@@ -1,0 +1,120 @@
+"""Check one manifest row and build its webdataset sample: every media file is read and decoded in full.
+
+`check_row` runs in the shard writer's worker processes; it returns either a sample or the reason it refused the
+row as (field, reason). Images are decoded with `torchvision.io` (the loader's decoder, so an accepted image is one
+the loader reads), audio with `soundfile`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .manifest import ShardConfig
+
+AUDIO_FORMATS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3", "aiff": "aiff", "w64": "w64"}
+FORMAT_NAMES = {"jpg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "GIF"}
+IMAGE_MAGIC = {b"\xff\xd8\xff": "jpg", b"\x89PNG": "png", b"GIF8": "gif"}
+
+
+class Refused(Exception):
+    """A row cannot be used: `field` names the manifest column or modality, `reason` says why."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _read_media(config: ShardConfig, column: str, value: Any) -> tuple[bytes, str]:
+    path = Path(str(value).strip())
+    if not path.is_absolute():
+        path = config.media_root / path
+    if not path.is_file():
+        raise Refused(column, f"missing file {path}")
+    try:
+        return path.read_bytes(), path.suffix.lower().lstrip(".")
+    except OSError as err:
+        raise Refused(column, f"unreadable file {path}: {err.strerror}") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = re.sub(r"Error opening <[^>]*>: ", "", str(err))  # soundfile names the BytesIO object, not the file
+    text = re.sub(r"^\w+, \S+:\d+, ", "", text)  # torchvision prefixes its C++ source location
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(err).__name__)[:120]
+
+
+def check_image(data: bytes, extension: str, column: str = "image") -> str:
+    """Decode `data` fully; return the member extension to store it under, or raise `Refused`."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    ext = next((e for magic, e in IMAGE_MAGIC.items() if data.startswith(magic)), None)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        ext = "webp"
+    if ext is None:
+        raise Refused(column, f"not a JPEG, PNG, WebP or GIF image (extension .{extension})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except Exception as err:  # noqa: BLE001 - any decoder failure means the file is corrupt or truncated
+            raise Refused(column, f"unreadable or truncated {FORMAT_NAMES[ext]} image: {_first_line(err)}") from None
+    if image.numel() == 0:
+        raise Refused(column, "image has no pixels")
+    return ext
+
+
+def check_audio(data: bytes, extension: str, column: str = "audio") -> str:
+    """Read `data` fully with soundfile; return the member extension to store it under, or raise `Refused`."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            kind = f.format.lower()
+            frames = len(f.read(dtype="float32", always_2d=True))
+    except Exception as err:  # noqa: BLE001 - libsndfile raises several types for corrupt files
+        raise Refused(column, f"unreadable audio: {_first_line(err)}") from None
+    if frames == 0:
+        raise Refused(column, "audio has no samples")
+    return AUDIO_FORMATS.get(kind, extension)
+
+
+def _text(config: ShardConfig, row: dict[str, Any]) -> str | None:
+    parts = [row.get(c) for c in config.text]
+    if all(p is None for p in parts):
+        return None
+    text = config.text_join.join(str(p).strip() for p in parts if not _blank(p))
+    if not text:
+        if config.empty_text == "reject":
+            raise Refused(",".join(config.text), "empty text")
+        return None
+    return text
+
+
+def check_row(config: ShardConfig, row: dict[str, Any], key: str, label: int) -> dict[str, Any]:
+    """One manifest row -> a webdataset sample {'__key__', 'txt', '<image ext>', '<audio ext>', 'cls'}.
+
+    A modality whose column is empty or absent is left out (the loader marks it absent). Raises `Refused`.
+    """
+    sample: dict[str, Any] = {"__key__": key, "cls": str(label)}
+    if config.text:
+        text = _text(config, row)
+        if text is not None:
+            sample["txt"] = text
+    if config.image and not _blank(row.get(config.image)):
+        data, ext = _read_media(config, config.image, row[config.image])
+        sample[check_image(data, ext, config.image)] = data
+    if config.audio and not _blank(row.get(config.audio)):
+        data, ext = _read_media(config, config.audio, row[config.audio])
+        sample[check_audio(data, ext, config.audio)] = data
+    if len(sample) == 2:
+        raise Refused("record", "no text, image or audio")
+    return sample

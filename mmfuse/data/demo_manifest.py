@@ -1,0 +1,82 @@
+"""The demo catalogue as a *manifest* (items.jsonl + media files), the input `mmfuse shard` expects.
+
+Items are drawn like the demo shards' (`mmfuse.data.demo`): images alternate JPEG / PNG, audio alternates WAV /
+FLAC, some items have no audio. With `faults=True` a handful of known-bad rows are appended (missing image file,
+truncated JPEG, corrupt WAV, empty text, unknown label, duplicate key), one of each, keys starting with `bad-`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .demo import LABELS, MATERIALS, SHAPES, _draw_image, _tap_audio, _write_text
+
+FAULTS = {  # key -> (field, reason prefix) that `mmfuse shard` reports for it
+    "bad-missing-image": ("image", "missing file"),
+    "bad-truncated-jpeg": ("image", "unreadable or truncated JPEG image"),
+    "bad-corrupt-wav": ("audio", "unreadable audio"),
+    "bad-empty-text": ("title", "empty text"),
+    "bad-unknown-label": ("label", "unknown label"),
+    "item-000000": ("key", "duplicate key"),
+}
+
+
+def _save_image(img: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(img).save(path, quality=90) if path.suffix == ".jpg" else Image.fromarray(img).save(path)
+
+
+def _save_audio(wave: np.ndarray, path: Path) -> None:
+    import soundfile as sf
+
+    sf.write(path, wave, 16_000, format=path.suffix[1:].upper())
+
+
+def write_demo_manifest(out: str | Path, count: int = 200, *, seed: int = 0, image_size: int = 32,
+                        audio_missing: float = 0.1, faults: bool = False) -> Path:
+    """Write `out/items.jsonl` and `out/media/*` for `count` demo items (+ the known faults). Returns the manifest."""
+    out = Path(out)
+    (out / "media").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        shape, material = SHAPES[rng.integers(len(SHAPES))], list(MATERIALS)[rng.integers(len(MATERIALS))]
+        key = f"item-{i:06d}"
+        image = Path("media") / f"{key}.{'jpg' if i % 2 == 0 else 'png'}"
+        _save_image(_draw_image(rng, shape, image_size), out / image)
+        row = {"key": key, "title": _write_text(rng, material), "image": str(image),
+               "label": f"{shape}-{material}"}
+        wave = _tap_audio(rng, material)
+        if rng.random() >= audio_missing:
+            audio = Path("media") / f"{key}.{'wav' if i % 3 else 'flac'}"
+            _save_audio(wave, out / audio)
+            row["audio"] = str(audio)
+        rows.append(row)
+    if faults:
+        rows += _fault_rows(out, rows[0], rng, image_size)
+    manifest = out / "items.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def _fault_rows(out: Path, first: dict, rng: np.random.Generator, image_size: int) -> list[dict]:
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(_draw_image(rng, "circle", image_size)).save(buf, format="JPEG")
+    (out / "media" / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (out / "media" / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(40)))
+    good = {"image": first["image"], "label": LABELS[0]}
+    return [
+        {"key": "bad-missing-image", "title": "an oak toy", **good, "image": "media/nowhere.jpg"},
+        {"key": "bad-truncated-jpeg", "title": "an oak toy", **good, "image": "media/truncated.jpg"},
+        {"key": "bad-corrupt-wav", "title": "an oak toy", **good, "audio": "media/corrupt.wav"},
+        {"key": "bad-empty-text", "title": "  ", **good},
+        {"key": "bad-unknown-label", "title": "an oak toy", **good, "label": "hexagon-glass"},
+        {"key": "item-000000", "title": "a second row with the first row's key", **good},
+    ]

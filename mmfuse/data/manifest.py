@@ -1,0 +1,138 @@
+"""Manifests: a JSONL or CSV catalogue of items, read row by row, and the config that maps its columns to modalities.
+
+A row names a key, one or several text columns, an image path, an audio path and a label; paths are relative to
+the media root (or absolute). `ShardConfig` says which column is which and how to split and shard the records.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+
+@dataclass
+class ShardConfig:
+    """How `write_shards` turns a manifest into shards. Validated on construction."""
+
+    manifest: str
+    """A `.jsonl` (one JSON object per line) or `.csv` (header row) file."""
+    out: str
+    """Output directory for the shards, `dataset.json` and `rejects.jsonl` (must be empty or absent)."""
+    root: str | None = None
+    """Media root that relative image / audio paths resolve against (default: the manifest's directory)."""
+    key: str = "key"
+    """Column holding each record's unique key (no '.' allowed: webdataset splits member names at the first dot)."""
+    text: list[str] = field(default_factory=lambda: ["text"])
+    """Text column(s); several are joined with `text_join`. Empty list: no text modality."""
+    text_join: str = "\n"
+    image: str | None = "image"
+    """Image path column (JPEG, PNG, WebP, ...); None: no image modality."""
+    audio: str | None = "audio"
+    """Audio path column (WAV, FLAC, Ogg, ...); None: no audio modality."""
+    label: str = "label"
+    """Label column."""
+    labels: list[str] | None = None
+    """The label vocabulary; a record with another label is refused. None: the sorted labels found."""
+    split: str | None = None
+    """Column naming each record's split; None: deterministic split by a hash of the key with `fractions`."""
+    fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    shard_size: int = 1000
+    """Most samples per shard."""
+    shard_bytes: int = 256 * 1024 * 1024
+    """Most bytes per shard (a shard closes once it reaches this size)."""
+    workers: int = 1
+    """Processes that read and check media files (1: in this process)."""
+    strict: bool = False
+    """Stop at the first refused record with a one-line `DataError` instead of listing it in `rejects.jsonl`."""
+    empty_text: str = "reject"
+    """What to do with a record whose text is empty: 'reject' it, or keep it with text 'absent'."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if Path(self.manifest).suffix.lower() not in (".jsonl", ".csv"):
+            raise DataError(f"manifest {self.manifest}: expected a .jsonl or .csv file")
+        if isinstance(self.text, str):
+            self.text = [c for c in self.text.split(",") if c]
+        if not (self.text or self.image or self.audio):
+            raise DataError("shard config maps no column to a modality (set text, image or audio)")
+        if self.shard_size < 1 or self.shard_bytes < 1 or self.workers < 1:
+            raise DataError("shard_size, shard_bytes and workers must be >= 1")
+        if self.empty_text not in ("reject", "absent"):
+            raise DataError(f"empty_text must be 'reject' or 'absent', got '{self.empty_text}'")
+        if self.split is None:
+            if not self.fractions or any(f < 0 for f in self.fractions.values()) or \
+                    abs(sum(self.fractions.values()) - 1.0) > 1e-6:
+                raise DataError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise DataError("the label vocabulary has duplicates")
+
+    @property
+    def media_root(self) -> Path:
+        return Path(self.root) if self.root else Path(self.manifest).parent
+
+
+def parse_fractions(text: str) -> dict[str, float]:
+    """'train=0.8,val=0.1,test=0.1' -> {'train': 0.8, ...}."""
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise DataError(f"split fractions: expected NAME=FRACTION, got '{part}'") from None
+        if not sep or not name.strip():
+            raise DataError(f"split fractions: expected NAME=FRACTION, got '{part}'")
+    return out
+
+
+def hash_split(key: str, fractions: dict[str, float]) -> str:
+    """The split of `key`: a stable hash of the key in [0, 1) compared with the cumulative fractions."""
+    point = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    total = 0.0
+    for name, fraction in fractions.items():
+        total += fraction
+        if point < total:
+            return name
+    return next(name for name, f in reversed(fractions.items()) if f > 0)
+
+
+def read_manifest(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """Yield (line number, row, error) per record; a row that cannot be parsed has `row=None` and the error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            yield from (_csv_rows(f) if path.suffix.lower() == ".csv" else _jsonl_rows(f))
+    except UnicodeDecodeError as err:
+        raise DataError(f"manifest {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise DataError(f"manifest {path} is not valid CSV: {err}") from None
+
+
+def _csv_rows(f) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    reader = csv.DictReader(f)
+    for row in reader:
+        if None in row:
+            yield reader.line_num, None, f"{len(row[None])} more cells than header columns"
+        else:
+            yield reader.line_num, row, ""
+
+
+def _jsonl_rows(f) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    for number, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            yield number, None, f"invalid JSON: {err}"
+            continue
+        yield (number, row, "") if isinstance(row, dict) else (number, None, "a line must be a JSON object")

@@ -1,0 +1,201 @@
+"""`write_shards(ShardConfig)`: a manifest + media files -> checked WebDataset shards, `dataset.json`, `rejects.jsonl`.
+
+Two passes. The first reads the manifest and refuses rows with no key, a duplicate key, a key with a '.', no label,
+an unknown label or no split. The second reads and fully decodes every media file in a pool of worker processes
+(`mmfuse.data.checks.check_row`), and writes the accepted samples in manifest order, one `SplitWriter` per split.
+Every refused row goes to `rejects.jsonl` as {line, key, field, reason}; with `strict` the first one raises.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..errors import DataError
+from .checks import Refused, check_row
+from .info import FORMAT
+from .manifest import ShardConfig, hash_split, read_manifest
+from .writer import SplitWriter
+
+MODALITY_OF = {"txt": "text", "jpg": "image", "png": "image", "webp": "image", "gif": "image",
+               "wav": "audio", "flac": "audio", "ogg": "audio", "mp3": "audio", "aiff": "audio", "w64": "audio"}
+
+
+@dataclass
+class ShardReport:
+    """What `write_shards` did: accepted samples per split, refused rows per reason, where it wrote."""
+
+    out: Path
+    counts: dict[str, int]
+    rejected: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        splits = ", ".join(f"{s} {n}" for s, n in self.counts.items())
+        text = f"mmfuse: wrote {sum(self.counts.values())} samples ({splits}) to {self.out}"
+        if self.rejected:
+            reasons = ", ".join(f"{r} x{n}" for r, n in sorted(self.reasons.items(), key=lambda x: -x[1]))
+            text += f"; refused {self.rejected} rows, listed in {self.out / 'rejects.jsonl'}: {reasons}"
+        return text
+
+
+@dataclass
+class _Task:
+    line: int
+    key: str
+    row: dict[str, Any]
+    label: str
+    split: str
+
+
+class _Rejects:
+    """Collects refused rows. When strict, raises the first one in manifest order: a refusal found while planning
+    is held until the media checks reach its line (`before`), so an earlier bad file still comes first."""
+
+    def __init__(self, config: ShardConfig) -> None:
+        self.config, self.rows = config, []
+
+    def add(self, line: int, key: Any, field_: str, reason: str, hold: bool = False) -> None:
+        self.rows.append({"line": line, "key": key, "field": field_, "reason": reason})
+        if self.config.strict and not hold:
+            self.raise_first()
+
+    def before(self, line: int) -> None:
+        if self.config.strict and self.rows and min(r["line"] for r in self.rows) < line:
+            self.raise_first()
+
+    def raise_first(self) -> None:
+        if self.rows:
+            r = min(self.rows, key=lambda r: r["line"])
+            raise DataError(f"{self.config.manifest}:{r['line']}: record '{r['key']}': {r['field']}: {r['reason']}")
+
+    def reasons(self) -> dict[str, int]:
+        return dict(Counter(f"{r['field']}: {_short(r['reason'])}" for r in sorted(self.rows, key=lambda r: r['line'])))
+
+
+def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
+    """First pass: keys, labels and splits; no file is opened."""
+    tasks, seen = [], {}
+    add = partial(rejects.add, hold=True)
+    vocabulary = set(config.labels) if config.labels is not None else None
+    for line, row, error in read_manifest(config.manifest):
+        if row is None:
+            add(line, None, "manifest", error)
+            continue
+        key = row.get(config.key)
+        key = "" if key is None else str(key).strip()
+        label = row.get(config.label)
+        label = "" if label is None else str(label).strip()
+        split = hash_split(key, config.fractions) if config.split is None else str(row.get(config.split) or "")
+        if not key:
+            add(line, None, config.key, "missing key")
+        elif "." in key or key.startswith("/") or key.endswith("/"):
+            add(line, key, config.key, "key contains '.' or starts/ends with '/' (invalid tar member name)")
+        elif key in seen:
+            add(line, key, config.key, f"duplicate key (first on line {seen[key]})")
+        elif not label:
+            add(line, key, config.label, "missing label")
+        elif vocabulary is not None and label not in vocabulary:
+            add(line, key, config.label, f"unknown label '{label[:40]}'")
+        elif not split.strip():
+            add(line, key, config.split or "split", "missing split")
+        else:
+            tasks.append(_Task(line, key, row, label, split.strip()))
+        if key and key not in seen:
+            seen[key] = line
+    return tasks
+
+
+def _check(config: ShardConfig, labels: dict[str, int], task: _Task) -> tuple[_Task, dict[str, Any] | None, Any]:
+    try:
+        return task, check_row(config, task.row, task.key, labels[task.label]), None
+    except Refused as err:
+        return task, None, (err.field, err.reason)
+
+
+def _results(config: ShardConfig, labels: dict[str, int], tasks: list[_Task]):
+    check = partial(_check, config, labels)
+    if config.workers == 1:
+        yield from map(check, tasks)
+        return
+    import torchvision.io  # noqa: F401 - imported once here (seconds), shared by the forked workers
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(config.workers) as pool:
+        yield from pool.imap(check, tasks, chunksize=max(1, min(64, len(tasks) // (config.workers * 8))))
+
+
+def _modalities(formats: dict[str, Counter]) -> dict[str, list[str]]:
+    order = ["text", "image", "audio"]
+    return {m: [ext for ext, _ in formats[m].most_common()] for m in order if formats.get(m)}
+
+
+def write_shards(config: ShardConfig) -> ShardReport:
+    """Check every manifest row and write the accepted ones as shards in `config.out` (see the module doc)."""
+    out = Path(config.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"output directory {out} is not empty (remove it or choose another --out)")
+    rejects = _Rejects(config)
+    tasks = _plan(config, rejects)
+    names = config.labels if config.labels is not None else sorted({t.label for t in tasks})
+    labels = {name: index for index, name in enumerate(names)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        writers: dict[str, SplitWriter] = {}
+        formats: dict[str, Counter] = {}
+        bar = tqdm(total=len(tasks), desc="shard", unit="rec", disable=not config.progress, dynamic_ncols=True)
+        try:
+            for task, sample, refused in _results(config, labels, tasks):
+                bar.update(1)
+                rejects.before(task.line)
+                if sample is None:
+                    rejects.add(task.line, task.key, *refused)
+                    continue
+                if task.split not in writers:
+                    writers[task.split] = SplitWriter(tmp, task.split, config.shard_size, config.shard_bytes)
+                writers[task.split].write(sample)
+                for ext in sample:
+                    if ext in MODALITY_OF:
+                        formats.setdefault(MODALITY_OF[ext], Counter())[ext] += 1
+            if config.strict:
+                rejects.raise_first()
+        finally:
+            bar.close()
+            for writer in writers.values():
+                writer.close()
+        splits = {name: writers[name].entry() for name in sorted(writers, key=_split_order)}
+        meta = {"format": FORMAT, "name": out.name, "modalities": _modalities(formats),
+                "formats": {m: dict(c) for m, c in formats.items()}, "label_field": "cls", "labels": names,
+                "splits": splits, "rejected": len(rejects.rows),
+                "source": {"manifest": str(Path(config.manifest).resolve()), "config": asdict(config)}}
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
+        with open(tmp / "rejects.jsonl", "w") as f:
+            for row in sorted(rejects.rows, key=lambda r: r["line"]):
+                f.write(json.dumps(row) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ShardReport(out, {s: e["count"] for s, e in splits.items()}, len(rejects.rows), rejects.reasons())
+
+
+def _short(reason: str) -> str:
+    """A reason without its details (path, decoder message, line number), to count reasons in the summary."""
+    return reason.split(" /")[0].split(":")[0].split(" (")[0]
+
+
+def _split_order(name: str) -> tuple[int, str]:
+    return (["train", "val", "test"].index(name) if name in ("train", "val", "test") else 3, name)
