@@ -67,7 +67,8 @@ class LogMelFrames:
 class AudioPreprocessor(Preprocessor):
     """Decodes, mixes to mono, resamples to `sample_rate`, crops to `max_seconds`, then applies `features`.
 
-    `features` maps a wave (N,) to per-frame features (F, ...) (default: the wave itself, F = N). `collate` pads
+    `features` maps a wave (N,) to per-frame features (F, ...) (default: the wave itself, F = N), or to
+    `(features, real_frames)` when it pads the clip itself (HF extractors of fixed-length models). `collate` pads
     to the longest clip of the batch (or to `pad_to` frames when the model needs a fixed length) and returns
     `audio` (B, F, ...) and `audio_mask` (B, F). An absent clip becomes `min_frames` zero frames, masked out.
     """
@@ -83,7 +84,7 @@ class AudioPreprocessor(Preprocessor):
         self.pad_to = pad_to
         self.min_frames = min_frames
 
-    def transform(self, value: Any) -> torch.Tensor | None:
+    def transform(self, value: Any) -> torch.Tensor | tuple[torch.Tensor, int] | None:
         if value is None:
             return None
         data, rate = decode_audio(value, self.sample_rate)
@@ -95,22 +96,25 @@ class AudioPreprocessor(Preprocessor):
         wave = wave[: self.max_samples]
         return self.features(wave) if self.features is not None else wave
 
-    def collate(self, values: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
-        real = [v for v in values if v is not None]
+    def collate(self, values: list[torch.Tensor | tuple[torch.Tensor, int] | None]) -> dict[str, torch.Tensor]:
+        values = [v if v is None or isinstance(v, tuple) else (v, v.shape[0]) for v in values]
+        real = [v for v, _ in (x for x in values if x is not None)]
         tail = real[0].shape[1:] if real else self._placeholder_tail()
         frames = max([self.min_frames, *(v.shape[0] for v in real)])
         if self.pad_to is not None:
             frames = self.pad_to
         audio = torch.zeros(len(values), frames, *tail)
         mask = torch.zeros(len(values), frames, dtype=torch.bool)
-        for i, v in enumerate(values):
-            if v is not None:
+        for i, item in enumerate(values):
+            if item is not None:
+                v, n_real = item
                 n = min(v.shape[0], frames)
                 audio[i, :n] = v[:n]
-                mask[i, :n] = True
+                mask[i, : min(n_real, n)] = True
         return {"audio": audio, "audio_mask": mask}
 
     def _placeholder_tail(self) -> tuple[int, ...]:
         if self.features is None:
             return ()
-        return tuple(self.features(torch.zeros(int(0.025 * self.sample_rate))).shape[1:])
+        out = self.features(torch.zeros(int(0.025 * self.sample_rate)))
+        return tuple((out[0] if isinstance(out, tuple) else out).shape[1:])
