@@ -17,6 +17,7 @@ import torch
 from ..errors import ConfigError
 from .audio_io import AudioPreprocessor
 from .base import Encoder, EncoderOutput, masked_mean
+from .hf_image import hf_layers
 from .registry import register_encoder
 
 AST, WHISPER, WAVEFORM = "audio-spectrogram-transformer", "whisper", "waveform"
@@ -85,10 +86,8 @@ class HFAudioEncoder(Encoder):
 
     def lock(self, unlocked_layers: int = 0) -> None:
         super().lock()
-        encoder = getattr(self.backbone, "encoder", self.backbone)
-        layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
-        if unlocked_layers and layers is not None:
-            for layer in list(layers)[-unlocked_layers:]:
+        if unlocked_layers:
+            for layer in hf_layers(self.backbone)[-unlocked_layers:]:
                 layer.requires_grad_(True)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -17,6 +17,17 @@ from .registry import register_encoder
 from .timm_image import ImagePreprocessor
 
 
+def hf_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of a `transformers` model, wherever its version keeps them ([] if not found)."""
+    for path in ("encoder.layer", "encoder.layers", "layers", "layer"):
+        node: Any = backbone
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        if isinstance(node, torch.nn.ModuleList):
+            return list(node)
+    return []
+
+
 class HFImageEncoder(Encoder):
     """Wraps a `transformers` vision transformer.
 
@@ -48,9 +59,8 @@ class HFImageEncoder(Encoder):
 
     def lock(self, unlocked_layers: int = 0) -> None:
         super().lock()
-        layers = getattr(getattr(self.backbone, "encoder", None), "layer", None)
-        if unlocked_layers and layers is not None:
-            for layer in list(layers)[-unlocked_layers:]:
+        if unlocked_layers:
+            for layer in hf_layers(self.backbone)[-unlocked_layers:]:
                 layer.requires_grad_(True)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

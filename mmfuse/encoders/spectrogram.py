@@ -70,7 +70,8 @@ class SpectrogramEncoder(Encoder):
 
         column_real = frame_mask.view(B, w, self.patch_t).any(-1)  # (B, W)
         patch_mask = column_real[:, None, :].expand(B, h, w).reshape(B, h * w)
-        mask = torch.cat([patch_mask.new_ones(B, prefix), patch_mask], dim=1)  # (B, T)
+        has_audio = patch_mask.any(1, keepdim=True)  # (B, 1) prefix tokens are real when the clip is
+        mask = torch.cat([has_audio.expand(B, prefix), patch_mask], dim=1)  # (B, T)
         attend = mask | ~mask.any(1, keepdim=True)  # an absent clip attends everywhere: finite placeholder
         attn_mask = attend[:, None, None, :]  # (B, 1, 1, T) True = may be attended to
         for block in bb.blocks:
