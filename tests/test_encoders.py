@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import hf_audio_dir, hf_vit_dir, open_clip_config
 
 from mmfuse.encoders import EncoderOutput, create_encoder, list_encoders
 from mmfuse.errors import ConfigError, RegistryError
-from tiny_models import hf_audio_dir, hf_vit_dir, open_clip_config
 
 
 def build_offline(name: str, tmp_path) -> torch.nn.Module:

@@ -8,8 +8,14 @@ from pathlib import Path
 
 
 def hf_audio_dir(kind: str, root: Path) -> str:
-    from transformers import (ASTConfig, ASTFeatureExtractor, Wav2Vec2Config, Wav2Vec2FeatureExtractor, WhisperConfig,
-                              WhisperFeatureExtractor)
+    from transformers import (
+        ASTConfig,
+        ASTFeatureExtractor,
+        Wav2Vec2Config,
+        Wav2Vec2FeatureExtractor,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+    )
 
     if kind == "ast":
         config = ASTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,

@@ -39,8 +39,9 @@ def create_clip(model: str, pretrained_tag: str | None, checkpoint: str | None, 
     try:
         clip = open_clip.create_model(name, pretrained=weights, load_weights=pretrained, pretrained_text=False)
     except (OSError, RuntimeError, ValueError) as err:
+        first = str(err).splitlines()[0]
         raise ConfigError(f"cannot load open_clip weights '{weights}' for '{model}' (no network? pass "
-                          f"checkpoint=PATH or local-dir:DIR, or pretrained=False): {str(err).splitlines()[0]}") from None
+                          f"checkpoint=PATH or local-dir:DIR, or pretrained=False): {first}") from None
     return clip, name
 
 
@@ -101,7 +102,8 @@ class OpenCLIPTextEncoder(Encoder):
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         if self.text_projection is None:
             return x
-        return self.text_projection(x) if isinstance(self.text_projection, torch.nn.Linear) else x @ self.text_projection
+        proj = self.text_projection
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         from open_clip.transformer import text_global_pool
