@@ -26,6 +26,8 @@ def default_encoders() -> dict[str, EncoderSpec]:
     return {
         "text": EncoderSpec("tiny-text", {"width": 64, "layers": 2, "heads": 2}),
         "image": EncoderSpec("tiny-image", {"width": 64, "layers": 2, "heads": 2, "image_size": 64, "patch_size": 8}),
+        "audio": EncoderSpec("tiny-audio", {"width": 64, "layers": 2, "heads": 2, "n_mels": 32, "patch_size": 8,
+                                            "max_seconds": 1.0}),
     }
 
 

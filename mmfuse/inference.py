@@ -19,8 +19,9 @@ from .train.precision import resolve_device
 class Predictor:
     """Predicts labels, probabilities or fused embeddings for records.
 
-    A record is a dict with any of `text` (str), `image` (path, bytes, PIL image, (H, W, 3) array) -- a
-    modality may be missing -- and optionally `key`. Records are preprocessed by the encoders' own preprocessors.
+    A record is a dict with any of `text` (str), `image` (path, bytes, PIL image, (H, W, 3) array), `audio`
+    (path, WAV/FLAC/Ogg bytes, `(array, sample_rate)`) -- a modality may be missing -- and optionally `key`.
+    Records are preprocessed by the encoders' own preprocessors.
     """
 
     def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128) -> None:

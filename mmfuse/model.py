@@ -57,6 +57,9 @@ class ModelConfig:
     """Dropout before the classifier."""
     adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-tower parameter-efficient fine-tuning, e.g. {text: {method: lora, r: 8}}; that tower's base is frozen."""
+    modality_dropout: float = 0.0
+    """Training only: probability of hiding each modality of a sample from the fusion (never all of a sample's
+    present modalities at once), so a model trained on several modalities still serves a sample with one."""
 
     def __post_init__(self) -> None:
         self.encoders = {m: s if isinstance(s, EncoderSpec) else EncoderSpec(**s) for m, s in self.encoders.items()}
@@ -71,6 +74,8 @@ class ModelConfig:
             raise ConfigError(f"modalities repeat: {', '.join(self.modalities)}")
         if self.dim <= 0:
             raise ConfigError(f"model.dim must be > 0, got {self.dim}")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ConfigError(f"model.modality_dropout is a probability in [0, 1), got {self.modality_dropout}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,18 +94,24 @@ class ClassificationHead(nn.Module):
 
 
 class FusionModel(nn.Module):
-    """Encoders + per-modality projections + fusion + head.
+    """Encoders + per-modality projections (+ modality-type embeddings for token fusions) + fusion + head.
 
     `forward(batch)` -> logits (B, C); `embed(batch)` -> fused embedding (B, D); `encode(batch)` -> per-modality
-    `ModalityFeatures` at width D. The batch layout is documented in `mmfuse.data.batch`.
+    `ModalityFeatures` at width D. The batch layout is documented in `mmfuse.data.batch`. In training mode each
+    modality of a sample is hidden from the fusion with probability `modality_dropout`.
     """
 
-    def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: nn.Module) -> None:
+    def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: nn.Module,
+                 modality_dropout: float = 0.0) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.projections = nn.ModuleDict({m: nn.Linear(e.width, fusion.dim) for m, e in encoders.items()})
+        if fusion.uses_tokens:  # token fusions see a bag of tokens from all modalities: tell them which is which
+            self.type_embeddings = nn.ParameterDict(
+                {m: nn.Parameter(torch.randn(fusion.dim) * 0.02) for m in encoders})
         self.fusion = fusion
         self.head = head
+        self.modality_dropout = modality_dropout
 
     @property
     def modalities(self) -> list[str]:
@@ -114,8 +125,10 @@ class FusionModel(nn.Module):
             present = batch.get(f"present_{m}")
             if present is None:
                 present = torch.ones(out.pooled.shape[0], dtype=torch.bool, device=out.pooled.device)
-            tokens = project(out.tokens) if self.fusion.uses_tokens else out.tokens
+            tokens = project(out.tokens) + self.type_embeddings[m] if self.fusion.uses_tokens else out.tokens
             features[m] = ModalityFeatures(tokens=tokens, mask=out.mask, pooled=project(out.pooled), present=present)
+        if self.training and self.modality_dropout > 0 and len(features) > 1:
+            drop_modalities(features, self.modality_dropout)
         return features
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -129,6 +142,16 @@ class FusionModel(nn.Module):
         return {m: self.encoders[m].preprocessor for m in self.modalities}
 
 
+def drop_modalities(features: dict[str, ModalityFeatures], p: float) -> None:
+    """Mark each present modality of each sample absent with probability `p`, in place, but never all of a
+    sample's present modalities (then the sample keeps them all)."""
+    names = sorted(features)
+    drops = {m: torch.rand(features[m].present.shape, device=features[m].present.device) < p for m in names}
+    keeps_one = torch.stack([features[m].present & ~drops[m] for m in names]).any(0)  # (B,)
+    for m in names:
+        features[m].present = features[m].present & (~drops[m] | ~keeps_one)
+
+
 def build_model(config: ModelConfig) -> FusionModel:
     """Build encoders, fusion and head from a `ModelConfig`."""
     if len(config.labels) < 2:
@@ -140,4 +163,5 @@ def build_model(config: ModelConfig) -> FusionModel:
         apply_adapters(encoders, config.adapters)
     fusion = create_fusion(config.fusion, modalities=list(config.modalities), dim=config.dim,
                            **config.fusion_kwargs)
-    return FusionModel(encoders, fusion, ClassificationHead(config.dim, len(config.labels), config.dropout))
+    head = ClassificationHead(config.dim, len(config.labels), config.dropout)
+    return FusionModel(encoders, fusion, head, modality_dropout=config.modality_dropout)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -69,6 +70,8 @@ def test_gated_fusion_and_a_config_file(demo_shards, tmp_path):
         (["--data", "/nonexistent/shards"], "data path /nonexistent/shards does not exist"),
         (["--text-encoder", "bert-tiny"], "unknown encoder 'bert-tiny'"),
         (["--fusion", "concat"], "unknown fusion 'concat'"),
+        (["--preset", "tiny_crossattention"], "unknown model preset 'tiny_crossattention'"),
+        (["--audio-encoder", "hf-audio:/nonexistent/ast", "--modalities", "audio"], "cannot load audio model"),
         (["--set", "train.epoch=3"], "unknown config key 'train.epoch' (did you mean 'epochs'?)"),
         (["--config", "configs/missing.yaml"], "config file configs/missing.yaml does not exist"),
     ],
@@ -81,12 +84,41 @@ def test_bad_input_is_one_line_and_exit_2(demo_shards, tmp_path, capsys, args, m
     assert err.startswith("mmfuse: error: ") and message in err and err.count("\n") == 1
 
 
+def test_three_modalities_token_fusion_from_a_preset_and_reload(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    code = main(["finetune", "--data", str(demo_shards), "--out", str(run), "--epochs", "1", "--max-steps", "3",
+                 "--batch-size", "16", "--no-progress", "--preset", "tiny_cross_attention"])
+    assert code == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["modalities"] == ["text", "image", "audio"] and metrics["fusion"] == "cross-attention"
+    assert metrics["test"]["count"] == 40
+    predictor = mmfuse.load(run)
+    record = next(read_records(DatasetInfo.load(demo_shards), "test"))
+    assert "audio" in record
+    with_audio, without = predictor.predict_proba([record, {k: v for k, v in record.items() if k != "audio"}])
+    assert np.isfinite(without).all() and abs(without.sum() - 1) < 1e-5 and not np.allclose(with_audio, without)
+
+
+def test_audio_encoder_flag(demo_shards, tmp_path):
+    code = finetune(demo_shards, tmp_path / "run", "--modalities", "image,audio", "--fusion", "bottleneck",
+                    "--audio-encoder", "tiny-audio", "--set", "model.encoders.audio.kwargs={width: 16, layers: 1}",
+                    "--max-steps", "2")
+    assert code == 0
+    saved = yaml.safe_load((tmp_path / "run" / "run_config.yaml").read_text())
+    assert saved["model"]["encoders"]["audio"] == {"name": "tiny-audio", "kwargs": {"width": 16, "layers": 1},
+                                                   "pretrained": True}
+
+
 def test_console_entry_point_and_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmfuse", "list"], capture_output=True, text=True, check=True)
     assert "tiny-text" in out.stdout and "concat-mlp" in out.stdout
+    for name in ("tiny-audio", "hf-audio", "open-clip-text", "cross-attention", "bottleneck", "lmf",
+                 "tiny_cross_attention"):
+        assert name in out.stdout
     help_text = subprocess.run([sys.executable, "-m", "mmfuse", "finetune", "--help"], capture_output=True,
                                text=True, check=True).stdout
-    for flag in ("--modalities", "--config", "--data", "--out", "--epochs", "--fusion", "--set"):
+    for flag in ("--modalities", "--config", "--data", "--out", "--epochs", "--fusion", "--set", "--audio-encoder",
+                 "--preset"):
         assert flag in help_text
     bad = subprocess.run([sys.executable, "-m", "mmfuse", "finetune", "--modalities", "smell"],
                          capture_output=True, text=True)
@@ -94,6 +126,7 @@ def test_console_entry_point_and_module(tmp_path):
 
 
 def test_import_mmfuse_is_light():
-    code = "import sys, mmfuse; print(any(m.startswith(('torch', 'transformers', 'timm')) for m in sys.modules))"
+    heavy = "('torch', 'transformers', 'timm', 'open_clip', 'soundfile')"
+    code = f"import sys, mmfuse; print(any(m.startswith({heavy}) for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

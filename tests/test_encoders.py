@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import hf_audio_dir, hf_vit_dir, open_clip_config
 
 from mmfuse.encoders import EncoderOutput, create_encoder, list_encoders
 from mmfuse.errors import ConfigError, RegistryError
@@ -17,13 +18,36 @@ def build_offline(name: str, tmp_path) -> torch.nn.Module:
     if name == "timm-image":
         return create_encoder("timm-image:vit_tiny_patch16_224", pretrained=False, image_size=32, patch_size=8,
                               embed_dim=16, depth=1, num_heads=2)
+    if name == "timm-audio":
+        return create_encoder("timm-audio:vit_tiny_patch16_224", pretrained=False, n_mels=16, max_seconds=1.0,
+                              patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    if name == "hf-audio":  # the other HF audio families: test_hf_audio_families
+        return create_encoder("hf-audio", model=hf_audio_dir("ast", tmp_path), pretrained=False)
+    if name == "hf-image":
+        return create_encoder("hf-image", model=hf_vit_dir(tmp_path), pretrained=False)
+    if name.startswith("open-clip"):
+        return create_encoder(name, model=open_clip_config(tmp_path), pretrained=False)
     return create_encoder(name, width=16, layers=1)
+
+
+def flac(seconds: float, rate: int = 16_000) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(buf, (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate, format="FLAC")
+    return buf.getvalue()
 
 
 def raw_inputs(modality: str, n: int) -> list:
     rng = np.random.default_rng(0)
     if modality == "text":
         return ["a wooden toy", "this is a much longer description of a steel ornament, painted red", None][:n]
+    if modality == "audio":  # FLAC bytes, a stereo (array, rate) at another rate, absent
+        stereo = rng.normal(0, 0.1, size=(2000, 2)).astype(np.float32)  # 0.25 s
+        return [flac(0.5), (stereo, 8000), None][:n]
     return [rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8) for _ in range(n - 1)] + [None]
 
 
@@ -48,6 +72,75 @@ def test_lock_freezes_parameters(name, tmp_path):
     encoder = build_offline(name, tmp_path)
     encoder.lock()
     assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.lock(unlocked_layers=1)
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    assert trainable and len(trainable) < len(list(encoder.parameters()))
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_rebuilds_offline_from_saved_assets(name, tmp_path):
+    encoder = build_offline(name, tmp_path).eval()
+    (tmp_path / "assets").mkdir()
+    overrides = encoder.save_assets(str(tmp_path / "assets"))
+    if not overrides:  # everything is in the keyword arguments
+        return
+    rebuilt = create_encoder(name, pretrained=False, **overrides).eval()
+    rebuilt.load_state_dict(encoder.state_dict())
+    pre = encoder.preprocessor
+    batch = pre.collate([pre.transform(v) for v in raw_inputs(encoder.modality, 2)])
+    torch.testing.assert_close(rebuilt(batch).pooled, encoder(batch).pooled)
+
+
+@pytest.mark.parametrize("kind", ["ast", "wav2vec2", "whisper"])
+def test_hf_audio_families(kind, tmp_path):
+    encoder = create_encoder("hf-audio", model=hf_audio_dir(kind, tmp_path), pretrained=False).eval()
+    pre = encoder.preprocessor
+    batch = pre.collate([pre.transform(v) for v in raw_inputs("audio", 3)])
+    out = encoder(batch)
+    assert out.tokens.shape[0] == 3 and out.pooled.shape == (3, 16) and torch.isfinite(out.pooled).all()
+    assert not out.mask[2].any() or kind == "ast"  # the absent clip has no real token (AST: fixed patches)
+    if kind != "ast":  # the 0.5 s clip has more real tokens than the 0.25 s one
+        assert out.mask[0].sum() > out.mask[1].sum() > 0
+    encoder.set_grad_checkpointing(True)
+    encoder.train()(batch).pooled.sum().backward()
+
+
+@pytest.mark.parametrize("name", ["tiny-audio", "timm-audio"])
+def test_spectrogram_clip_is_the_same_alone_or_padded(name, tmp_path):
+    encoder = build_offline(name, tmp_path).eval()
+    pre = encoder.preprocessor
+    short, long = pre.transform(flac(0.3)), pre.transform(flac(0.9))
+    alone = encoder(pre.collate([short]))
+    padded = encoder(pre.collate([long, short, None]))
+    torch.testing.assert_close(padded.pooled[1], alone.pooled[0], atol=1e-5, rtol=1e-4)
+    assert padded.mask[1].sum() == alone.mask[0].sum() < padded.mask[0].sum()
+    assert not padded.mask[2].any() and torch.isfinite(padded.tokens).all()
+
+
+def test_audio_preprocessor_resamples_crops_and_reads_paths(tmp_path):
+    encoder = create_encoder("tiny-audio", max_seconds=1.0)
+    pre = encoder.preprocessor
+    (tmp_path / "a.flac").write_bytes(flac(2.0, rate=22_050))
+    from_path = pre.transform(str(tmp_path / "a.flac"))
+    assert from_path.shape == (98, 32)  # cropped to 1 s at 16 kHz: 1 + (16000 - 400) // 160 log-mel frames
+    wave = np.zeros(8000, dtype=np.float32)
+    torch.testing.assert_close(pre.transform((wave, 16_000)), pre.transform(wave))
+    assert pre.transform((np.zeros(4000, dtype=np.float32), 8000)).shape == pre.transform(wave).shape
+    with pytest.raises(TypeError, match="cannot read audio"):
+        pre.transform(3.5)
+
+
+def test_open_clip_text_matches_open_clip_itself(tmp_path):
+    import open_clip
+
+    encoder = create_encoder("open-clip-text", model=open_clip_config(tmp_path), pretrained=False).eval()
+    clip = open_clip.create_model("tiny-clip", pretrained=None)
+    clip.load_state_dict({**clip.state_dict(), **{k: v for k, v in encoder.state_dict().items()}}, strict=False)
+    texts = ["a wooden toy", "steel"]
+    pre = encoder.preprocessor
+    ours = encoder(pre.collate([pre.transform(t) for t in texts])).pooled
+    theirs = clip.encode_text(pre.tokenizer(texts))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
 def test_text_is_padded_to_longest_not_max_length():
@@ -98,4 +191,18 @@ def test_unknown_timm_model_is_a_config_error():
 def test_missing_text_model_dir_is_a_one_line_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot load text model") as info:
         create_encoder("hf-text", model=str(tmp_path / "nope"))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("hf-audio", {"model": "no-such-org/no-such-model"}, "cannot load audio model .*no network"),
+    ("hf-image", {"model": "no-such-org/no-such-vit"}, "cannot load image model .*no network"),
+    ("open-clip-image", {"model": "ViT-B-32", "pretrained_tag": "no-such-tag"}, "cannot load open_clip weights"),
+    ("open-clip-text", {"model": "ViT-Nope"}, "unknown open_clip model 'ViT-Nope'"),
+    ("timm-audio", {"model": "vit_nonexistent"}, "unknown timm model"),
+    ("tiny-audio", {"n_mels": 30}, "n_mels .* multiple of the mel patch size"),
+])
+def test_bad_or_unreachable_models_are_one_line_config_errors(name, kwargs, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        create_encoder(name, **kwargs)
     assert "\n" not in str(info.value)

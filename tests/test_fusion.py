@@ -53,10 +53,42 @@ def test_absent_modality_is_ignored_whatever_its_placeholder(name):
     for m in MODS:
         keep = feats[m].present
         noisy[m] = ModalityFeatures(
-            tokens=feats[m].tokens, mask=feats[m].mask, present=keep,
+            tokens=torch.where(keep[:, None, None], feats[m].tokens, torch.randn_like(feats[m].tokens) * 100),
+            mask=feats[m].mask, present=keep,
             pooled=torch.where(keep[:, None], feats[m].pooled, torch.randn(B, D) * 100),
         )
     torch.testing.assert_close(fusion(noisy), out)
+
+
+@pytest.mark.parametrize("name", list_fusions())
+def test_absent_modality_padded_or_left_out_is_the_same(name):
+    fusion = create_fusion(name, MODS, D).eval()
+    feats = features({"audio": [False] * B, "image": [True] * B, "text": [True, False, True, True]})
+    left_out = {m: feats[m] for m in ("image", "text")}
+    torch.testing.assert_close(fusion(left_out), fusion(feats))
+
+
+@pytest.mark.parametrize("name", list_fusions())
+def test_padding_tokens_change_nothing(name):
+    fusion = create_fusion(name, MODS, D).eval()
+    feats = features()
+    padded = {}
+    for m, f in feats.items():  # 3 extra padding tokens of large random values, masked out
+        pad = torch.randn(B, 3, D) * 100
+        padded[m] = ModalityFeatures(tokens=torch.cat([f.tokens, pad], 1),
+                                     mask=torch.cat([f.mask, torch.zeros(B, 3, dtype=torch.bool)], 1),
+                                     pooled=f.pooled, present=f.present)
+    torch.testing.assert_close(fusion(padded), fusion(feats))
+
+
+@pytest.mark.parametrize("name", list_fusions())
+def test_single_modality_sample_uses_only_that_modality(name):
+    fusion = create_fusion(name, MODS, D).eval()
+    feats = features({"audio": [False] * B, "image": [True] * B, "text": [False] * B})
+    alone = fusion({"image": feats["image"]})
+    other = features({"audio": [False] * B, "image": [True] * B, "text": [False] * B})
+    other["image"] = feats["image"]
+    torch.testing.assert_close(fusion(other), alone)
 
 
 @pytest.mark.parametrize("name", list_fusions())

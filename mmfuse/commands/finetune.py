@@ -22,6 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", help="text encoder, e.g. tiny-text, hf-text:bert-base-uncased, "
                                           "hf-text:/path/to/model")
     p.add_argument("--image-encoder", help="image encoder, e.g. tiny-image, timm-image:vit_small_patch16_224")
+    p.add_argument("--audio-encoder", help="audio encoder, e.g. tiny-audio, timm-audio:vit_base_patch16_224, "
+                                           "hf-audio:/path/to/ast-or-wav2vec2-or-whisper")
+    p.add_argument("--preset", help="a model preset from mmfuse/model_configs (see `mmfuse list`) or a JSON file; "
+                                    "--config, flags and --set override it")
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke tests)")
@@ -54,13 +58,18 @@ def run(args: argparse.Namespace) -> int:
                          {"train": {"progress": False}} if args.no_progress else {})
         summary = finetune(config, resume=True)
         return 0 if summary else 1
+    preset_layer: dict[str, Any] = {}
+    if args.preset is not None:
+        from ..presets import load_preset
+
+        preset_layer = {"model": load_preset(args.preset)}
     file_layer = load_yaml(args.config) if args.config else {}
     flags: dict[str, Any] = {"model": {}, "data": {}, "train": {}}
     if args.modalities is not None:
         flags["model"]["modalities"] = args.modalities
     if args.fusion is not None:
         flags["model"]["fusion"] = args.fusion
-    encoders = {m: getattr(args, f"{m}_encoder") for m in ("text", "image")}
+    encoders = {m: getattr(args, f"{m}_encoder") for m in ("text", "image", "audio")}
     flags["model"]["encoders"] = {m: {"name": n, "kwargs": {}} for m, n in encoders.items() if n}
     for key, value in (("path", args.data), ("batch_size", args.batch_size), ("num_workers", args.workers),
                        ("strict", args.strict)):
@@ -81,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     for assignment in args.set:
         set_dotted(overrides, assignment)
-    config = resolve(file_layer, flags, overrides)
+    config = resolve(preset_layer, file_layer, flags, overrides)
     finetune(config)
     return 0

@@ -44,6 +44,23 @@ class Fusion(nn.Module):
     def forward(self, features: dict[str, ModalityFeatures]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def complete(self, features: dict[str, ModalityFeatures]) -> dict[str, ModalityFeatures]:
+        """`features` with every modality of `self.modalities`: one left out becomes an absent placeholder (one
+        masked zero token, present False), so leaving a modality out and passing it absent give the same result."""
+        missing = [m for m in self.modalities if m not in features]
+        if not missing:
+            return features
+        if not features:
+            raise ValueError("a fusion needs the features of at least one modality")
+        ref = next(iter(features.values())).pooled  # (B, D)
+        B = ref.shape[0]
+        out = dict(features)
+        for m in missing:
+            out[m] = ModalityFeatures(
+                tokens=ref.new_zeros(B, 1, self.dim), mask=torch.zeros(B, 1, dtype=torch.bool, device=ref.device),
+                pooled=ref.new_zeros(B, self.dim), present=torch.zeros(B, dtype=torch.bool, device=ref.device))
+        return out
+
 
 FUSIONS: Registry[Fusion] = Registry("fusion")
 

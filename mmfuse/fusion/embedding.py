@@ -24,6 +24,7 @@ class ConcatMLPFusion(Fusion):
         )
 
     def forward(self, features: dict[str, ModalityFeatures]) -> torch.Tensor:
+        features = self.complete(features)
         parts, flags = [], []
         for m in self.modalities:
             present = features[m].present.to(features[m].pooled.dtype).unsqueeze(-1)  # (B, 1)
@@ -48,6 +49,7 @@ class GatedFusion(Fusion):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, features: dict[str, ModalityFeatures]) -> torch.Tensor:
+        features = self.complete(features)
         vectors = torch.stack([features[m].pooled for m in self.modalities], dim=1)  # (B, M, D)
         present = torch.stack([features[m].present for m in self.modalities], dim=1)  # (B, M)
         scores = torch.stack([self.gates[m](features[m].pooled) for m in self.modalities], dim=1)  # (B, M, D)

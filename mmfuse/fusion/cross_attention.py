@@ -1,0 +1,56 @@
+"""Token-level cross-modal attention: each modality's tokens attend to the other modalities' tokens.
+
+A MulT-style stack (Tsai et al. 2019) over any set of modalities, with key-padding masks: at every layer each
+modality m updates its tokens by cross-attending to the concatenated tokens of all other modalities (a learned
+`null` key is always present so a sample whose other modalities are all absent stays finite), then a feed-forward.
+All modalities are updated from the previous layer's states, so the order of the modalities does not matter.
+The result is pooled per modality (masked mean over real tokens) and averaged over the present modalities.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Fusion, ModalityFeatures, register_fusion
+from .layers import Block, masked_mean, mean_over_present, pick_heads, valid_tokens
+
+
+@register_fusion("cross-attention")
+class CrossAttentionFusion(Fusion):
+    """Stacked cross-modal attention blocks, one per (layer, modality), then masked pooling.
+
+    Inputs: M modalities of tokens (B, T_m, D), mask (B, T_m), present (B,). Returns: (B, D).
+    Cost per layer: sum_m T_m * (T - T_m) attention scores.
+    """
+
+    uses_tokens = True
+
+    def __init__(self, modalities: list[str], dim: int, layers: int = 1, heads: int = 4, mlp_ratio: float = 2.0,
+                 dropout: float = 0.1) -> None:
+        super().__init__(modalities, dim)
+        heads = pick_heads(dim, heads)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({m: Block(dim, heads, mlp_ratio, dropout) for m in self.modalities}) for _ in range(layers))
+        self.null = nn.Parameter(torch.zeros(1, 1, dim))
+        self.empty = nn.Parameter(torch.zeros(dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, features: dict[str, ModalityFeatures]) -> torch.Tensor:
+        features = self.complete(features)
+        states = {m: features[m].tokens for m in self.modalities}  # (B, T_m, D)
+        valid = {m: valid_tokens(features[m]) for m in self.modalities}  # (B, T_m)
+        B = next(iter(valid.values())).shape[0]
+        null = self.null.expand(B, -1, -1)  # (B, 1, D)
+        null_valid = torch.ones(B, 1, dtype=torch.bool, device=null.device)
+        for layer in self.layers:
+            updated = {}
+            for m in self.modalities:
+                others = [o for o in self.modalities if o != m]
+                context = torch.cat([null] + [states[o] for o in others], dim=1)  # (B, 1 + sum T_o, D)
+                key_valid = torch.cat([null_valid] + [valid[o] for o in others], dim=1)
+                updated[m] = layer[m](states[m], context, key_valid)
+            states = updated
+        pooled = [masked_mean(states[m], valid[m]) for m in self.modalities]  # M x (B, D)
+        present = [valid[m].any(1) for m in self.modalities]
+        return self.norm(mean_over_present(pooled, present, self.empty))  # (B, D)

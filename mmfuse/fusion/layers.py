@@ -1,0 +1,84 @@
+"""Building blocks shared by the token-level fusions: masked attention (SDPA), pre-norm blocks, masked pooling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ModalityFeatures
+
+
+def valid_tokens(f: ModalityFeatures) -> torch.Tensor:
+    """Tokens that may be attended to or pooled: real (mask) tokens of present samples. Returns: (B, T) bool."""
+    return f.mask & f.present[:, None]
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid positions (zero where none). Inputs: x (B, T, D), valid (B, T). Returns: (B, D)."""
+    w = valid.to(x.dtype).unsqueeze(-1)
+    return (x.masked_fill(~valid.unsqueeze(-1), 0.0) * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def mean_over_present(vectors: list[torch.Tensor], present: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    """Average of per-modality vectors over the present ones; `empty` (D,) where none is present.
+
+    Inputs: M vectors (B, D), M present flags (B,). Returns: (B, D).
+    """
+    stacked = torch.stack(vectors, 1)  # (B, M, D)
+    flags = torch.stack(present, 1)  # (B, M)
+    mixed = masked_mean(stacked, flags)
+    return torch.where(flags.any(1, keepdim=True), mixed, empty.expand_as(mixed))
+
+
+class Attention(nn.Module):
+    """Multi-head attention through `F.scaled_dot_product_attention` with a key mask.
+
+    Inputs: x (B, Tq, D) queries, context (B, Tk, D) keys/values, key_valid (B, Tk) bool (every row must have
+    at least one True). Returns: (B, Tq, D).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        B, Tq, D = x.shape
+        q = self.q(x).view(B, Tq, self.heads, -1).transpose(1, 2)  # (B, H, Tq, Dh)
+        k, v = self.kv(context).view(B, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_valid[:, None, None, :],
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, Tq, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x), LN(context)), then x + MLP(LN(x)).
+
+    Inputs: x (B, Tq, D), context (B, Tk, D) (None: self-attention on x), key_valid (B, Tk). Returns: (B, Tq, D).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, key_valid: torch.Tensor) -> torch.Tensor:
+        q = self.norm_q(x)
+        kv = q if context is None else self.norm_kv(context)
+        x = x + self.drop(self.attn(q, kv, key_valid))
+        return x + self.drop(self.mlp(self.norm_mlp(x)))
+
+
+def pick_heads(dim: int, heads: int) -> int:
+    """`heads`, reduced to the largest divisor of `dim` not above it (tiny test widths)."""
+    while dim % heads:
+        heads -= 1
+    return heads

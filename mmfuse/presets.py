@@ -1,0 +1,46 @@
+"""Model presets: small JSON files in `mmfuse/model_configs/` holding the `model` section of a run config
+(open_clip's `model_configs/*.json`). `tiny_*` presets build random-init models in a second, for tests."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, did_you_mean
+
+
+def _preset_files() -> dict[str, Any]:
+    folder = resources.files("mmfuse") / "model_configs"
+    return {f.name[:-5]: f for f in folder.iterdir() if f.name.endswith(".json")}
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged model presets."""
+    return sorted(_preset_files())
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset's `model` section by name (`mmfuse list`) or from a JSON file path. Raises `ConfigError`."""
+    files = _preset_files()
+    if name in files:
+        text, where = files[name].read_text(encoding="utf-8"), f"preset '{name}'"
+    elif name.endswith(".json") and Path(name).exists():
+        text, where = Path(name).read_text(encoding="utf-8"), name
+    else:
+        raise ConfigError(f"unknown model preset '{name}'{did_you_mean(name, files)}; known: {', '.join(sorted(files))}"
+                          " (or pass a path to a .json file)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or "modalities" not in data:
+        raise ConfigError(f"{where} must be a JSON object with at least 'modalities' (a run config's model section)")
+    data.pop("description", None)
+    return data
+
+
+def describe_preset(name: str) -> str:
+    """The preset's one-line `description` field ('' if it has none)."""
+    return str(json.loads(_preset_files()[name].read_text(encoding="utf-8")).get("description", ""))
