@@ -69,12 +69,16 @@ def _steps(seconds_per_step: float, min_time: float) -> int:
     return max(1, math.ceil(min_time / max(seconds_per_step, 1e-9)))
 
 
-def _result(spec: CaseSpec, rates: dict[str, list[float]], steps: int, **extra: Any) -> dict[str, Any]:
+def _result(spec: CaseSpec, measured: tuple[dict[str, list[float]], dict[str, list[float]]], steps: int,
+            **extra: Any) -> dict[str, Any]:
+    rates, cpu_rates = measured
     series = {name: summarize(values) for name, values in rates.items()}
     ratio = paired_ratio(rates["mmfuse"], rates["baseline"]) if "baseline" in rates else None
+    cpu_ratio = paired_ratio(cpu_rates["mmfuse"], cpu_rates["baseline"]) if "baseline" in rates else None
     return {"name": spec.name, "kind": spec.kind, "towers": spec.towers, "modalities": list(spec.modalities),
             "fusion": spec.fusion if spec.kind in ("train", "embed") else None, "batch_size": spec.batch_size,
-            "steps_per_repeat": steps, "unit": "samples/s", "series": series, "ratio": ratio,
+            "steps_per_repeat": steps, "unit": "samples/s", "series": series, "ratio": ratio, "cpu_ratio": cpu_ratio,
+            "cpu_series": {name: summarize(values) for name, values in cpu_rates.items()},
             "flops_per_sample": None, "mfu": None, "split": None, **extra}
 
 
@@ -152,7 +156,7 @@ def hand_loop(model: FusionModel, ctx: Context, lr: float):
 
 
 def _interleave_steps(ctx: Context, trainer: Trainer, baseline_model: FusionModel, batch: dict[str, Any],
-                      batch_size: int) -> tuple[dict[str, list[float]], int, int]:
+                      batch_size: int) -> tuple[Any, int, int]:
     """Interleaved repeats of `trainer.train_step` and the hand loop. Returns rates, steps per repeat, FLOPs/step."""
     hand_step = hand_loop(baseline_model, ctx, trainer.cfg.lr)
     flops = count_flops(lambda: hand_step(batch))  # also the baseline's first warm-up step

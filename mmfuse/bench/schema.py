@@ -24,7 +24,8 @@ SCHEMA: dict[str, Any] = {
     "cases": [{"name": str, "kind": str, "towers": str, "modalities": list, "fusion": (str, type(None)),
                "batch_size": int, "steps_per_repeat": int, "unit": str, "seconds": NUM,
                "series": {"mmfuse": STAT, "baseline?": STAT},
-               "ratio": (dict, type(None)), "flops_per_sample": OPT_NUM, "mfu": (dict, type(None)),
+               "ratio": (dict, type(None)), "cpu_ratio": (dict, type(None)),
+               "cpu_series": dict, "flops_per_sample": OPT_NUM, "mfu": (dict, type(None)),
                "split": (dict, type(None)), "memory": {"kind": str, "bytes": int}}],
 }
 """Nested dicts mirror the report; a type or tuple of types is a leaf; `[spec]` is a list of `spec`; a key ending
@@ -72,7 +73,8 @@ def validate(report: dict[str, Any]) -> None:
         for name, value in (case["mfu"] or {}).items():
             if name not in case["series"] or not isinstance(value, NUM):
                 problems.append(f"report.cases[{i}].mfu.{name}: not a number of a series")
-        if case["ratio"] is not None:
-            _check(case["ratio"], STAT, f"report.cases[{i}].ratio", problems)
+        for key in ("ratio", "cpu_ratio"):
+            if case[key] is not None:
+                _check(case[key], STAT, f"report.cases[{i}].{key}", problems)
     if problems:
         raise ConfigError("bench report does not match its schema: " + "; ".join(problems))

