@@ -128,12 +128,11 @@ def run_encode(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     steps = _steps(timed(lambda: forward() or 1, ctx.device)[0], ctx.cfg.min_time)
 
     def work() -> int:
-        for _ in range(steps):
-            forward()
-        return steps * spec.batch_size
+        forward()
+        return spec.batch_size
 
     with PeakMemory(ctx.device) as memory:
-        rates = interleaved({"mmfuse": work}, ctx.device, ctx.cfg.repeats, warmup=0)
+        rates = interleaved({"mmfuse": work}, ctx.device, ctx.cfg.repeats, warmup=0, group=steps)
     return _result(spec, rates, steps, flops_per_sample=count_flops(forward) / spec.batch_size,
                    memory={"kind": memory.kind, "bytes": memory.bytes})
 
@@ -166,16 +165,15 @@ def _interleave_steps(ctx: Context, trainer: Trainer, baseline_model: FusionMode
     steps = _steps(timed(lambda: (trainer.train_step(batch), 1)[1], ctx.device)[0], ctx.cfg.min_time)
 
     def run_mmfuse() -> int:
-        for _ in range(steps):
-            trainer.train_step(batch)
-        return steps * batch_size
+        trainer.train_step(batch)
+        return batch_size
 
     def run_hand() -> int:
-        for _ in range(steps):
-            hand_step(batch)
-        return steps * batch_size
+        hand_step(batch)
+        return batch_size
 
-    rates = interleaved({"mmfuse": run_mmfuse, "baseline": run_hand}, ctx.device, ctx.cfg.repeats, warmup=0)
+    rates = interleaved({"mmfuse": run_mmfuse, "baseline": run_hand}, ctx.device, ctx.cfg.repeats, warmup=0,
+                        group=steps)
     return rates, steps, flops
 
 

@@ -51,24 +51,26 @@ def summarize(values: list[float]) -> dict[str, Any]:
             "values": [float(v) for v in values]}
 
 
-def interleaved(workloads: dict[str, Workload], device: torch.device, repeats: int,
-                warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Throughput of each workload per repeat, run in alternating (ABBA) order after `warmup` calls.
+def interleaved(workloads: dict[str, Workload], device: torch.device, repeats: int, warmup: int = 1,
+                group: int = 1) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Throughput of each workload per repeat, calls alternating in ABBA order after `warmup` calls each.
 
-    Returns: ({name: [samples per wall second of repeat 0, 1, ...]}, {name: [samples per CPU second, ...]});
-    repeat i of every workload ran next to the others' repeat i, so per-repeat ratios cancel slow drift.
+    A repeat is `group` calls of every workload, interleaved call by call (A B B A A B ...), so its workloads ran
+    under the same machine conditions; its rate is samples / seconds summed over its calls.
+    Returns: ({name: [samples per wall second of repeat 0, 1, ...]}, {name: [samples per CPU second, ...]}).
     """
     names = list(workloads)
     for _ in range(warmup):
         for name in names:
             timed(workloads[name], device)
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    cpu_rates: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else reversed(names):
+    totals = {name: [[0.0, 0.0, 0] for _ in range(repeats)] for name in names}
+    for call in range(repeats * group):
+        for name in names if call % 2 == 0 else reversed(names):
             seconds, cpu_seconds, samples = timed(workloads[name], device)
-            rates[name].append(samples / seconds)
-            cpu_rates[name].append(samples / max(cpu_seconds, 1e-9))
+            total = totals[name][call // group]
+            total[0], total[1], total[2] = total[0] + seconds, total[1] + cpu_seconds, total[2] + samples
+    rates = {name: [t[2] / t[0] for t in totals[name]] for name in names}
+    cpu_rates = {name: [t[2] / max(t[1], 1e-9) for t in totals[name]] for name in names}
     return rates, cpu_rates
 
 
