@@ -61,7 +61,7 @@ def _mfu(report: dict[str, Any], plt: Any, path: Path) -> None:
     for i, case in enumerate(cases):
         for j, (name, value) in enumerate(sorted(case["mfu"].items(), reverse=True)):
             offset = (0.2 if j else -0.2) * (len(case["mfu"]) > 1)
-            ax.barh(i + offset, value, height=0.38, color=COLOURS[name], label=name if j == 0 or i == 0 else None)
+            ax.barh(i + offset, value, height=0.38, color=COLOURS[name], label=name)
             ax.text(value, i + offset, f" {value:.0%}", va="center", fontsize=7)
     ax.axvline(0.5, color="k", lw=0.8, ls="--")
     ax.set_yticks(range(len(cases)), [c["name"] for c in cases], fontsize=7)

@@ -11,7 +11,7 @@ from .schema import validate
 
 
 def _gflops(flops: float | None) -> str:
-    return "" if not flops else f"{flops / 1e9:.2f}"
+    return "" if not flops else f"{flops / 1e9:.3g}"
 
 
 def _pct(value: float | None) -> str:
