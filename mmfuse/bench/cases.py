@@ -1,0 +1,233 @@
+"""The four cases. Each returns a plain result dict (see `report.SCHEMA`); MFU is filled in by the suite once the
+calibration after the cases is known.
+
+    loader  mmfuse's webdataset loader vs the raw decode loop over the same members (`rawdecode.py`)
+    encode  inference throughput of one encoder on real batches
+    train   `Trainer.train_step` -- the step `finetune` runs -- vs a minimal hand-written loop (fused AdamW) on an
+            identical copy of the model and the same batch, interleaved; then a loader-fed pass through
+            `Trainer.train_epoch` for the data-wait vs compute split
+    embed   `Predictor.embed` on raw records vs `FusionModel.embed` on the same, already collated batches
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..data.batch import batch_size as count
+from ..data.batch import to_device
+from ..data.info import DatasetInfo
+from ..data.loader import build_pipeline, make_loader, read_records
+from ..errors import ConfigError
+from ..inference import Predictor
+from ..model import FusionModel, ModelConfig, build_model
+from ..train.precision import DTYPES
+from ..train.trainer import Trainer
+from .presets import BenchConfig, CaseSpec
+from .rawdecode import raw_batches
+from .timing import PeakMemory, count_flops, interleaved, paired_ratio, summarize, synchronize, timed
+
+
+@dataclass
+class Context:
+    """What every case needs: the options, the resolved device and precision, and the dataset."""
+
+    cfg: BenchConfig
+    device: torch.device
+    precision: str
+    info: DatasetInfo
+    split: str = "train"
+
+
+def _model(ctx: Context, spec: CaseSpec) -> FusionModel:
+    torch.manual_seed(0)
+    config = ModelConfig(list(spec.modalities), spec.encoders(), labels=list(ctx.info.labels), fusion=spec.fusion)
+    return build_model(config)
+
+
+def _batches(ctx: Context, model: FusionModel, spec: CaseSpec, n: int = 1) -> list[dict[str, Any]]:
+    """The first `n` full batches of the split, decoded by the loader and moved to the device."""
+    pipeline = build_pipeline(ctx.info, ctx.split, model.preprocessors(), spec.batch_size, drop_last=True)
+    batches = [to_device(b, ctx.device) for b in islice(pipeline, n)]
+    if not batches:
+        raise ConfigError(f"split '{ctx.split}' of {ctx.info.root} has fewer than {spec.batch_size} samples; "
+                          f"lower --batch-size")
+    return batches
+
+
+def _steps(seconds_per_step: float, min_time: float) -> int:
+    """Steps per repeat so that a repeat lasts at least `min_time`."""
+    return max(1, math.ceil(min_time / max(seconds_per_step, 1e-9)))
+
+
+def _result(spec: CaseSpec, measured: tuple[dict[str, list[float]], dict[str, list[float]]], steps: int,
+            **extra: Any) -> dict[str, Any]:
+    rates, cpu_rates = measured
+    series = {name: summarize(values) for name, values in rates.items()}
+    ratio = paired_ratio(rates["mmfuse"], rates["baseline"]) if "baseline" in rates else None
+    cpu_ratio = paired_ratio(cpu_rates["mmfuse"], cpu_rates["baseline"]) if "baseline" in rates else None
+    return {"name": spec.name, "kind": spec.kind, "towers": spec.towers, "modalities": list(spec.modalities),
+            "fusion": spec.fusion if spec.kind in ("train", "embed") else None, "batch_size": spec.batch_size,
+            "steps_per_repeat": steps, "unit": "samples/s", "series": series, "ratio": ratio, "cpu_ratio": cpu_ratio,
+            "cpu_series": {name: summarize(values) for name, values in cpu_rates.items()},
+            "flops_per_sample": None, "mfu": None, "split": None, **extra}
+
+
+def run_loader(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
+    """One full pass over the split per repeat: mmfuse's loader vs the raw decode loop."""
+    preprocessors = _model(ctx, spec).preprocessors()
+
+    def mmfuse() -> int:
+        loader = make_loader(ctx.info, ctx.split, preprocessors, spec.batch_size, num_workers=ctx.cfg.workers)
+        return sum(count(b) for b in loader)
+
+    def raw() -> int:
+        return sum(count(b) for b in raw_batches(ctx.info, ctx.split, preprocessors, spec.batch_size))
+
+    with PeakMemory(torch.device("cpu")) as memory:
+        rates = interleaved({"mmfuse": mmfuse, "baseline": raw}, torch.device("cpu"), ctx.cfg.repeats,
+                            min(ctx.cfg.warmup, 1))
+    return _result(spec, rates, 1, baseline="raw decode loop (tarfile + torchvision.io + one tokenizer call)",
+                   workers=ctx.cfg.workers, samples_per_repeat=ctx.info.count(ctx.split),
+                   memory={"kind": memory.kind, "bytes": memory.bytes})
+
+
+def _compile(module: torch.nn.Module, ctx: Context) -> None:
+    if ctx.cfg.compile:
+        module.compile()
+
+
+def _autocast(ctx: Context) -> Any:
+    dtype = DTYPES[ctx.precision]
+    return nullcontext() if dtype is None else torch.autocast(ctx.device.type, dtype=dtype)
+
+
+def run_encode(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
+    """Inference throughput of the case's single encoder (eval mode, inference_mode, autocast as configured)."""
+    model = _model(ctx, spec)
+    encoder = model.encoders[spec.modalities[0]].to(ctx.device).eval()
+    _compile(encoder, ctx)
+    batch = _batches(ctx, model, spec)[0]
+
+    @torch.inference_mode()
+    def forward() -> None:
+        with _autocast(ctx):
+            encoder(batch)
+
+    for _ in range(max(1, ctx.cfg.warmup)):
+        forward()
+    steps = _steps(timed(lambda: forward() or 1, ctx.device)[0], ctx.cfg.min_time)
+
+    def work() -> int:
+        forward()
+        return spec.batch_size
+
+    with PeakMemory(ctx.device) as memory:
+        rates = interleaved({"mmfuse": work}, ctx.device, ctx.cfg.repeats, warmup=0, group=steps)
+    return _result(spec, rates, steps, flops_per_sample=count_flops(forward) / spec.batch_size,
+                   memory={"kind": memory.kind, "bytes": memory.bytes})
+
+
+def hand_loop(model: FusionModel, ctx: Context, lr: float):
+    """The baseline: a minimal PyTorch train step on `model` -- forward, cross-entropy, backward, fused AdamW."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "fp16")
+
+    def step(batch: dict[str, Any]) -> None:
+        with _autocast(ctx):
+            logits = model(batch)
+        loss = F.cross_entropy(logits.float(), batch["label"])
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _interleave_steps(ctx: Context, trainer: Trainer, baseline_model: FusionModel, batch: dict[str, Any],
+                      batch_size: int) -> tuple[Any, int, int]:
+    """Interleaved repeats of `trainer.train_step` and the hand loop. Returns rates, steps per repeat, FLOPs/step."""
+    hand_step = hand_loop(baseline_model, ctx, trainer.cfg.lr)
+    flops = count_flops(lambda: hand_step(batch))  # also the baseline's first warm-up step
+    for _ in range(ctx.cfg.warmup):
+        trainer.train_step(batch)
+        hand_step(batch)
+    steps = _steps(timed(lambda: (trainer.train_step(batch), 1)[1], ctx.device)[0], ctx.cfg.min_time)
+
+    def run_mmfuse() -> int:
+        trainer.train_step(batch)
+        return batch_size
+
+    def run_hand() -> int:
+        hand_step(batch)
+        return batch_size
+
+    rates = interleaved({"mmfuse": run_mmfuse, "baseline": run_hand}, ctx.device, ctx.cfg.repeats, warmup=0,
+                        group=steps)
+    return rates, steps, flops
+
+
+def run_train(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
+    """`Trainer.train_step` vs the hand loop on identical models and the same batch, then a loader-fed pass."""
+    model = _model(ctx, spec)
+    baseline_model = copy.deepcopy(model).to(ctx.device).train()
+    train_cfg = TrainConfig(device=str(ctx.device), precision=ctx.precision, progress=False, lr=1e-4)
+    trainer = Trainer(model, train_cfg, ctx.device, total_steps=1_000_000)
+    trainer.model.train()
+    _compile(trainer.model, ctx)
+    _compile(baseline_model, ctx)
+    batch = _batches(ctx, model, spec)[0]
+    rates, steps, flops = _interleave_steps(ctx, trainer, baseline_model, batch, spec.batch_size)
+    del baseline_model, batch  # the loader-fed pass below measures mmfuse's memory alone
+    gc.collect()
+    loader = make_loader(ctx.info, ctx.split, trainer.model.preprocessors(), spec.batch_size,
+                         num_workers=ctx.cfg.workers, pin_memory=ctx.device.type == "cuda", drop_last=True)
+    fed_steps = max(2, min(2 * steps, ctx.info.count(ctx.split) // spec.batch_size))
+    with PeakMemory(ctx.device) as memory:
+        stats = trainer.train_epoch(islice(loader, fed_steps), on_step=lambda record: None)
+    synchronize(ctx.device)
+    busy = stats["data_s"] + stats["compute_s"]
+    split = {"steps": fed_steps, "samples": stats["samples"], "data_s": stats["data_s"],
+             "compute_s": stats["compute_s"], "data_fraction": stats["data_s"] / busy if busy else 0.0,
+             "samples_per_s": stats["samples"] / busy if busy else 0.0}
+    return _result(spec, rates, steps, flops_per_sample=flops / spec.batch_size, split=split,
+                   baseline="hand-written loop: forward, cross_entropy, backward, AdamW(fused=True), zero_grad",
+                   memory={"kind": memory.kind, "bytes": memory.bytes})
+
+
+def run_embed(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
+    """`Predictor.embed` over raw records (decode + collate + model) vs `model.embed` on the collated batches."""
+    model = _model(ctx, spec)
+    predictor = Predictor(model, ModelConfig(list(spec.modalities), spec.encoders(), labels=list(ctx.info.labels),
+                                             fusion=spec.fusion), ctx.device, batch_size=spec.batch_size)
+    _compile(predictor.model, ctx)
+    records = list(islice(read_records(ctx.info, ctx.split), 4 * spec.batch_size))
+    collated = list(predictor._batches(records))
+
+    def run_predictor() -> int:
+        return len(predictor.embed(records))
+
+    @torch.inference_mode()
+    def run_model() -> int:  # no autocast: Predictor.embed runs the model as loaded
+        return sum(predictor.model.embed(b).shape[0] for b in collated)
+
+    with PeakMemory(ctx.device) as memory:
+        rates = interleaved({"mmfuse": run_predictor, "baseline": run_model}, ctx.device, ctx.cfg.repeats,
+                            ctx.cfg.warmup)
+    flops = count_flops(run_model) / len(records)
+    return _result(spec, rates, 1, flops_per_sample=flops, samples_per_repeat=len(records),
+                   baseline="FusionModel.embed on the same records, already decoded and collated",
+                   memory={"kind": memory.kind, "bytes": memory.bytes})
+
+
+RUNNERS = {"loader": run_loader, "encode": run_encode, "train": run_train, "embed": run_embed}

@@ -1,0 +1,137 @@
+"""What the suite runs: `BenchConfig` (the user's options) and the case list of each preset.
+
+Presets:
+    default  the demo model (tiny towers, 64 px), a BERT-small-sized text tower (L4, H512) and a ViT-S/16 at 224 px,
+             all random-init; about 5 minutes on 2 CPU cores.
+    tiny     width-16 towers and one short repeat per case: for tests and smoke checks, not for numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..errors import ConfigError
+
+CASE_KINDS = ("loader", "encode", "train", "embed")
+PRESETS = ("default", "tiny")
+
+TOWERS: dict[str, dict[str, dict[str, Any]]] = {
+    "demo": {"text": {"name": "tiny-text", "kwargs": {"width": 64, "layers": 2, "heads": 2}},
+             "image": {"name": "tiny-image", "kwargs": {"width": 64, "layers": 2, "heads": 2, "image_size": 64,
+                                                        "patch_size": 8}}},
+    "bert-small": {"text": {"name": "tiny-text", "kwargs": {"width": 512, "layers": 4, "heads": 8,
+                                                            "max_length": 128}}},
+    "vit-s": {"image": {"name": "timm-image", "kwargs": {"model": "vit_small_patch16_224", "image_size": 224}}},
+    "tiny": {"text": {"name": "tiny-text", "kwargs": {"width": 16, "layers": 1, "heads": 2}},
+             "image": {"name": "tiny-image", "kwargs": {"width": 16, "layers": 1, "heads": 2, "image_size": 32}}},
+}
+"""Tower sets (random-init, nothing downloads): `bert-small` is Google's BERT-small shape (4 layers, width 512,
+8 heads) over the packaged vocabulary; `vit-s` is timm's ViT-S/16 (12 layers, width 384) at 224 px."""
+
+
+@dataclass
+class BenchConfig:
+    """Options of a bench run (the CLI maps its flags onto these fields)."""
+
+    cases: list[str] = field(default_factory=lambda: list(CASE_KINDS))
+    """Case kinds to run, from loader, encode, train, embed."""
+    preset: str = "default"
+    """default | tiny (see the module docstring)."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    precision: str = "auto"
+    """auto | fp32 | bf16 | fp16, resolved by hardware like `finetune`; the calibration matmul uses the same dtype."""
+    batch_size: int | None = None
+    """Override every case's batch size (e.g. larger on a GPU)."""
+    modalities: list[str] | None = None
+    """Replace the demo model's train/embed cases with this modality set."""
+    fusion: str | None = None
+    """Replace the demo model's train/embed cases' fusion."""
+    compile: bool = False
+    """`torch.compile` the models (trainer and baseline alike); the compile time is in the warm-up."""
+    workers: int = 0
+    """Loader worker processes in the loader case and the train case's data-fed pass."""
+    repeats: int = 5
+    """Timed repeats per case (median and IQR are over these)."""
+    warmup: int = 1
+    """Untimed calls of each workload before the repeats."""
+    min_time: float = 1.0
+    """Seconds a repeat should last at least; the steps per repeat are sized from a warm-up step."""
+    data: str | None = None
+    """Shard directory with a dataset.json; None uses the embedded demo dataset."""
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.cases if c not in CASE_KINDS]
+        if unknown or not self.cases:
+            raise ConfigError(f"unknown bench case(s) {', '.join(unknown) or '(none)'}; choose from "
+                              f"{', '.join(CASE_KINDS)}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown bench preset '{self.preset}'; choose from {', '.join(PRESETS)}")
+        for name in ("repeats", "warmup"):
+            if getattr(self, name) < (1 if name == "repeats" else 0):
+                raise ConfigError(f"bench {name} must be >= {1 if name == 'repeats' else 0}")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise ConfigError(f"bench batch size must be > 0, got {self.batch_size}")
+        if self.workers < 0 or self.min_time < 0:
+            raise ConfigError("bench workers and min-time must be >= 0")
+
+
+@dataclass
+class CaseSpec:
+    """One case: its kind, the towers it uses, modalities, fusion and batch size."""
+
+    kind: str
+    towers: str
+    modalities: list[str]
+    batch_size: int
+    fusion: str = "concat-mlp"
+
+    @property
+    def name(self) -> str:
+        parts = [self.kind, self.towers, "+".join(self.modalities)]
+        if self.kind in ("train", "embed"):
+            parts.append(self.fusion)
+        return "/".join(parts)
+
+    def encoders(self) -> dict[str, dict[str, Any]]:
+        towers = TOWERS[self.towers]
+        return {m: {**towers[m], "pretrained": False} for m in self.modalities}
+
+
+def _preset_cases(preset: str) -> list[CaseSpec]:
+    if preset == "tiny":
+        return [CaseSpec("loader", "tiny", ["text", "image"], 16),
+                CaseSpec("encode", "tiny", ["text"], 16), CaseSpec("encode", "tiny", ["image"], 16),
+                CaseSpec("train", "tiny", ["text", "image"], 16), CaseSpec("train", "tiny", ["text"], 16),
+                CaseSpec("embed", "tiny", ["text", "image"], 16)]
+    return [CaseSpec("loader", "demo", ["text", "image"], 64),
+            CaseSpec("encode", "demo", ["text"], 64), CaseSpec("encode", "demo", ["image"], 64),
+            CaseSpec("encode", "bert-small", ["text"], 64), CaseSpec("encode", "vit-s", ["image"], 16),
+            CaseSpec("train", "demo", ["text", "image"], 64), CaseSpec("train", "demo", ["text", "image"], 64, "gated"),
+            CaseSpec("train", "demo", ["text"], 64), CaseSpec("train", "demo", ["image"], 64),
+            CaseSpec("train", "bert-small", ["text"], 64), CaseSpec("train", "vit-s", ["image"], 8),
+            CaseSpec("embed", "demo", ["text", "image"], 128)]
+
+
+def build_cases(cfg: BenchConfig) -> list[CaseSpec]:
+    """The preset's cases of the requested kinds, with the config's overrides applied."""
+    cases = [c for c in _preset_cases(cfg.preset) if c.kind in cfg.cases]
+    if cfg.modalities is not None or cfg.fusion is not None:
+        small = "tiny" if cfg.preset == "tiny" else "demo"
+        unknown = [m for m in cfg.modalities or [] if m not in TOWERS[small]]
+        if unknown:
+            raise ConfigError(f"bench has no {small} tower for modality {', '.join(unknown)}; "
+                              f"choose from {', '.join(TOWERS[small])}")
+        seen, kept = set(), []
+        for c in cases:
+            if c.towers == small and c.kind in ("train", "embed"):
+                c = replace(c, modalities=list(cfg.modalities or c.modalities), fusion=cfg.fusion or c.fusion)
+                if c.name in seen:
+                    continue
+                seen.add(c.name)
+            kept.append(c)
+        cases = kept
+    if cfg.batch_size is not None:
+        cases = [replace(c, batch_size=cfg.batch_size) for c in cases]
+    return cases

@@ -1,0 +1,137 @@
+"""`mmfuse bench`: every case for one tiny iteration through the CLI, the report schema, the raw decode baseline,
+compare, and that the train case times `Trainer.train_step` itself. No timing assertions."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from mmfuse.bench import BenchConfig, format_comparison, load_report, validate
+from mmfuse.bench.cases import RUNNERS, Context
+from mmfuse.bench.presets import CASE_KINDS, build_cases
+from mmfuse.bench.rawdecode import raw_batches
+from mmfuse.bench.timing import count_flops, summarize
+from mmfuse.cli import main
+from mmfuse.data.info import DatasetInfo
+from mmfuse.data.loader import build_pipeline
+from mmfuse.errors import ConfigError
+from mmfuse.model import ModelConfig, build_model
+from mmfuse.train.trainer import Trainer
+
+FAST = ["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--min-time", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_report(demo_shards, tmp_path_factory):
+    """One tiny run of the whole suite through the CLI: (report directory, parsed report)."""
+    out = tmp_path_factory.mktemp("bench") / "results"
+    assert main(["bench", *FAST, "--data", str(demo_shards), "--out", str(out)]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_cli_writes_every_case_and_valid_report(tiny_report):
+    out, report = tiny_report
+    for name in ("report.json", "report.md", "throughput.png", "split.png", "mfu.png"):
+        assert (out / name).stat().st_size > 0, name
+    validate(report)
+    assert load_report(out / "report.json") == report
+    assert {c["kind"] for c in report["cases"]} == set(CASE_KINDS)
+    cal = report["calibration"]
+    assert cal["peak_flops"] == max(cal["before_flops"], cal["after_flops"]) > 0
+    for case in report["cases"]:
+        assert case["series"]["mmfuse"]["median"] > 0
+        assert case["memory"]["bytes"] > 0
+        if case["kind"] in ("loader", "train", "embed"):
+            assert case["ratio"]["median"] > 0 and "baseline" in case["series"]
+        if case["kind"] in ("encode", "train", "embed"):
+            assert case["flops_per_sample"] > 0 and 0 < case["mfu"]["mmfuse"]
+        if case["kind"] == "train":
+            assert case["split"]["samples"] > 0 and 0 <= case["split"]["data_fraction"] <= 1
+    env = report["environment"]
+    assert env["cpu"]["usable_cpus"] >= 1 and "avx512_bf16" in env["cpu"]["isa"]
+    assert env["versions"]["torch"] == torch.__version__.split("+")[0]
+    text = (out / "report.md").read_text()
+    assert report["tag"] in text and "train/tiny/text+image/concat-mlp" in text
+
+
+def test_schema_validator_names_broken_fields(tiny_report):
+    _, report = tiny_report
+    broken = copy.deepcopy(report)
+    del broken["calibration"]["drift"]
+    broken["cases"][0]["series"]["mmfuse"]["median"] = "fast"
+    with pytest.raises(ConfigError, match=r"calibration\.drift: missing.*cases\[0\]\.series\.mmfuse\.median"):
+        validate(broken)
+    wrong_version = dict(report, schema="mmfuse-bench/0")
+    with pytest.raises(ConfigError, match="mmfuse-bench/1"):
+        validate(wrong_version)
+
+
+def test_compare_prints_ratios(tiny_report, tmp_path, capsys):
+    out, report = tiny_report
+    faster = copy.deepcopy(report)
+    for case in faster["cases"]:
+        case["series"]["mmfuse"]["median"] *= 2
+    (tmp_path / "b.json").write_text(json.dumps(faster))
+    assert main(["bench", "--compare", str(out / "report.json"), str(tmp_path / "b.json")]) == 0
+    printed = capsys.readouterr().out
+    for case in report["cases"]:
+        assert case["name"] in printed
+    assert printed.count(" 2.000 ") == len(report["cases"])
+    assert "2.000" in format_comparison(report, faster)
+
+
+def test_raw_decode_yields_the_loaders_batches(demo_shards):
+    info = DatasetInfo.load(demo_shards)
+    model = build_model(ModelConfig(["text", "image"], build_cases(BenchConfig(preset="tiny"))[0].encoders(),
+                                    labels=list(info.labels)))
+    pre = model.preprocessors()
+    ours = list(build_pipeline(info, "val", pre, 8))
+    raw = list(raw_batches(info, "val", pre, 8))
+    assert len(ours) == len(raw) > 1
+    for a, b in zip(ours, raw, strict=True):
+        assert a["key"] == b["key"]
+        for k in ("label", "text_ids", "text_mask", "present_text", "present_image"):
+            assert torch.equal(a[k], b[k]), k
+        torch.testing.assert_close(a["image"], b["image"])
+
+
+def test_train_case_times_the_trainers_own_step(demo_shards, monkeypatch):
+    calls = []
+    original = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, batch: calls.append(1) or original(self, batch))
+    cfg = BenchConfig(preset="tiny", repeats=3, warmup=1, min_time=0, cases=["train"], modalities=["text"])
+    info = DatasetInfo.load(demo_shards)
+    (spec,) = build_cases(cfg)
+    result = RUNNERS["train"](Context(cfg, torch.device("cpu"), "fp32", info), spec)
+    steps = result["steps_per_repeat"]
+    # warm-up + sizing step + repeats, then the loader-fed train_epoch pass
+    assert len(calls) == 1 + 1 + 3 * steps + result["split"]["steps"]
+    assert len(result["series"]["mmfuse"]["values"]) == len(result["series"]["baseline"]["values"]) == 3
+
+
+def test_build_cases_overrides_and_errors():
+    cases = build_cases(BenchConfig(modalities=["image"], fusion="gated", batch_size=4))
+    demo = [c for c in cases if c.towers == "demo" and c.kind == "train"]
+    assert [c.name for c in demo] == ["train/demo/image/gated"] and all(c.batch_size == 4 for c in cases)
+    assert any(c.towers == "vit-s" for c in cases)  # the MFU cases stay
+    with pytest.raises(ConfigError, match="unknown bench case"):
+        BenchConfig(cases=["speed"])
+    with pytest.raises(ConfigError, match="no demo tower for modality audio"):
+        build_cases(BenchConfig(modalities=["audio"]))
+
+
+def test_flop_count_includes_cpu_attention_and_summary():
+    q = torch.randn(2, 4, 16, 8, requires_grad=True)
+    flops = count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward())
+    # forward 2 matmuls of (16x8)@(8x16) per head: 2*2*16*16*8 per (batch, head); backward 2.5x forward
+    assert flops == 2 * 4 * (2 * 2 * 16 * 16 * 8) * 7 // 2
+    stats = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert stats["median"] == 3.0 and stats["q1"] == 2.0 and stats["q3"] == 4.0
+
+
+def test_cli_rejects_bad_options(capsys):
+    assert main(["bench", "--cases", "nope"]) == 2
+    assert "unknown bench case" in capsys.readouterr().err
