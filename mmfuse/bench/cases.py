@@ -194,7 +194,7 @@ def run_train(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
                          num_workers=ctx.cfg.workers, pin_memory=ctx.device.type == "cuda", drop_last=True)
     fed_steps = max(2, min(2 * steps, ctx.info.count(ctx.split) // spec.batch_size))
     with PeakMemory(ctx.device) as memory:
-        stats = trainer.train_epoch(islice(loader, fed_steps), on_step=lambda record: None)
+        stats = trainer.train_epoch(islice(loader, fed_steps), after_step=lambda info: False)
     synchronize(ctx.device)
     busy = stats["data_s"] + stats["compute_s"]
     split = {"steps": fed_steps, "samples": stats["samples"], "data_s": stats["data_s"],
