@@ -16,8 +16,8 @@ import torch
 
 from ..errors import ConfigError
 from .audio_io import AudioPreprocessor
-from .base import Encoder, EncoderOutput, masked_mean
-from .hf_image import hf_layers
+from .base import EncoderOutput, masked_mean
+from .hf_common import HFEncoder
 from .registry import register_encoder
 
 AST, WHISPER, WAVEFORM = "audio-spectrogram-transformer", "whisper", "waveform"
@@ -40,7 +40,7 @@ class FeatureExtractorFrames:
         return self.extractor(wave.numpy(), sampling_rate=rate, return_tensors="pt")["input_values"][0]  # (N,)
 
 
-class HFAudioEncoder(Encoder):
+class HFAudioEncoder(HFEncoder):
     """Wraps an AST, Whisper-encoder or wav2vec 2.0-style `transformers` model.
 
     Inputs: batch["audio"] (B, F, M) fbank / log-mel frames, or (B, N) samples; batch["audio_mask"] (B, F).
@@ -83,18 +83,6 @@ class HFAudioEncoder(Encoder):
             mask = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
         pooled = masked_mean(tokens, mask)  # (B, D)
         return EncoderOutput(tokens=tokens, mask=mask.reshape(B, -1), pooled=pooled)
-
-    def lock(self, unlocked_layers: int = 0) -> None:
-        super().lock()
-        if unlocked_layers:
-            for layer in hf_layers(self.backbone)[-unlocked_layers:]:
-                layer.requires_grad_(True)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            self.backbone.gradient_checkpointing_enable()
-        else:
-            self.backbone.gradient_checkpointing_disable()
 
     def save_assets(self, directory: str) -> dict[str, Any]:
         self.preprocessor.features.extractor.save_pretrained(directory)

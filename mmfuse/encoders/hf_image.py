@@ -12,23 +12,13 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .base import Encoder, EncoderOutput, masked_mean
+from .base import EncoderOutput, masked_mean
+from .hf_common import HFEncoder
 from .registry import register_encoder
 from .timm_image import ImagePreprocessor
 
 
-def hf_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks of a `transformers` model, wherever its version keeps them ([] if not found)."""
-    for path in ("encoder.layer", "encoder.layers", "layers", "layer"):
-        node: Any = backbone
-        for part in path.split("."):
-            node = getattr(node, part, None)
-        if isinstance(node, torch.nn.ModuleList):
-            return list(node)
-    return []
-
-
-class HFImageEncoder(Encoder):
+class HFImageEncoder(HFEncoder):
     """Wraps a `transformers` vision transformer.
 
     Inputs: batch["image"] (B, 3, S, S). Returns: tokens (B, T, D) ([CLS] + patches), mask (B, T) all True,
@@ -56,18 +46,6 @@ class HFImageEncoder(Encoder):
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         pooled = tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, mask)
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
-
-    def lock(self, unlocked_layers: int = 0) -> None:
-        super().lock()
-        if unlocked_layers:
-            for layer in hf_layers(self.backbone)[-unlocked_layers:]:
-                layer.requires_grad_(True)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            self.backbone.gradient_checkpointing_enable()
-        else:
-            self.backbone.gradient_checkpointing_disable()
 
     def save_assets(self, directory: str) -> dict[str, Any]:
         self.processor.save_pretrained(directory)

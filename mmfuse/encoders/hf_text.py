@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .base import Encoder, EncoderOutput, Preprocessor, masked_mean
+from .base import EncoderOutput, Preprocessor, masked_mean
+from .hf_common import HFEncoder
 from .registry import register_encoder
 
 
@@ -42,7 +43,7 @@ class TextPreprocessor(Preprocessor):
         return {"text_ids": enc["input_ids"], "text_mask": enc["attention_mask"].bool()}
 
 
-class HFTextEncoder(Encoder):
+class HFTextEncoder(HFEncoder):
     """Wraps any `transformers` encoder model (`AutoModel`) and its tokenizer.
 
     Inputs: batch["text_ids"] (B, T), batch["text_mask"] (B, T).
@@ -68,19 +69,6 @@ class HFTextEncoder(Encoder):
         tokens = self.backbone(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, T, D)
         pooled = tokens[:, 0] if self.pooling == "cls" else masked_mean(tokens, mask)
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
-
-    def lock(self, unlocked_layers: int = 0) -> None:
-        super().lock()
-        layers = getattr(getattr(self.backbone, "encoder", None), "layer", None)
-        if unlocked_layers and layers is not None:
-            for layer in list(layers)[-unlocked_layers:]:
-                layer.requires_grad_(True)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            self.backbone.gradient_checkpointing_enable()
-        else:
-            self.backbone.gradient_checkpointing_disable()
 
     def save_assets(self, directory: str) -> dict[str, Any]:
         self.preprocessor.tokenizer.save_pretrained(directory)
