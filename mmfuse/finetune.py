@@ -86,6 +86,9 @@ class FinetuneRun:
         seed_everything(train.seed)
         model = build_model(self.model_config)
         apply_freeze(model, train.freeze, train.unfreeze_top)
+        if train.grad_checkpointing:
+            for encoder in model.encoders.values():
+                encoder.set_grad_checkpointing(True)
         self.params = count_parameters(model)
         self.epoch_samples = self.info.count(data.train_split)
         if data.resampled and data.epoch_samples:

@@ -80,3 +80,24 @@ def test_bad_adapter_options_are_config_errors(tiny_config):
                               ({"audio": {}}, "model.adapters names 'audio'")):
         with pytest.raises(ConfigError, match=message):
             build_model(replace(tiny_config.model, labels=["a", "b"], adapters=adapters))
+
+
+def test_grad_checkpointing_gives_the_same_gradients(tiny_config, demo_shards):
+    info = DatasetInfo.load(demo_shards)
+    cfg = replace(tiny_config.model, labels=info.labels, dropout=0.0)
+    plain = build_model(cfg).train()
+    ckpt = build_model(cfg).train()
+    ckpt.load_state_dict(plain.state_dict())
+    for encoder in ckpt.encoders.values():
+        encoder.set_grad_checkpointing(True)
+    assert ckpt.encoders["text"].backbone.is_gradient_checkpointing
+    assert ckpt.encoders["image"].backbone.grad_checkpointing
+    batch = next(iter(make_loader(info, "train", plain.preprocessors(), 8)))
+    for model in (plain, ckpt):
+        for module in model.modules():  # no dropout: both see the same function
+            if isinstance(module, torch.nn.Dropout) or "Dropout" in type(module).__name__:
+                module.p = 0.0
+        torch.nn.functional.cross_entropy(model(batch), batch["label"]).backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
