@@ -109,7 +109,7 @@ def _build(model: str, pretrained: bool, sample_rate: int, n_mels: int, max_seco
     if n_mels % patch[0]:
         raise ConfigError(f"n_mels ({n_mels}) must be a multiple of the mel patch size ({patch[0]})")
     width = math.ceil(max_frames(sample_rate, max_seconds) / patch[1]) * patch[1]
-    if model not in timm.list_models() and model.split(".")[0] not in timm.list_models():
+    if not timm.is_model(model.split(".")[0]):  # the architecture, without a pretrained tag
         raise ConfigError(f"unknown timm model '{model}' (see timm.list_models('vit_*'))")
     try:
         backbone = timm.create_model(model, pretrained=pretrained, num_classes=0, in_chans=1, img_size=(n_mels, width),

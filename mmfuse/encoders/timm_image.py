@@ -113,7 +113,7 @@ class TimmImageEncoder(Encoder):
 def _create_timm(model: str, pretrained: bool, image_size: int | None, **kwargs: Any) -> torch.nn.Module:
     import timm
 
-    if model not in timm.list_models() and model.split(".")[0] not in timm.list_models():
+    if not timm.is_model(model.split(".")[0]):  # the architecture, without a pretrained tag
         raise ConfigError(f"unknown timm model '{model}' (see timm.list_models())")
     if pretrained and Path(model).exists():
         raise ConfigError(f"'{model}' is a path; pass a timm model name and `checkpoint={model}` instead")
