@@ -96,3 +96,17 @@ def test_evaluate_counts_every_sample(tiny_config, demo_shards):
     metrics = trainer.evaluate(make_loader(info, "test", trainer.model.preprocessors(), 16), len(info.labels))
     assert metrics["count"] == 40 and metrics["skipped"] == {}
     assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_a_save_recovers_from_a_crash_in_an_earlier_save(tiny_config, demo_shards, tmp_path):
+    """A killed save leaves a temp dir (never a checkpoint); a crash between the renames leaves only '<name>-old'."""
+    trainer, cfg, _, _ = setup(tiny_config, demo_shards)
+    save_checkpoint(trainer.model, cfg, tmp_path / "best", {"epoch": 1})
+    (tmp_path / ".best-killed").mkdir()  # what a kill -9 during a save leaves
+    (tmp_path / "best").rename(tmp_path / ".best-old")  # a crash between the two renames
+    _, _, meta = load_checkpoint(tmp_path / "best")  # still readable: the previous checkpoint is found
+    assert meta["epoch"] == 1
+    save_checkpoint(trainer.model, cfg, tmp_path / "last", {"epoch": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best-old", "last"]
+    save_checkpoint(trainer.model, cfg, tmp_path / "best", {"epoch": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]

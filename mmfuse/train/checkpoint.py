@@ -34,6 +34,7 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _recover(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         encoders, asset_kwargs = {}, {}
@@ -68,6 +69,17 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
 
 def _previous(directory: Path) -> Path:
     return directory.with_name(f".{directory.name}-old")
+
+
+def _recover(directory: Path) -> None:
+    """Before a save: put back a checkpoint a crash left between the two renames, and remove the temporary
+    directories that a killed save left behind (they were never a checkpoint)."""
+    old = _previous(directory)
+    if not directory.exists() and (old / CONFIG).exists():
+        os.replace(old, directory)
+    for stale in directory.parent.glob(".*-*"):
+        if stale.is_dir() and not stale.name.endswith("-old"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def resolve_checkpoint_dir(directory: str | Path) -> Path:
