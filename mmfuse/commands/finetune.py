@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
         config = resolve(load_yaml(Path(args.resume) / "run_config.yaml"),
                          {"train": {"progress": False}} if args.no_progress else {})
-        summary = finetune(config, resume=True)
-        return 0 if summary else 1
+        finetune(config, resume=True)
+        return 0
     preset_layer: dict[str, Any] = {}
     if args.preset is not None:
         from ..presets import load_preset
