@@ -99,6 +99,9 @@ class FinetuneRun:
             total_steps = min(total_steps, train.max_steps)
         self.trainer = Trainer(model, train, self.env.device, total_steps, self.env)
         self.preprocessors = model.preprocessors()
+        # the DataLoader's real worker count (make_loader caps it at the number of shards unless resampled)
+        self.train_workers = data.num_workers if data.resampled else min(
+            data.num_workers, len(self.info.shard_urls(data.train_split)))
         self.loader_kwargs = {"num_workers": data.num_workers, "pin_memory": self.env.device.type == "cuda",
                               "strict": data.strict}
         # progress that a resumable checkpoint carries
@@ -161,7 +164,7 @@ class FinetuneRun:
         self.acc["skipped"] += sum(info["skipped"].values())
         if info.get("cursor") is not None:
             worker, cursor = info["cursor"]
-            self.position.advance(worker, cursor, self.loader_kwargs["num_workers"])
+            self.position.advance(worker, cursor, self.train_workers)
         if not info["size"]:
             return False
         self.acc["loss_sum"] += info["loss"]
