@@ -25,18 +25,23 @@ def comparable(metrics: dict) -> dict:
             "steps": metrics["steps"], "skipped": metrics["skipped"]}
 
 
-def layers_for(tiny_layers: dict, out: Path, **train) -> dict:
-    return {**tiny_layers, "train": {**tiny_layers["train"], "epochs": 3, "checkpoint_every": 2, **train},
-            "out": str(out)}
+def layers_for(tiny_layers: dict, out: Path, workers: int = 0, **train) -> dict:
+    return {**tiny_layers, "data": {**tiny_layers["data"], "num_workers": workers},
+            "train": {**tiny_layers["train"], "epochs": 3, "checkpoint_every": 2, **train}, "out": str(out)}
 
 
 class Crash(BaseException):
     """Stands in for kill -9: nothing after it runs, no handler saves anything."""
 
 
-@pytest.mark.parametrize("crash_at", [5, 9])
-def test_crash_then_resume_matches_an_uninterrupted_run(tiny_layers, tmp_path, monkeypatch, crash_at):
-    reference = finetune(resolve(layers_for(tiny_layers, tmp_path / "ref")), echo=lambda *_: None)
+@pytest.mark.parametrize("crash_at, workers, every", [(5, 0, 2), (9, 0, 2), (5, 2, 3)],
+                         ids=["epoch1", "epoch2", "2-workers-odd-batch"])
+def test_crash_then_resume_matches_an_uninterrupted_run(tiny_layers, tmp_path, monkeypatch, crash_at, workers,
+                                                        every):
+    """With 2 loader workers and a checkpoint after an odd number of batches, the resumed DataLoader must start
+    with the second worker's shards (the rotation in mmfuse.data.position)."""
+    layers = lambda out: layers_for(tiny_layers, out, workers=workers, checkpoint_every=every)  # noqa: E731
+    reference = finetune(resolve(layers(tmp_path / "ref")), echo=lambda *_: None)
 
     original = Trainer.train_step
 
@@ -46,7 +51,7 @@ def test_crash_then_resume_matches_an_uninterrupted_run(tiny_layers, tmp_path, m
         return original(self, batch)
 
     monkeypatch.setattr(Trainer, "train_step", crashing_step)
-    config = resolve(layers_for(tiny_layers, tmp_path / "run"))
+    config = resolve(layers(tmp_path / "run"))
     with pytest.raises(Crash):
         finetune(config, echo=lambda *_: None)
     monkeypatch.setattr(Trainer, "train_step", original)
