@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
 import pytest
 import torch
+from helpers import write_tar
 
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader
@@ -50,22 +50,13 @@ def test_batch_layout(demo_shards, preprocessors):
     assert batch["skipped"] == {}
 
 
-def write_shard(path, samples) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.fixture
 def broken_shards(demo_shards, tmp_path):
     """One good sample, one truncated image, one bad label, one without text, one pickle member."""
     good = next(iter(tarfile.open(DatasetInfo.load(demo_shards).shard_urls("val")[0])))
     jpg = tarfile.open(DatasetInfo.load(demo_shards).shard_urls("val")[0]).extractfile(
         good.name.rsplit(".", 1)[0] + ".jpg").read()
-    write_shard(tmp_path / "bad-000000.tar", [
+    write_tar(tmp_path / "bad-000000.tar", [
         ("ok", {"txt": b"an oak toy", "jpg": jpg, "cls": b"0"}),
         ("truncated", {"txt": b"a steel toy", "jpg": jpg[: len(jpg) // 3], "cls": b"1"}),
         ("badlabel", {"txt": b"a steel toy", "jpg": jpg, "cls": b"17"}),

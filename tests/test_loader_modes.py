@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
-import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import write_tar
 
 from mmfuse.cli import main
 from mmfuse.data.info import DatasetInfo
@@ -35,15 +34,6 @@ class _Payload:
 
     def __reduce__(self):
         return (open, (str(self.path), "w"))
-
-
-def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture
