@@ -34,6 +34,15 @@ def demo_shards(tmp_path_factory: pytest.TempPathFactory):
     return build_demo(tmp_path_factory.mktemp("data") / "demo", TINY_SPEC)
 
 
+@pytest.fixture(scope="module")
+def preprocessors() -> dict:
+    """The tiny text and 32 px image encoders' preprocessors, as the loader tests feed them."""
+    from mmfuse.encoders import create_encoder
+
+    return {"text": create_encoder("tiny-text").preprocessor,
+            "image": create_encoder("tiny-image", image_size=32).preprocessor}
+
+
 @pytest.fixture
 def tiny_layers(demo_shards, tmp_path) -> dict:
     """Config layers for a fast tiny run on `demo_shards`, writing into tmp_path/run."""

@@ -15,3 +15,8 @@ def write_tar(path: str | Path, samples: list[tuple[str, dict[str, bytes]]]) -> 
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+def keys(loader) -> list[str]:
+    """Every sample key a loader yields, in order."""
+    return [k for batch in loader for k in batch["key"]]

@@ -5,22 +5,11 @@ import tarfile
 
 import pytest
 import torch
-from helpers import write_tar
+from helpers import keys, write_tar
 
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader
-from mmfuse.encoders import create_encoder
 from mmfuse.errors import DataError
-
-
-@pytest.fixture(scope="module")
-def preprocessors():
-    return {"text": create_encoder("tiny-text").preprocessor,
-            "image": create_encoder("tiny-image", image_size=32).preprocessor}
-
-
-def keys(loader) -> list[str]:
-    return [k for batch in loader for k in batch["key"]]
 
 
 def test_every_sample_once_per_epoch_seeded_and_reshuffled(demo_shards, preprocessors):

@@ -7,23 +7,12 @@ import pickle
 from pathlib import Path
 
 import pytest
-from helpers import write_tar
+from helpers import keys, write_tar
 
 from mmfuse.cli import main
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader, read_records
-from mmfuse.encoders import create_encoder
 from mmfuse.errors import DataError
-
-
-@pytest.fixture(scope="module")
-def preprocessors():
-    return {"text": create_encoder("tiny-text").preprocessor,
-            "image": create_encoder("tiny-image", image_size=32).preprocessor}
-
-
-def keys(loader) -> list[str]:
-    return [k for batch in loader for k in batch["key"]]
 
 
 class _Payload:

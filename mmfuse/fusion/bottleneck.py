@@ -12,36 +12,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Fusion, ModalityFeatures, register_fusion
-from .layers import Block, masked_mean, mean_over_present, pick_heads, valid_tokens
+from .base import ModalityFeatures, register_fusion
+from .layers import TokenFusion, masked_mean, mean_over_present
 
 
 @register_fusion("bottleneck")
-class BottleneckFusion(Fusion):
+class BottleneckFusion(TokenFusion):
     """MBT's mid-fusion with `bottlenecks` shared tokens over `layers` blocks (one per layer and modality).
 
     Inputs: M modalities of tokens (B, T_m, D), mask (B, T_m), present (B,).
     Returns: (B, D) = LayerNorm(mean over present m of pooled tokens_m + mean of the bottleneck tokens).
     """
 
-    uses_tokens = True
-
     def __init__(self, modalities: list[str], dim: int, layers: int = 1, heads: int = 4, bottlenecks: int = 4,
                  mlp_ratio: float = 2.0, dropout: float = 0.1) -> None:
         super().__init__(modalities, dim)
-        heads = pick_heads(dim, heads)
-        self.bottleneck = nn.Parameter(torch.randn(1, bottlenecks, dim) * 0.02)
-        self.layers = nn.ModuleList(
-            nn.ModuleDict({m: Block(dim, heads, mlp_ratio, dropout) for m in self.modalities}) for _ in range(layers))
-        self.empty = nn.Parameter(torch.zeros(dim))
-        self.norm = nn.LayerNorm(dim)
+        self.bottleneck = nn.Parameter(torch.randn(1, bottlenecks, dim) * 0.02)  # drawn first, as before
+        self._build_blocks(layers, heads, mlp_ratio, dropout)
 
     def forward(self, features: dict[str, ModalityFeatures]) -> torch.Tensor:
-        features = self.complete(features)
-        states = {m: features[m].tokens for m in self.modalities}  # (B, T_m, D)
-        valid = {m: valid_tokens(features[m]) for m in self.modalities}  # (B, T_m)
+        states, valid, B = self._start(features)  # (B, T_m, D), (B, T_m)
         present = {m: valid[m].any(1) for m in self.modalities}  # (B,)
-        B = next(iter(valid.values())).shape[0]
         z = self.bottleneck.expand(B, -1, -1)  # (B, N, D)
         n = z.shape[1]
         z_valid = torch.ones(B, n, dtype=torch.bool, device=z.device)

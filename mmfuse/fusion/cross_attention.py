@@ -12,35 +12,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Fusion, ModalityFeatures, register_fusion
-from .layers import Block, masked_mean, mean_over_present, pick_heads, valid_tokens
+from .base import ModalityFeatures, register_fusion
+from .layers import TokenFusion, masked_mean, mean_over_present
 
 
 @register_fusion("cross-attention")
-class CrossAttentionFusion(Fusion):
+class CrossAttentionFusion(TokenFusion):
     """Stacked cross-modal attention blocks, one per (layer, modality), then masked pooling.
 
     Inputs: M modalities of tokens (B, T_m, D), mask (B, T_m), present (B,). Returns: (B, D).
     Cost per layer: sum_m T_m * (T - T_m) attention scores.
     """
 
-    uses_tokens = True
-
     def __init__(self, modalities: list[str], dim: int, layers: int = 1, heads: int = 4, mlp_ratio: float = 2.0,
                  dropout: float = 0.1) -> None:
         super().__init__(modalities, dim)
-        heads = pick_heads(dim, heads)
-        self.layers = nn.ModuleList(
-            nn.ModuleDict({m: Block(dim, heads, mlp_ratio, dropout) for m in self.modalities}) for _ in range(layers))
+        self._build_blocks(layers, heads, mlp_ratio, dropout)
         self.null = nn.Parameter(torch.zeros(1, 1, dim))
-        self.empty = nn.Parameter(torch.zeros(dim))
-        self.norm = nn.LayerNorm(dim)
 
     def forward(self, features: dict[str, ModalityFeatures]) -> torch.Tensor:
-        features = self.complete(features)
-        states = {m: features[m].tokens for m in self.modalities}  # (B, T_m, D)
-        valid = {m: valid_tokens(features[m]) for m in self.modalities}  # (B, T_m)
-        B = next(iter(valid.values())).shape[0]
+        states, valid, B = self._start(features)  # (B, T_m, D), (B, T_m)
         null = self.null.expand(B, -1, -1)  # (B, 1, D)
         null_valid = torch.ones(B, 1, dtype=torch.bool, device=null.device)
         for layer in self.layers:

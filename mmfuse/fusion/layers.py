@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ModalityFeatures
+from .base import Fusion, ModalityFeatures
 
 
 def valid_tokens(f: ModalityFeatures) -> torch.Tensor:
@@ -82,3 +82,25 @@ def pick_heads(dim: int, heads: int) -> int:
     while dim % heads:
         heads -= 1
     return heads
+
+
+class TokenFusion(Fusion):
+    """Shared parts of the token-level fusions: one `Block` per (layer, modality), the `empty` vector for samples
+    with nothing present, the output norm, and the per-modality states and valid-token masks to start from."""
+
+    uses_tokens = True
+
+    def _build_blocks(self, layers: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        heads = pick_heads(self.dim, heads)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({m: Block(self.dim, heads, mlp_ratio, dropout) for m in self.modalities})
+            for _ in range(layers))
+        self.empty = nn.Parameter(torch.zeros(self.dim))
+        self.norm = nn.LayerNorm(self.dim)
+
+    def _start(self, features: dict[str, ModalityFeatures]) -> tuple[dict, dict, int]:
+        """States (B, T_m, D) and valid-token masks (B, T_m) per modality, and the batch size B."""
+        features = self.complete(features)
+        states = {m: features[m].tokens for m in self.modalities}
+        valid = {m: valid_tokens(features[m]) for m in self.modalities}
+        return states, valid, next(iter(valid.values())).shape[0]
