@@ -33,11 +33,17 @@ from .data.loader import make_loader
 from .data.position import LoaderPosition
 from .errors import ConfigError, DataError
 from .model import build_model
+from .tasks import task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import DistEnv, any_rank, barrier, gather_objects, init_distributed, sum_counters
 from .train.freeze import apply_freeze, count_parameters
 from .train.state import read_state, rng_state, set_rng_state
 from .train.trainer import MetricsLog, Trainer, mean_loss
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of an evaluation (no counts, no per-target or skipped details)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
 
 def seed_everything(seed: int) -> None:
@@ -80,11 +86,12 @@ class FinetuneRun:
             raise ConfigError(f"data.batch_size {data.batch_size} (the global batch) must be divisible by the "
                               f"{self.env.world_size} processes")
         self.rank_batch = data.batch_size // self.env.world_size
-        self.model_config = replace(config.model, labels=list(self.info.labels))
+        self.model_config = task_class(config.model.task).prepare(config.model, self.info)
         self.out = Path(config.out) if config.out else default_run_dir(config)
 
         seed_everything(train.seed)
         model = build_model(self.model_config)
+        self.task = model.task
         apply_freeze(model, train.freeze, train.unfreeze_top)
         if train.grad_checkpointing:
             for encoder in model.encoders.values():
@@ -103,10 +110,10 @@ class FinetuneRun:
         self.train_workers = data.num_workers if data.resampled else min(
             data.num_workers, len(self.info.shard_urls(data.train_split)))
         self.loader_kwargs = {"num_workers": data.num_workers, "pin_memory": self.env.device.type == "cuda",
-                              "strict": data.strict}
+                              "strict": data.strict, "target": self.task.target}
         # progress that a resumable checkpoint carries
         self.epoch, self.position = 1, LoaderPosition()
-        self.best: dict[str, Any] = {"epoch": 0, "accuracy": -1.0}
+        self.best: dict[str, Any] = {"epoch": 0}
         self.records: list[dict[str, Any]] = []
         self.skipped: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
@@ -204,22 +211,22 @@ class FinetuneRun:
                   "train_loss": mean_loss(self.acc["loss_sum"], self.acc["batches"]), "train_samples": samples,
                   "train_skipped": sum(gather_objects(self.acc["skipped"], self.env)),
                   "data_s": round(self.acc["data_s"], 3), "compute_s": round(self.acc["compute_s"], 3),
-                  "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+                  **{f"val_{k}": v for k, v in scalar_metrics(val).items()}}
         self.records.append(record)
         if self.env.is_main:
             self.log.write(record)
-        self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val accuracy {val['accuracy']:.4f}  "
-                  f"macro-F1 {val['macro_f1']:.4f}  ({samples} samples, data {record['data_s']:.1f}s, "
-                  f"compute {record['compute_s']:.1f}s)")
+        self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
+                  f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s)")
         self._save("last")
-        if val["accuracy"] > self.best["accuracy"]:
-            self.best = {"epoch": self.epoch, "accuracy": val["accuracy"], "macro_f1": val["macro_f1"]}
+        metric = self.task.best_metric
+        if not self.best["epoch"] or self.task.better(val[metric], self.best[metric]):
+            self.best = {"epoch": self.epoch, **{k: val[k] for k in self.task.metric_names}}
             self._save("best")
 
     def evaluate(self, split: str) -> dict[str, Any]:
         loader = make_loader(self.info, split, self.preprocessors, self.config.data.eval_batch_size,
                              **self.loader_kwargs)
-        metrics = self.trainer.evaluate(self._tally(loader), len(self.info.labels))
+        metrics = self.trainer.evaluate(self._tally(loader))
         self.skipped.update(metrics["skipped"])
         return metrics
 
@@ -239,8 +246,8 @@ class FinetuneRun:
         try:
             self.echo(f"mmfuse: fine-tuning {'+'.join(self.model_config.modalities)} with "
                       f"'{self.model_config.fusion}' fusion on {self.info.root} "
-                      f"({self.info.count(self.config.data.train_split)} train samples, {len(self.info.labels)} "
-                      f"labels), {self.env.world_size} x {self.env.device} {self.trainer.precision}, "
+                      f"({self.info.count(self.config.data.train_split)} train samples, {self._task_summary()}), "
+                      f"{self.env.world_size} x {self.env.device} {self.trainer.precision}, "
                       f"{self.trainer.total_steps} steps, {self.params['trainable']:,} of {self.params['total']:,} "
                       f"parameters trained -> {self.out}")
             while self.epoch <= train.epochs:
@@ -262,6 +269,19 @@ class FinetuneRun:
         finally:
             signal.signal(signal.SIGTERM, previous)
 
+    def _task_summary(self) -> str:
+        """'6 labels' (classification), else the task with its outputs, e.g. 'regression of 1 target'."""
+        mc, outputs = self.model_config, len(self.model_config.labels)
+        if self.task.name == "classification":
+            text = f"{outputs} labels"
+        elif self.task.name == "contrastive":
+            text = f"contrastive {mc.contrastive_loss} alignment of {'+'.join(mc.modalities)}"
+        else:
+            text = f"{self.task.name}: {outputs} {'labels' if self.task.name == 'multilabel' else 'targets'}"
+        if self.task.name != "contrastive" and mc.contrastive_weight > 0:
+            text += f" + {mc.contrastive_weight} x {mc.contrastive_loss} alignment"
+        return text
+
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
 
@@ -276,7 +296,9 @@ class FinetuneRun:
             "modalities": self.model_config.modalities, "fusion": self.model_config.fusion,
             "labels": self.model_config.labels, "best_epoch": self.best["epoch"],
             "val": {k: v for k, v in self.best.items() if k != "epoch"},
-            "test": {k: test[k] for k in ("accuracy", "macro_f1", "count")},
+            "test": {k: test[k] for k in (*self.task.metric_names, "count")},
+            **({} if self.task.name == "classification" else
+               {"task": self.task.name, "test_metrics": scalar_metrics(test)}),
             "skipped": skipped, "skipped_total": sum(skipped.values()), "ignored_members": ignored,
             "epochs": self.records,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
@@ -290,8 +312,10 @@ class FinetuneRun:
         if test["count"] + sum(test["skipped"].values()) != expected:
             raise DataError(f"test split: read {test['count']} + skipped {sum(test['skipped'].values())} samples, "
                             f"dataset.json says {expected}")
-        self.echo(f"test accuracy ({'+'.join(self.model_config.modalities)}, best epoch {self.best['epoch']}): "
-                  f"{test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  [{self.out / 'metrics.json'}]")
+        head, _, tail = self.task.describe(test).partition("  ")
+        name, _, value = head.rpartition(" ")
+        self.echo(f"test {name} ({'+'.join(self.model_config.modalities)}, best epoch {self.best['epoch']}): "
+                  f"{value}{'  ' + tail if tail else ''}  [{self.out / 'metrics.json'}]")
         return summary
 
 
