@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig, dump_yaml
-from .data.demo import demo_dataset
+from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
 from .data.loader import make_loader
 from .data.position import LoaderPosition
@@ -78,7 +78,9 @@ class FinetuneRun:
         self.env: DistEnv = init_distributed(config.train.device)
         self.echo = echo if self.env.is_main else (lambda *_: None)
         data, train = config.data, config.train
-        self.info = DatasetInfo.load(data.path or demo_dataset(), verify=data.verify_shards)
+        # the contrastive demo paints each shape in the colour its text names: something for retrieval to find
+        demo = DemoSpec(caption_colour=config.model.task == "contrastive")
+        self.info = DatasetInfo.load(data.path or demo_dataset(demo), verify=data.verify_shards)
         self.info.require_modalities(config.model.modalities)
         for split in (data.train_split, data.val_split, data.test_split):
             self.info.require_split(split)
@@ -277,7 +279,8 @@ class FinetuneRun:
         elif self.task.name == "contrastive":
             text = f"contrastive {mc.contrastive_loss} alignment of {'+'.join(mc.modalities)}"
         else:
-            text = f"{self.task.name}: {outputs} {'labels' if self.task.name == 'multilabel' else 'targets'}"
+            noun = "label" if self.task.name == "multilabel" else "target"
+            text = f"{self.task.name}: {outputs} {noun}{'s' if outputs != 1 else ''}"
         if self.task.name != "contrastive" and mc.contrastive_weight > 0:
             text += f" + {mc.contrastive_weight} x {mc.contrastive_loss} alignment"
         return text
@@ -296,9 +299,9 @@ class FinetuneRun:
             "modalities": self.model_config.modalities, "fusion": self.model_config.fusion,
             "labels": self.model_config.labels, "best_epoch": self.best["epoch"],
             "val": {k: v for k, v in self.best.items() if k != "epoch"},
-            "test": {k: test[k] for k in (*self.task.metric_names, "count")},
-            **({} if self.task.name == "classification" else
-               {"task": self.task.name, "test_metrics": scalar_metrics(test)}),
+            "test": {**{k: test[k] for k in self.task.metric_names}, **scalar_metrics(test),
+                     **{k: test[k] for k in ("per_target", "pairs") if k in test}, "count": test["count"]},
+            "task": self.task.name,
             "skipped": skipped, "skipped_total": sum(skipped.values()), "ignored_members": ignored,
             "epochs": self.records,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
