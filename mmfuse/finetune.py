@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import signal
 import time
 from collections import Counter
@@ -37,6 +39,7 @@ from .tasks import task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import DistEnv, any_rank, barrier, gather_objects, init_distributed, sum_counters
 from .train.freeze import apply_freeze, count_parameters
+from .train.selection import Selection
 from .train.state import read_state, rng_state, set_rng_state
 from .train.trainer import MetricsLog, Trainer, mean_loss
 
@@ -116,11 +119,14 @@ class FinetuneRun:
         # progress that a resumable checkpoint carries
         self.epoch, self.position = 1, LoaderPosition()
         self.best: dict[str, Any] = {"epoch": 0}
+        self.selection = Selection(self.task.best_metric, self.task.higher_is_better, train.keep_best,
+                                   train.early_stopping_patience)
         self.records: list[dict[str, Any]] = []
         self.skipped: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.acc = self._new_epoch_acc()
         self.stop_requested = False
+        self.stopped_early = False
         log_lines = self._restore() if resume else 0
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -135,6 +141,7 @@ class FinetuneRun:
                 "rng": gather_objects(rng_state(), self.env), "step": t.step, "micro_step": t.micro_step,
                 "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
+                "selection": self.selection.to_dict(),
                 "skipped": dict(self.skipped), "ignored": dict(self.ignored), "acc": dict(self.acc),
                 "log_lines": self.log.lines if self.env.is_main else 0}
 
@@ -160,6 +167,8 @@ class FinetuneRun:
             raise ConfigError(f"{ckpt} was written by {len(state['positions'])} processes; resume with as many")
         self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(state["positions"][self.env.rank])
         self.best, self.records, self.acc = state["best"], state["records"], state["acc"]
+        if "selection" in state:  # resumable checkpoints from before model selection had only `best`
+            self.selection = Selection.from_dict(state["selection"])
         self.skipped, self.ignored = Counter(state["skipped"]), Counter(state["ignored"])
         set_rng_state(state["rng"][self.env.rank])
         self.echo(f"mmfuse: resuming {self.out} at epoch {self.epoch}, step {t.step}")
@@ -220,10 +229,26 @@ class FinetuneRun:
         self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
                   f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s)")
         self._save("last")
-        metric = self.task.best_metric
-        if not self.best["epoch"] or self.task.better(val[metric], self.best[metric]):
+        improved, dropped = self.selection.update(self.epoch, val[self.task.best_metric])
+        if improved:
             self.best = {"epoch": self.epoch, **{k: val[k] for k in self.task.metric_names}}
             self._save("best")
+        if self.selection.keep > 1:
+            self._keep_top(dropped)
+
+    def _keep_top(self, dropped: list[int]) -> None:
+        """checkpoints/top/epoch-NNNN for the `keep_best` best epochs, and index.json ranking them (rank 0)."""
+        top = self.out / "checkpoints" / "top"
+        if self.selection.kept(self.epoch):
+            self._save(f"top/epoch-{self.epoch:04d}")
+        if self.env.is_main:
+            for epoch in dropped:
+                shutil.rmtree(top / f"epoch-{epoch:04d}", ignore_errors=True)
+            index = [{"epoch": int(e), self.task.best_metric: v, "path": f"epoch-{int(e):04d}"}
+                     for v, e in self.selection.top]
+            tmp = top / ".index.json.tmp"
+            tmp.write_text(json.dumps(index, indent=2))
+            os.replace(tmp, top / "index.json")
 
     def evaluate(self, split: str) -> dict[str, Any]:
         loader = make_loader(self.info, split, self.preprocessors, self.config.data.eval_batch_size,
@@ -255,6 +280,12 @@ class FinetuneRun:
             while self.epoch <= train.epochs:
                 self._epoch()
                 finished = train.max_steps is not None and self.trainer.step >= train.max_steps
+                if self.selection.should_stop and self.epoch < train.epochs:
+                    self.stopped_early = True
+                    self.echo(f"mmfuse: early stopping after epoch {self.epoch}: val {self.task.best_metric} has "
+                              f"not improved for {train.early_stopping_patience} epochs (best epoch "
+                              f"{self.selection.best_epoch})")
+                    finished = True
                 self.epoch += 1
                 self.position = LoaderPosition()
                 self.acc = self._new_epoch_acc()
@@ -303,7 +334,7 @@ class FinetuneRun:
                      **{k: test[k] for k in ("per_target", "pairs") if k in test}, "count": test["count"]},
             "task": self.task.name,
             "skipped": skipped, "skipped_total": sum(skipped.values()), "ignored_members": ignored,
-            "epochs": self.records,
+            "epochs": self.records, "stopped_early": self.stopped_early,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
             "device": str(self.env.device), "precision": self.trainer.precision,
             "train_time_s": round(time.perf_counter() - self.started, 1), "data": str(self.info.root),

@@ -3,8 +3,9 @@
 Items are drawn like the demo shards' (`mmfuse.data.demo`): images alternate JPEG / PNG, audio alternates WAV /
 FLAC, some items have no audio. Besides the class `label`, each row has `tags` (a multilabel target: its shape
 and its material, as a list) and `price` (a regression target: a base price per shape plus a premium for metal
-plus noise; like the label, only text + image know it). With `faults=True` a handful of known-bad rows are appended (missing image file,
-truncated JPEG, corrupt WAV, empty text, unknown label, duplicate key), one of each, keys starting with `bad-`.
+plus noise; like the label, only text + image know it). With `faults=True` a handful of known-bad rows are appended
+(missing image file, truncated JPEG, corrupt WAV, empty text, unknown label, duplicate key), one of each, keys
+starting with `bad-`.
 """
 
 from __future__ import annotations
