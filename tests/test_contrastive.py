@@ -155,3 +155,26 @@ def test_contrastive_alignment_as_an_auxiliary_loss(captioned, tmp_path):
     assert "val_text_to_image_recall@5" not in plain["epochs"][0]
     names = set(load(tmp_path / "aux").model.state_dict())
     assert "alignment.logit_scale" in names and "head.linear.weight" in names
+
+
+@pytest.mark.slow
+def test_two_process_contrastive_run_with_uneven_shards(captioned, tmp_path):
+    """torchrun, 2 gloo ranks: 5 train shards of 64 split 3 / 2, so the ranks hold 6 and 4 batches of 32. The
+    alignment's all_gather keeps them in step: both train 4 steps per epoch and the run finishes."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "mmfuse",
+         "finetune", "--data", str(captioned), "--out", str(out), "--task", "contrastive", "--epochs", "2",
+         "--batch-size", "64", "--no-progress", "--set", "model.dim=32", "--set", "model.encoders.text.kwargs.width=32",
+         "--set", "model.encoders.text.kwargs.layers=1", "--set", "model.encoders.image.kwargs.width=32",
+         "--set", "model.encoders.image.kwargs.layers=1", "--set", "model.encoders.image.kwargs.image_size=32"],
+        capture_output=True, text=True)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 8
+    assert [e["train_samples"] for e in summary["epochs"]] == [256, 256]
+    assert summary["test"]["pairs"] == 64 and 0.0 <= summary["test"]["mean_recall"] <= 1.0
