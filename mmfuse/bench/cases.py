@@ -96,7 +96,7 @@ def run_loader(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     with PeakMemory(torch.device("cpu")) as memory:
         rates = interleaved({"mmfuse": mmfuse, "baseline": raw}, torch.device("cpu"), ctx.cfg.repeats,
                             min(ctx.cfg.warmup, 1))
-    return _result(spec, rates, 1, baseline="raw decode loop (tarfile + torchvision.io + one tokenizer call)",
+    return _result(spec, rates, 1, baseline="raw decode loop (direct tar parser + torchvision.io + one tokenizer call)",
                    workers=ctx.cfg.workers, samples_per_repeat=ctx.info.count(ctx.split),
                    memory={"kind": memory.kind, "bytes": memory.bytes})
 
