@@ -40,7 +40,10 @@ def test_cli_writes_every_case_and_valid_report(tiny_report):
     assert load_report(out / "report.json") == report
     assert {c["kind"] for c in report["cases"]} == set(CASE_KINDS)
     names = {c["name"] for c in report["cases"]}
-    assert {"loader/tiny/text+image+audio", "encode/tiny/audio"} <= names
+    assert {"loader/tiny/text+image+audio", "encode/tiny/audio", "encode/tiny/text@24tok"} <= names
+    long_text, short_text = (next(c for c in report["cases"] if c["name"] == n)
+                             for n in ("encode/tiny/text@24tok", "encode/tiny/text"))
+    assert long_text["flops_per_sample"] > short_text["flops_per_sample"]  # the longer sequences are what ran
     cal = report["calibration"]
     assert cal["peak_flops"] == max(cal["before_flops"], cal["after_flops"]) > 0
     for case in report["cases"]:

@@ -61,6 +61,13 @@ def _batches(ctx: Context, model: FusionModel, spec: CaseSpec, n: int = 1) -> li
     if not batches:
         raise ConfigError(f"split '{ctx.split}' of {ctx.info.root} has fewer than {spec.batch_size} samples; "
                           f"lower --batch-size")
+    if spec.text_tokens:
+        generator = torch.Generator().manual_seed(0)
+        vocab = model.encoders["text"].preprocessor.tokenizer.vocab_size
+        for b in batches:
+            shape = (spec.batch_size, spec.text_tokens)
+            b["text_ids"] = torch.randint(1, vocab, shape, generator=generator).to(ctx.device)
+            b["text_mask"] = torch.ones(shape, dtype=torch.bool, device=ctx.device)
     return batches
 
 

@@ -90,13 +90,16 @@ class CaseSpec:
     modalities: list[str]
     batch_size: int
     fusion: str = "concat-mlp"
+    text_tokens: int | None = None
+    """Time the text tower on `text_tokens`-long sequences of random ids instead of the demo's short titles
+    (encode and train cases; compute does not depend on the ids)."""
 
     @property
     def name(self) -> str:
         parts = [self.kind, self.towers, "+".join(self.modalities)]
         if self.kind in ("train", "embed"):
             parts.append(self.fusion)
-        return "/".join(parts)
+        return "/".join(parts) + (f"@{self.text_tokens}tok" if self.text_tokens else "")
 
     def encoders(self) -> dict[str, dict[str, Any]]:
         towers = TOWERS[self.towers]
@@ -106,6 +109,7 @@ class CaseSpec:
 def _preset_cases(preset: str) -> list[CaseSpec]:
     if preset == "tiny":
         return [CaseSpec("loader", "tiny", ["text", "image", "audio"], 16),
+                CaseSpec("encode", "tiny", ["text"], 16, text_tokens=24),
                 CaseSpec("encode", "tiny", ["text"], 16), CaseSpec("encode", "tiny", ["image"], 16),
                 CaseSpec("encode", "tiny", ["audio"], 16),
                 CaseSpec("train", "tiny", ["text", "image"], 16), CaseSpec("train", "tiny", ["text"], 16),
@@ -114,11 +118,15 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
             CaseSpec("loader", "demo", ["text", "image", "audio"], 64),
             CaseSpec("encode", "demo", ["text"], 64), CaseSpec("encode", "demo", ["image"], 64),
             CaseSpec("encode", "demo", ["audio"], 64),
-            CaseSpec("encode", "bert-small", ["text"], 64), CaseSpec("encode", "vit-s", ["image"], 16),
+            CaseSpec("encode", "bert-small", ["text"], 64),
+            CaseSpec("encode", "bert-small", ["text"], 32, text_tokens=128),
+            CaseSpec("encode", "vit-s", ["image"], 16),
             CaseSpec("train", "demo", ["text", "image"], 64), CaseSpec("train", "demo", ["text", "image"], 64, "gated"),
             CaseSpec("train", "demo", ["text", "image", "audio"], 64, "cross-attention"),
             CaseSpec("train", "demo", ["text"], 64), CaseSpec("train", "demo", ["image"], 64),
-            CaseSpec("train", "bert-small", ["text"], 64), CaseSpec("train", "vit-s", ["image"], 8),
+            CaseSpec("train", "bert-small", ["text"], 64),
+            CaseSpec("train", "bert-small", ["text"], 32, text_tokens=128),
+            CaseSpec("train", "vit-s", ["image"], 8),
             CaseSpec("embed", "demo", ["text", "image"], 128)]
 
 
