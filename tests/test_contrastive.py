@@ -178,3 +178,15 @@ def test_two_process_contrastive_run_with_uneven_shards(captioned, tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 8
     assert [e["train_samples"] for e in summary["epochs"]] == [256, 256]
     assert summary["test"]["pairs"] == 64 and 0.0 <= summary["test"]["mean_recall"] <= 1.0
+
+
+def test_lockstep_moves_empty_batches_counts_onto_real_ones():
+    from mmfuse.train.distributed import DistEnv, lockstep
+
+    batches = [{"key": [], "skipped": {"image: cannot decode": 1}, "ignored": {}},
+               {"key": ["a", "b"], "skipped": {"label: missing": 1}, "ignored": {}},
+               {"key": [], "skipped": {"image: cannot decode": 2}, "ignored": {"pickle member .pyd": 1}}]
+    out = list(lockstep(batches, DistEnv()))
+    assert [b["key"] for b in out] == [["a", "b"], []]
+    assert out[0]["skipped"] == {"image: cannot decode": 1, "label: missing": 1}
+    assert out[1]["skipped"] == {"image: cannot decode": 2} and out[1]["ignored"] == {"pickle member .pyd": 1}
