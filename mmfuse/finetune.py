@@ -167,8 +167,10 @@ class FinetuneRun:
             raise ConfigError(f"{ckpt} was written by {len(state['positions'])} processes; resume with as many")
         self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(state["positions"][self.env.rank])
         self.best, self.records, self.acc = state["best"], state["records"], state["acc"]
-        if "selection" in state:  # resumable checkpoints from before model selection had only `best`
+        if "selection" in state:
             self.selection = Selection.from_dict(state["selection"])
+        elif self.best.get("epoch"):  # a resumable checkpoint from before model selection: only `best`
+            self.selection.update(self.best["epoch"], self.best[self.task.best_metric])
         self.skipped, self.ignored = Counter(state["skipped"]), Counter(state["ignored"])
         set_rng_state(state["rng"][self.env.rank])
         self.echo(f"mmfuse: resuming {self.out} at epoch {self.epoch}, step {t.step}")
