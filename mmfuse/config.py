@@ -102,6 +102,12 @@ class TrainConfig:
     """Recompute encoder activations in the backward pass: less memory, 27-34% slower (a memory lever only)."""
     checkpoint_every: int = 100
     """Write a resumable checkpoint (checkpoints/resume) every this many optimizer steps; 0: at epoch ends only."""
+    cache_frozen: bool = True
+    """Encode each split once for towers with no trainable parameter (frozen without unfreeze_top or adapters) and
+    train fusion + head on the cached outputs: later epochs neither decode nor encode those modalities."""
+    cache_dir: str | None = None
+    """Also keep cached features as safetensors here, reused by runs with the same frozen encoder and shards
+    (None: in memory for this run only)."""
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "lr", "grad_accum", "log_every")

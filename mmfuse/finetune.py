@@ -35,6 +35,7 @@ from .errors import ConfigError, DataError
 from .model import build_model
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import DistEnv, any_rank, barrier, gather_objects, init_distributed, sum_counters
+from .train.feature_cache import FeatureCache
 from .train.freeze import apply_freeze, count_parameters
 from .train.state import read_state, rng_state, set_rng_state
 from .train.trainer import MetricsLog, Trainer, mean_loss
@@ -99,6 +100,11 @@ class FinetuneRun:
             total_steps = min(total_steps, train.max_steps)
         self.trainer = Trainer(model, train, self.env.device, total_steps, self.env)
         self.preprocessors = model.preprocessors()
+        self.cache = None
+        if train.cache_frozen and model.frozen_towers():
+            self.cache = FeatureCache(model, self.model_config.encoders, self.info, self.env.device,
+                                      self.trainer.precision, data.eval_batch_size, train.cache_dir, self.env,
+                                      self.echo, strict=data.strict)
         # the DataLoader's real worker count (make_loader caps it at the number of shards unless resampled)
         self.train_workers = data.num_workers if data.resampled else min(
             data.num_workers, len(self.info.shard_urls(data.train_split)))
@@ -186,10 +192,9 @@ class FinetuneRun:
 
     def _epoch(self) -> None:
         data, train = self.config.data, self.config.train
-        loader = make_loader(self.info, data.train_split, self.preprocessors, self.rank_batch, shuffle=True,
-                             seed=train.seed, epoch=self.epoch, shuffle_buffer=data.shuffle_buffer,
-                             resampled=data.resampled, epoch_samples=self.epoch_samples, position=self.position,
-                             **self.loader_kwargs)
+        loader = self._loader(data.train_split, self.rank_batch, shuffle=True, seed=train.seed, epoch=self.epoch,
+                              shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
+                              epoch_samples=self.epoch_samples, position=self.position)
         rank_batches = math.ceil(self.epoch_samples / self.env.world_size / self.rank_batch)
         bar = tqdm(total=rank_batches, initial=self.acc["batches"], leave=False,
                    desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
@@ -217,11 +222,18 @@ class FinetuneRun:
             self._save("best")
 
     def evaluate(self, split: str) -> dict[str, Any]:
-        loader = make_loader(self.info, split, self.preprocessors, self.config.data.eval_batch_size,
-                             **self.loader_kwargs)
+        loader = self._loader(split, self.config.data.eval_batch_size)
         metrics = self.trainer.evaluate(self._tally(loader), len(self.info.labels))
         self.skipped.update(metrics["skipped"])
         return metrics
+
+    def _loader(self, split: str, batch_size: int, **kwargs: Any):
+        """The loader of `split`; cached towers' modalities are looked up by key instead of decoded."""
+        if self.cache is None:
+            return make_loader(self.info, split, self.preprocessors, batch_size, **self.loader_kwargs, **kwargs)
+        preprocessors = self.cache.preprocessors(split, self.preprocessors)
+        return self.cache.attach(split, make_loader(self.info, split, preprocessors, batch_size,
+                                                    **self.loader_kwargs, **kwargs))
 
     def _tally(self, loader):
         """Count the shard members the loader ignored (pickle), reported beside the skipped samples."""

@@ -22,6 +22,7 @@ import webdataset as wds
 from ..encoders.base import Preprocessor
 from ..errors import DataError
 from .batch import Collator
+from .cached import CachedInput
 from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
 
@@ -61,7 +62,7 @@ def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping
     for m, pre in preprocessors.items():
         value = _member(raw, info.modalities[m])
         try:
-            sample[m] = pre.transform(value)
+            sample[m] = pre.lookup(sample["key"]) if isinstance(pre, CachedInput) else pre.transform(value)
         except Exception as err:  # noqa: BLE001 - any decoder failure is a data problem of this field
             raise _FieldError(m, f"cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:80]})") from None
     return sample
