@@ -233,7 +233,7 @@ class FinetuneRun:
             return make_loader(self.info, split, self.preprocessors, batch_size, **self.loader_kwargs, **kwargs)
         preprocessors = self.cache.preprocessors(split, self.preprocessors)
         return self.cache.attach(split, make_loader(self.info, split, preprocessors, batch_size,
-                                                    **self.loader_kwargs, **kwargs))
+                                                    **self.loader_kwargs, **self.cache.source(split), **kwargs))
 
     def _tally(self, loader):
         """Count the shard members the loader ignored (pickle), reported beside the skipped samples."""

@@ -1,18 +1,26 @@
-"""The loader's stand-in for a modality whose encoder outputs are cached: no decoding, only presence by key.
+"""The loader's stand-ins for cached encoder outputs: no decoding of a cached modality, and, when every modality
+of the model is cached, no reading of the tar files at all.
 
 `FeatureCache` (mmfuse.train.feature_cache) builds one per cached modality and split. The loader calls
 `lookup(key)` instead of the encoder's `transform`, so a cached image is never read as JPEG again; a key the cache
 does not hold (its media failed to decode when the cache was built) fails here, and the sample is skipped and counted
 under the same reason as without the cache.
+
+`index_split` records what of each raw sample the pipeline needs besides media (key, label member, names of
+pickle members), shard by shard; `indexed_samples` replays it in place of `wds.tarfile_to_samples`, so shuffling,
+resume positions, skip and ignore counts are exactly those of a pass over the tar files.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import webdataset as wds
 
 from ..encoders.base import Preprocessor
+from .info import PICKLE_EXTENSIONS, DatasetInfo
 
 
 class CachedInput(Preprocessor):
@@ -33,3 +41,28 @@ class CachedInput(Preprocessor):
 
     def collate(self, values: list[Any]) -> dict[str, torch.Tensor]:
         return {}  # the features are attached by key after the loader (FeatureCache.attach)
+
+
+def index_split(info: DatasetInfo, split: str) -> dict[str, list[dict[str, Any]]]:
+    """Shard url -> its raw samples in tar order, without media: `__key__`, the label member, pickle members."""
+    index: dict[str, list[dict[str, Any]]] = {}
+    for url in info.shard_urls(split):
+        index[url] = []
+        for raw in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=wds.warn_and_continue)):
+            kept = {"__key__": raw["__key__"], **{ext: b"" for ext in raw if ext in PICKLE_EXTENSIONS}}
+            if info.label_field in raw:
+                kept[info.label_field] = raw[info.label_field]
+            index[url].append(kept)
+    return index
+
+
+def indexed_samples(index: dict[str, list[dict[str, Any]]]):
+    """A pipeline stage standing in for `wds.tarfile_to_samples`: shard urls -> their indexed raw samples."""
+
+    def stage(shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for shard in shards:
+            url = shard["url"]
+            for raw in index[url]:
+                yield {**raw, "__url__": url}
+
+    return stage

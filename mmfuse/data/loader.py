@@ -22,7 +22,7 @@ import webdataset as wds
 from ..encoders.base import Preprocessor
 from ..errors import DataError
 from .batch import Collator
-from .cached import CachedInput
+from .cached import CachedInput, indexed_samples
 from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
 
@@ -138,12 +138,14 @@ def epoch_limit(total: int) -> Callable[[Iterator[dict[str, Any]]], Iterator[dic
 def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Preprocessor], batch_size: int, *,
                    shuffle: bool = False, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000,
                    strict: bool = False, drop_last: bool = False, resampled: bool = False,
-                   epoch_samples: int | None = None, position: LoaderPosition | None = None) -> wds.DataPipeline:
+                   epoch_samples: int | None = None, position: LoaderPosition | None = None,
+                   index: dict[str, list[dict[str, Any]]] | None = None) -> wds.DataPipeline:
     """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order.
 
     With `resampled`, shards are drawn with replacement (seeded per rank and worker) and the epoch ends after
     `epoch_samples` samples in all (default: the split's count). `position` (from batches' `cursor` entries)
-    resumes an epoch where an earlier run of the same pipeline stopped.
+    resumes an epoch where an earlier run of the same pipeline stopped. `index` (`index_split`) replaces reading
+    the tar files when every modality is a `CachedInput`.
     """
     urls = info.shard_urls(split)
     info.require_modalities(list(preprocessors))
@@ -155,7 +157,8 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
         rotation = position.next_worker if position else 0
         stages += [wds.split_by_node, split_by_worker_rotated(rotation)]
-    stages.append(wds.tarfile_to_samples(handler=_ShardErrorHandler(strict)))
+    stages.append(indexed_samples(index) if index is not None else
+                  wds.tarfile_to_samples(handler=_ShardErrorHandler(strict)))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
     stages += [cursor_stage(position), decode_stage(info, preprocessors, strict)]

@@ -11,7 +11,8 @@ split is encoded once per cached modality (eval mode, no grad, the run's autocas
 
 Afterwards the loader reads the shards but never decodes a cached modality (`CachedInput`), and `attach` puts
 `cached_<m>_pooled` (B, W), `cached_<m>_tokens` (B, T, W), `cached_<m>_mask` (B, T) into each batch, which
-`FusionModel.encode` uses instead of running the encoder.
+`FusionModel.encode` uses instead of running the encoder. When every tower is cached the tar files are not even
+read again: the loader replays a per-shard index of keys and labels (`index_split`) through the same pipeline.
 
 With `train.cache_dir` the packed features are also written as safetensors files named by a fingerprint of the
 encoder weights, its spec (preprocessing), the split's shard checksums and labels from dataset.json and the
@@ -34,7 +35,7 @@ import torch
 
 from ..data.batch import batch_size as count
 from ..data.batch import to_device
-from ..data.cached import CachedInput
+from ..data.cached import CachedInput, index_split
 from ..data.info import DatasetInfo
 from ..data.loader import make_loader
 from ..encoders.base import Encoder
@@ -177,12 +178,22 @@ class FeatureCache:
         self.towers = model.frozen_towers()
         self.weights = {m: weights_digest(model.encoders[m]) for m in self.towers}
         self.splits: dict[tuple[str, str], SplitFeatures] = {}
+        self.indexes: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.all_cached = set(self.towers) == set(model.modalities)
 
     def prepare(self, split: str) -> None:
         """Encode (or load) every cached tower's features of `split` unless already held."""
         for m in self.towers:
             if (m, split) not in self.splits:
                 self.splits[(m, split)] = self._features(m, split)
+        if self.all_cached and split not in self.indexes:
+            self.indexes[split] = index_split(self.info, split)
+
+    def source(self, split: str) -> dict[str, Any]:
+        """Extra `make_loader` arguments for `split`: the sample index that replaces the tar files when every
+        modality is cached (else nothing)."""
+        self.prepare(split)
+        return {"index": self.indexes[split]} if self.all_cached else {}
 
     def _features(self, m: str, split: str) -> SplitFeatures:
         digest = fingerprint(self.weights[m], self.specs[m], self.info, split, m, self.precision, self.tokens)
