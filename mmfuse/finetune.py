@@ -37,7 +37,9 @@ from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_chec
 from .train.distributed import DistEnv, any_rank, barrier, gather_objects, init_distributed, sum_counters
 from .train.feature_cache import FeatureCache
 from .train.freeze import apply_freeze, count_parameters
+from .train.init_from import init_from_run
 from .train.state import read_state, rng_state, set_rng_state
+from .train.tensorboard import open_tensorboard
 from .train.trainer import MetricsLog, Trainer, mean_loss
 
 
@@ -85,7 +87,12 @@ class FinetuneRun:
         self.out = Path(config.out) if config.out else default_run_dir(config)
 
         seed_everything(train.seed)
-        model = build_model(self.model_config)
+        if train.init_from:
+            model, self.model_config, init = init_from_run(train.init_from, self.model_config)
+            self.echo(f"mmfuse: initialised from {init['source']}: {len(init['kept'])} labels kept, "
+                      f"{len(init['new'])} new{': ' + ', '.join(init['new']) if init['new'] else ''}")
+        else:
+            model = build_model(self.model_config)
         apply_freeze(model, train.freeze, train.unfreeze_top)
         if train.grad_checkpointing:
             for encoder in model.encoders.values():
@@ -123,7 +130,10 @@ class FinetuneRun:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_yaml(replace(config, out=str(self.out), data=replace(data, path=str(self.info.root))),
                       self.out / "run_config.yaml")
-            self.log = MetricsLog(self.out / "metrics.jsonl", keep=log_lines)
+            purge = self.trainer.step + 1 if resume else None  # drop events a killed run logged past its checkpoint
+            self.tensorboard = open_tensorboard(self.out / "tensorboard", purge, self.echo) if train.tensorboard \
+                else None
+            self.log = MetricsLog(self.out / "metrics.jsonl", keep=log_lines, mirror=self.tensorboard)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _train_state(self) -> dict[str, Any]:
@@ -223,7 +233,7 @@ class FinetuneRun:
 
     def evaluate(self, split: str) -> dict[str, Any]:
         loader = self._loader(split, self.config.data.eval_batch_size)
-        metrics = self.trainer.evaluate(self._tally(loader), len(self.info.labels))
+        metrics = self.trainer.evaluate(self._tally(loader), len(self.model_config.labels))
         self.skipped.update(metrics["skipped"])
         return metrics
 
@@ -273,6 +283,8 @@ class FinetuneRun:
             return {"interrupted": True, "step": self.trainer.step, "out": str(self.out)}
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if self.env.is_main and self.tensorboard is not None:
+                self.tensorboard.close()
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True

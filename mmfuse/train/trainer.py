@@ -38,6 +38,8 @@ class Trainer:
         self.env = env or DistEnv(device=device)
         self.device = device
         self.model = model.to(device)
+        if cfg.compile:
+            self.model.compile()  # in place: parameter names and checkpoints stay those of the eager model
         self.engine: torch.nn.Module = self.model
         if self.env.distributed:
             ids = [device.index] if device.type == "cuda" else None
@@ -138,10 +140,11 @@ def mean_loss(loss_sum: float, batches: int) -> float:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to `metrics.jsonl`; `keep` lines survive a resume, the rest are cut."""
+    """Appends one JSON object per line to `metrics.jsonl`; `keep` lines survive a resume, the rest are cut.
+    `mirror` (e.g. a `TensorBoardLog`) receives every record too."""
 
-    def __init__(self, path: Path, keep: int = 0) -> None:
-        self.path = path
+    def __init__(self, path: Path, keep: int = 0, mirror: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        self.path, self.mirror = path, mirror
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = path.read_text().splitlines(keepends=True)[:keep] if keep and path.exists() else []
         path.write_text("".join(lines))
@@ -151,3 +154,5 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         self.lines += 1
+        if self.mirror is not None:
+            self.mirror(record)
