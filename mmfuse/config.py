@@ -109,6 +109,9 @@ class TrainConfig:
     """`torch.compile` the model (inductor): +10-14% step speed on CPU after a 30-60 s compile."""
     tensorboard: bool = False
     """Also log metrics.jsonl's records to <out>/tensorboard (rank 0; needs `pip install 'mmfuse[tensorboard]'`)."""
+    strategy: str = "ddp"
+    """Under torchrun: ddp (replicate the model) or fsdp (FSDP2 `fully_shard`: parameters, gradients and optimizer
+    state sharded over the processes)."""
     init_from: str | None = None
     """Start from a finished run's weights (RUN_DIR or a checkpoint directory): same modalities, encoders and
     fusion; its labels are kept and the data's new labels get new head rows."""
@@ -129,6 +132,8 @@ class TrainConfig:
             if tower not in (*MODALITIES, "head"):
                 raise ConfigError(f"unknown tower '{tower}' in train.freeze / train.tower_lr"
                                   f"{did_you_mean(tower, MODALITIES)}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.strategy must be ddp or fsdp, got '{self.strategy}'")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise ConfigError(f"train.layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.checkpoint_every < 0 or self.unfreeze_top < 0:

@@ -140,16 +140,17 @@ class FinetuneRun:
         t = self.trainer
         return {"epoch": self.epoch, "positions": gather_objects(self.position.to_dict(), self.env),
                 "rng": gather_objects(rng_state(), self.env), "step": t.step, "micro_step": t.micro_step,
-                "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                "optimizer": t.optimizer_state(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
                 "skipped": dict(self.skipped), "ignored": dict(self.ignored), "acc": dict(self.acc),
                 "log_lines": self.log.lines if self.env.is_main else 0}
 
     def _save(self, kind: str, train_state: bool = False) -> None:
         state = self._train_state() if train_state else None  # collective: every rank takes part
+        weights = self.trainer.model_state()  # collective under FSDP
         if self.env.is_main:
             save_checkpoint(self.trainer.model, self.model_config, self.out / "checkpoints" / kind,
-                            {"epoch": self.epoch}, train_state=state)
+                            {"epoch": self.epoch}, train_state=state, state_dict=weights)
         barrier(self.env)
 
     def _restore(self) -> int:
@@ -157,9 +158,9 @@ class FinetuneRun:
         if not (ckpt / "train_state.pt").exists():
             raise ConfigError(f"{self.out} has no resumable checkpoint (checkpoints/resume/train_state.pt)")
         model, _, _ = load_checkpoint(ckpt)
-        self.trainer.model.load_state_dict(model.state_dict())
+        self.trainer.load_model_state(model.state_dict())
         state, t = read_state(ckpt), self.trainer
-        t.optimizer.load_state_dict(state["optimizer"])
+        t.load_optimizer_state(state["optimizer"])
         t.scheduler.load_state_dict(state["scheduler"])
         t.scaler.load_state_dict(state["scaler"])
         t.step, t.micro_step = state["step"], state["micro_step"]
@@ -292,7 +293,7 @@ class FinetuneRun:
     def _finish(self) -> dict[str, Any]:
         data = self.config.data
         best_model, _, _ = load_checkpoint(self.out / "checkpoints" / "best")
-        self.trainer.model.load_state_dict(best_model.state_dict())
+        self.trainer.load_model_state(best_model.state_dict())
         test = self.evaluate(data.test_split)
         skipped = sum_counters(self.skipped, self.env)
         ignored = sum_counters(self.ignored, self.env)

@@ -53,7 +53,7 @@ def test_cached_run_has_the_same_metrics_and_decodes_images_once(tiny_layers, tm
     cached, lines = run(tiny_layers, tmp_path, "cached", freeze=freeze)
     if "text" not in freeze:  # fixed-size images: a sample's encoding does not depend on its batch, bit for bit
         assert metrics_without_time(cached) == metrics_without_time(recomputed)
-    else:  # a text's token states vary in the last float bit with the batch's padding length, recomputed or not
+    else:  # a text's pooled mean varies in the last float bit with its batch's padding length, recomputed or not
         a, b = metrics_without_time(cached), metrics_without_time(recomputed)
         assert (a["val"], a["test"], a["skipped"]) == (b["val"], b["test"], b["skipped"])
         for x, y in zip(a["epochs"], b["epochs"], strict=True):

@@ -20,6 +20,7 @@ from ..config import TrainConfig
 from ..data.batch import batch_size, to_device
 from ..metrics import confusion_matrix, metrics_from_confusion
 from ..model import FusionModel
+from . import fsdp
 from .distributed import DistEnv, all_reduce_sum, sum_counters
 from .optim import build_optimizer, warmup_cosine
 from .precision import autocast, choose_precision
@@ -38,12 +39,15 @@ class Trainer:
         self.env = env or DistEnv(device=device)
         self.device = device
         self.model = model.to(device)
-        if cfg.compile:
-            self.model.compile()  # in place: parameter names and checkpoints stay those of the eager model
         self.engine: torch.nn.Module = self.model
-        if self.env.distributed:
+        self.fsdp = self.env.distributed and cfg.strategy == "fsdp"
+        if self.fsdp:
+            fsdp.shard_model(self.model)  # in place: self.model is now the FSDP root module
+        elif self.env.distributed:
             ids = [device.index] if device.type == "cuda" else None
             self.engine = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:
+            self.model.compile()  # in place: parameter names and checkpoints stay those of the eager model
         self.precision = choose_precision(device, cfg.precision)
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup)
@@ -61,7 +65,9 @@ class Trainer:
         """One micro-batch (already on the device). Returns the detached loss."""
         self.micro_step += 1
         boundary = self.micro_step % self.cfg.grad_accum == 0
-        sync = nullcontext() if boundary or not self.env.distributed else self.engine.no_sync()
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(boundary)
+        sync = nullcontext() if boundary or not self.env.distributed or self.fsdp else self.engine.no_sync()
         with sync:
             loss = self.loss(batch)
             self.scaler.scale(loss / self.cfg.grad_accum).backward()
@@ -96,7 +102,8 @@ class Trainer:
 
     def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int) -> dict[str, Any]:
         """Accuracy / macro-F1 over every rank's share of the split (confusion matrices summed)."""
-        preds, targets, skipped = self.predict(loader)
+        with fsdp.gathered(self.model) if self.fsdp else nullcontext():
+            preds, targets, skipped = self.predict(loader)
         cm = all_reduce_sum(confusion_matrix(preds, targets, num_classes).to(self.device), self.env).cpu()
         return {**metrics_from_confusion(cm), "skipped": sum_counters(skipped, self.env)}
 
@@ -111,7 +118,9 @@ class Trainer:
         self.model.train()
         seen, loss_sum, batches = 0, 0.0, 0
         data_time = compute_time = 0.0
-        join = Join([self.engine]) if self.env.distributed else nullcontext()
+        join = Join([self.engine]) if self.env.distributed and not self.fsdp else nullcontext()
+        if self.fsdp:  # FSDP has no Join: every rank stops when the first runs out of batches
+            loader = fsdp.lockstep(loader, self.env)
         with join:
             tick = time.perf_counter()
             for batch in loader:
@@ -133,6 +142,26 @@ class Trainer:
                     break
         return {"samples": seen, "loss_sum": loss_sum, "batches": batches,
                 "data_s": round(data_time, 3), "compute_s": round(compute_time, 3)}
+
+    # -- state for checkpoints (collectives under FSDP: every rank calls them) ------------------------------------
+    def model_state(self) -> dict[str, torch.Tensor] | None:
+        """The full weights to save (rank 0; under FSDP gathered), or None: save the model as it is."""
+        return fsdp.full_model_state(self.model) if self.fsdp else None
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.fsdp:
+            fsdp.load_model_state(self.model, state)
+        else:
+            self.model.load_state_dict(state)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return fsdp.full_optimizer_state(self.model, self.optimizer) if self.fsdp else self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if self.fsdp:
+            fsdp.load_optimizer_state(self.model, self.optimizer, state if self.env.is_main else {})
+        else:
+            self.optimizer.load_state_dict(state)
 
 
 def mean_loss(loss_sum: float, batches: int) -> float:
