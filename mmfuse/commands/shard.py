@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes that read and check the media")
     p.add_argument("--empty-text", choices=["reject", "absent"], default="reject",
                    help="refuse a row with empty text, or keep it with text absent")
+    p.add_argument("--silent-audio", choices=["reject", "keep"], default="reject",
+                   help="refuse a row whose audio clip is all zeros, or keep it")
     p.add_argument("--strict", action="store_true", help="stop at the first refused row (one-line error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--from-shards", action="append", metavar="[SPLIT=]GLOB",
@@ -64,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
         image=args.image or None, audio=args.audio or None, label=args.label, labels=labels, split=args.split,
         fractions=parse_fractions(args.fractions), shard_size=args.shard_size,
         shard_bytes=int(args.shard_mb * 1024 * 1024), workers=args.workers, strict=args.strict,
-        empty_text=args.empty_text, progress=not args.no_progress)
+        empty_text=args.empty_text, silent_audio=args.silent_audio, progress=not args.no_progress)
     print(write_shards(config).summary())
     return 0

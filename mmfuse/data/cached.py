@@ -7,7 +7,7 @@ does not hold (its media failed to decode when the cache was built) fails here, 
 under the same reason as without the cache.
 
 `index_split` records what of each raw sample the pipeline needs besides media (key, label member, names of
-pickle members), shard by shard; `indexed_samples` replays it in place of `wds.tarfile_to_samples`, so shuffling,
+pickle members), shard by shard; `indexed_samples` replays it in place of reading the tars, so shuffling,
 resume positions, skip and ignore counts are exactly those of a pass over the tar files.
 """
 
@@ -21,6 +21,7 @@ import webdataset as wds
 
 from ..encoders.base import Preprocessor
 from .info import PICKLE_EXTENSIONS, DatasetInfo
+from .tario import tar_samples
 
 
 class CachedInput(Preprocessor):
@@ -48,7 +49,7 @@ def index_split(info: DatasetInfo, split: str) -> dict[str, list[dict[str, Any]]
     index: dict[str, list[dict[str, Any]]] = {}
     for url in info.shard_urls(split):
         index[url] = []
-        for raw in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=wds.warn_and_continue)):
+        for raw in wds.DataPipeline(wds.SimpleShardList([url]), tar_samples(handler=wds.warn_and_continue)):
             kept = {"__key__": raw["__key__"], **{ext: b"" for ext in raw if ext in PICKLE_EXTENSIONS}}
             if info.label_field in raw:
                 kept[info.label_field] = raw[info.label_field]
@@ -57,7 +58,7 @@ def index_split(info: DatasetInfo, split: str) -> dict[str, list[dict[str, Any]]
 
 
 def indexed_samples(index: dict[str, list[dict[str, Any]]]):
-    """A pipeline stage standing in for `wds.tarfile_to_samples`: shard urls -> their indexed raw samples."""
+    """A pipeline stage standing in for `tar_samples`: shard urls -> their indexed raw samples."""
 
     def stage(shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for shard in shards:

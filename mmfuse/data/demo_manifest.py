@@ -2,7 +2,8 @@
 
 Items are drawn like the demo shards' (`mmfuse.data.demo`): images alternate JPEG / PNG, audio alternates WAV /
 FLAC, some items have no audio. With `faults=True` a handful of known-bad rows are appended (missing image file,
-truncated JPEG, corrupt WAV, empty text, unknown label, duplicate key), one of each, keys starting with `bad-`.
+truncated JPEG, corrupt WAV, empty text, unknown label, duplicate key, WAV cut short behind a valid header, silent
+clip), one of each, keys starting with `bad-` (the duplicate reuses the first item's key).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ FAULTS = {  # key -> (field, reason prefix) that `mmfuse shard` reports for it
     "bad-empty-text": ("title", "empty text"),
     "bad-unknown-label": ("label", "unknown label"),
     "item-000000": ("key", "duplicate key"),
+    "bad-truncated-wav": ("audio", "truncated WAV audio"),
+    "bad-silent-audio": ("audio", "silent audio"),
 }
 
 
@@ -71,6 +74,10 @@ def _fault_rows(out: Path, first: dict, rng: np.random.Generator, image_size: in
     Image.fromarray(_draw_image(rng, "circle", image_size)).save(buf, format="JPEG")
     (out / "media" / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (out / "media" / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(40)))
+    wav = out / "media" / "truncated.wav"
+    _save_audio(_tap_audio(rng, "wood"), wav)
+    wav.write_bytes(wav.read_bytes()[: wav.stat().st_size // 2])  # the header still declares the full length
+    _save_audio(np.zeros(8000, dtype=np.float32), out / "media" / "silent.wav")
     good = {"image": first["image"], "label": LABELS[0]}
     return [
         {"key": "bad-missing-image", "title": "an oak toy", **good, "image": "media/nowhere.jpg"},
@@ -79,4 +86,6 @@ def _fault_rows(out: Path, first: dict, rng: np.random.Generator, image_size: in
         {"key": "bad-empty-text", "title": "  ", **good},
         {"key": "bad-unknown-label", "title": "an oak toy", **good, "label": "hexagon-glass"},
         {"key": "item-000000", "title": "a second row with the first row's key", **good},
+        {"key": "bad-truncated-wav", "title": "an oak toy", **good, "audio": "media/truncated.wav"},
+        {"key": "bad-silent-audio", "title": "an oak toy", **good, "audio": "media/silent.wav"},
     ]

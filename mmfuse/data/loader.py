@@ -25,6 +25,7 @@ from .batch import Collator
 from .cached import CachedInput, indexed_samples
 from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
+from .tario import tar_samples
 
 
 class _FieldError(Exception):
@@ -157,8 +158,7 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
         rotation = position.next_worker if position else 0
         stages += [wds.split_by_node, split_by_worker_rotated(rotation)]
-    stages.append(indexed_samples(index) if index is not None else
-                  wds.tarfile_to_samples(handler=_ShardErrorHandler(strict)))
+    stages.append(indexed_samples(index) if index is not None else tar_samples(handler=_ShardErrorHandler(strict)))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
     stages += [cursor_stage(position), decode_stage(info, preprocessors, strict)]
@@ -183,7 +183,7 @@ def make_loader(info: DatasetInfo, split: str, preprocessors: Mapping[str, Prepr
 def read_records(info: DatasetInfo, split: str) -> Iterator[dict[str, Any]]:
     """The raw records of `split` in shard order, as plain Python values for `Predictor.predict`:
     {'key', 'label' (name), <modality>: str for text, bytes for media, or absent}."""
-    source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), wds.tarfile_to_samples())
+    source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), tar_samples())
     for raw in source:
         record: dict[str, Any] = {"key": raw["__key__"]}
         if info.label_field in raw:

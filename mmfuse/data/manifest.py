@@ -53,6 +53,8 @@ class ShardConfig:
     """Stop at the first refused record with a one-line `DataError` instead of listing it in `rejects.jsonl`."""
     empty_text: str = "reject"
     """What to do with a record whose text is empty: 'reject' it, or keep it with text 'absent'."""
+    silent_audio: str = "reject"
+    """What to do with an audio clip whose every sample is 0: 'reject' the record, or 'keep' it."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -66,6 +68,8 @@ class ShardConfig:
             raise DataError("shard_size, shard_bytes and workers must be >= 1")
         if self.empty_text not in ("reject", "absent"):
             raise DataError(f"empty_text must be 'reject' or 'absent', got '{self.empty_text}'")
+        if self.silent_audio not in ("reject", "keep"):
+            raise DataError(f"silent_audio must be 'reject' or 'keep', got '{self.silent_audio}'")
         if self.split is None:
             if not self.fractions or any(f < 0 for f in self.fractions.values()) or \
                     abs(sum(self.fractions.values()) - 1.0) > 1e-6:
