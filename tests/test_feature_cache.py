@@ -137,3 +137,16 @@ def test_with_every_tower_cached_the_tar_files_are_not_read_again(tiny_config, d
                 assert torch.equal(value, b[name]), name
             else:
                 assert value == b[name], name
+
+
+def test_each_rank_caches_the_whole_split(tiny_config, demo_shards, monkeypatch):
+    """A rank's shards change from epoch to epoch, so its cache must hold every key, not only its first shards."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    info = DatasetInfo.load(demo_shards)
+    model = build_model(replace(tiny_config.model, labels=info.labels))
+    apply_freeze(model, ["image"])
+    cache = FeatureCache(model, tiny_config.model.encoders, info, torch.device("cpu"), "fp32", 16,
+                         echo=lambda *_: None)
+    cache.prepare("train")
+    assert len(set(cache.splits[("image", "train")].keys)) == info.count("train")

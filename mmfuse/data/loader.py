@@ -140,13 +140,15 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
                    shuffle: bool = False, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000,
                    strict: bool = False, drop_last: bool = False, resampled: bool = False,
                    epoch_samples: int | None = None, position: LoaderPosition | None = None,
-                   index: dict[str, list[dict[str, Any]]] | None = None) -> wds.DataPipeline:
+                   index: dict[str, list[dict[str, Any]]] | None = None,
+                   every_rank: bool = False) -> wds.DataPipeline:
     """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order.
 
     With `resampled`, shards are drawn with replacement (seeded per rank and worker) and the epoch ends after
     `epoch_samples` samples in all (default: the split's count). `position` (from batches' `cursor` entries)
     resumes an epoch where an earlier run of the same pipeline stopped. `index` (`index_split`) replaces reading
-    the tar files when every modality is a `CachedInput`.
+    the tar files when every modality is a `CachedInput`. `every_rank` reads the whole split on each rank of a
+    distributed job (instead of its own shards).
     """
     urls = info.shard_urls(split)
     info.require_modalities(list(preprocessors))
@@ -157,7 +159,7 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
         if shuffle:
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
         rotation = position.next_worker if position else 0
-        stages += [wds.split_by_node, split_by_worker_rotated(rotation)]
+        stages += [*([] if every_rank else [wds.split_by_node]), split_by_worker_rotated(rotation)]
     stages.append(indexed_samples(index) if index is not None else tar_samples(handler=_ShardErrorHandler(strict)))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))

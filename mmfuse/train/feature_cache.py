@@ -111,7 +111,8 @@ def encode_split(encoder: Encoder, info: DatasetInfo, split: str, batch_size: in
     training = encoder.training
     encoder.eval()
     keys, pooled, present, toks, masks, lengths = [], [], [], [], [], [0]
-    loader = make_loader(info, split, {m: encoder.preprocessor}, batch_size, **loader_kwargs)
+    # every rank encodes the whole split: its shards change from epoch to epoch
+    loader = make_loader(info, split, {m: encoder.preprocessor}, batch_size, every_rank=True, **loader_kwargs)
     try:
         with torch.no_grad(), autocast(device, precision):
             for batch in loader:

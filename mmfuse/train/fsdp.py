@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import fully_shard
 
+from ..data.batch import batch_size as count
 from ..model import FusionModel
 from .distributed import DistEnv, any_rank
 
@@ -62,10 +63,14 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 
 
 def lockstep(loader: Iterable[dict[str, Any]], env: DistEnv) -> Iterator[dict[str, Any]]:
-    """Batches of this rank's loader until any rank has none left (then every rank stops: equal step counts)."""
+    """Batches of this rank's loader until any rank has no real batch left (then every rank stops), so every rank
+    runs as many forward passes. Batches without samples (only skip counts) pass through without a vote."""
     batches = iter(loader)
     while True:
         batch = next(batches, None)
+        while batch is not None and not count(batch):
+            yield batch  # no forward pass follows: no collective either
+            batch = next(batches, None)
         if any_rank(batch is None, env):
             return
         yield batch
