@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from ..data.batch import batch_size as count
 from ..model import FusionModel
@@ -77,12 +77,17 @@ def lockstep(loader: Iterable[dict[str, Any]], env: DistEnv) -> Iterator[dict[st
 
 
 @contextmanager
-def gathered(model: Any) -> Iterator[None]:
-    """Full weights on every rank for the block (one all-gather), so forwards need no collective."""
-    model.unshard()
-    model.set_reshard_after_forward(False)
+def gathered(model: torch.nn.Module) -> Iterator[None]:
+    """Full weights on every rank for the block (one all-gather per FSDP unit, on entry), so forwards need no
+    collective: a rank may run fewer evaluation batches than another, or none."""
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
     try:
         yield
     finally:
-        model.set_reshard_after_forward(True)
-        model.reshard()
+        for unit in units:
+            unit.set_reshard_after_forward(True, recurse=False)
+            unit.reshard()
