@@ -12,12 +12,13 @@ import torch
 from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
 from .model import FusionModel, ModelConfig
+from .tasks import create_task
 from .train.checkpoint import load_checkpoint
 from .train.precision import resolve_device
 
 
 class Predictor:
-    """Predicts labels, probabilities or fused embeddings for records.
+    """Predicts labels, probabilities, target values or embeddings for records, as the model's task defines.
 
     A record is a dict with any of `text` (str), `image` (path, bytes, PIL image, (H, W, 3) array), `audio`
     (path, WAV/FLAC/Ogg bytes, `(array, sample_rate)`) -- a modality may be missing -- and optionally `key`.
@@ -27,6 +28,7 @@ class Predictor:
     def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128) -> None:
         self.model = model.to(device).eval()
         self.config = config
+        self.task = model.task if model.task is not None else create_task(config)
         self.labels = list(config.labels)
         self.device = device
         self.batch_size = batch_size
@@ -52,19 +54,33 @@ class Predictor:
             yield to_device(self._collate(chunk), self.device)
 
     @torch.inference_mode()
-    def predict_proba(self, records: Iterable[dict[str, Any]]) -> np.ndarray:
-        """(N, C) class probabilities, columns in `self.labels` order."""
-        out = [torch.softmax(self.model(b).float(), -1).cpu() for b in self._batches(records)]
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.labels)), dtype=np.float32)
+    def _heads(self, records: Iterable[dict[str, Any]]) -> torch.Tensor:
+        if self.model.head is None:
+            self.task.predict(torch.zeros(0))  # raises: the task has no predictions
+        out = [self.model(b).float().cpu() for b in self._batches(records)]
+        return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 
-    def predict(self, records: Iterable[dict[str, Any]]) -> list[str]:
-        """The predicted label name of each record."""
-        return [self.labels[i] for i in self.predict_proba(records).argmax(-1)]
+    def predict_proba(self, records: Iterable[dict[str, Any]]) -> np.ndarray:
+        """(N, C) probabilities, columns in `self.labels` order: softmax over classes (classification), or one
+        independent sigmoid per label (multilabel)."""
+        return self.task.proba(self._heads(records)).numpy()
+
+    def predict(self, records: Iterable[dict[str, Any]]) -> list[Any]:
+        """Per record: the label name (classification), the list of label names at or above the threshold
+        (multilabel), or {target name: value} (regression)."""
+        return self.task.predict(self._heads(records))
 
     @torch.inference_mode()
-    def embed(self, records: Iterable[dict[str, Any]], normalize: bool = False) -> np.ndarray:
-        """(N, D) fused embeddings; L2-normalised when `normalize`."""
-        out = [self.model.embed(b).float().cpu() for b in self._batches(records)]
+    def embed(self, records: Iterable[dict[str, Any]], normalize: bool = False,
+              modality: str | None = None) -> np.ndarray:
+        """(N, D) fused embeddings, or with `modality` that modality's own pooled projection (what a contrastive
+        model aligns: embed texts and images separately, then compare them); L2-normalised when `normalize`."""
+        if modality is not None and modality not in self.model.modalities:
+            raise ConfigError(f"the model has no modality '{modality}' (has: {', '.join(self.model.modalities)})")
+        out = []
+        for b in self._batches(records):
+            emb = self.model.encode(b)[modality].pooled if modality else self.model.embed(b)
+            out.append(emb.float().cpu())
         emb = torch.cat(out) if out else torch.zeros(0, self.model.fusion.dim)
         return torch.nn.functional.normalize(emb, dim=-1).numpy() if normalize else emb.numpy()
 

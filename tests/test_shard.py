@@ -152,7 +152,7 @@ def test_csv_manifest_with_split_column_and_byte_limit(catalogue, tmp_path):
     rows = list(manifest_rows(catalogue).values())[:20]
     manifest = catalogue.parent / "items.csv"
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["key", "title", "tags", "image", "audio", "label", "part"])
+        writer = csv.DictWriter(f, ["key", "title", "tags", "image", "audio", "label", "part"], extrasaction="ignore")
         writer.writeheader()
         for i, row in enumerate(rows):
             writer.writerow({**row, "tags": f"tag{i}", "part": "train" if i < 15 else "test"})

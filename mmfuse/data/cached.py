@@ -6,8 +6,8 @@ of the model is cached, no reading of the tar files at all.
 does not hold (its media failed to decode when the cache was built) fails here, and the sample is skipped and counted
 under the same reason as without the cache.
 
-`index_split` records what of each raw sample the pipeline needs besides media (key, label member, names of
-pickle members), shard by shard; `indexed_samples` replays it in place of reading the tars, so shuffling,
+`index_split` records what of each raw sample the pipeline needs besides media (key, label / target members,
+names of pickle members), shard by shard; `indexed_samples` replays it in place of reading the tars, so shuffling,
 resume positions, skip and ignore counts are exactly those of a pass over the tar files.
 """
 
@@ -21,6 +21,7 @@ import webdataset as wds
 
 from ..encoders.base import Preprocessor
 from .info import PICKLE_EXTENSIONS, DatasetInfo
+from .targets import TARGET_MEMBER
 from .tario import tar_samples
 
 
@@ -51,8 +52,9 @@ def index_split(info: DatasetInfo, split: str) -> dict[str, list[dict[str, Any]]
         index[url] = []
         for raw in wds.DataPipeline(wds.SimpleShardList([url]), tar_samples(handler=wds.warn_and_continue)):
             kept = {"__key__": raw["__key__"], **{ext: b"" for ext in raw if ext in PICKLE_EXTENSIONS}}
-            if info.label_field in raw:
-                kept[info.label_field] = raw[info.label_field]
+            for member in (info.label_field, TARGET_MEMBER):  # what `decode_target` reads
+                if member in raw:
+                    kept[member] = raw[member]
             index[url].append(kept)
     return index
 

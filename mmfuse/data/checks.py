@@ -114,12 +114,13 @@ def _text(config: ShardConfig, row: dict[str, Any]) -> str | None:
     return text
 
 
-def check_row(config: ShardConfig, row: dict[str, Any], key: str, label: int) -> dict[str, Any]:
-    """One manifest row -> a webdataset sample {'__key__', 'txt', '<image ext>', '<audio ext>', 'cls'}.
+def check_row(config: ShardConfig, row: dict[str, Any], key: str, targets: dict[str, str]) -> dict[str, Any]:
+    """One manifest row -> a webdataset sample {'__key__', 'txt', '<image ext>', '<audio ext>', **targets}.
 
-    A modality whose column is empty or absent is left out (the loader marks it absent). Raises `Refused`.
+    `targets` are the target members already built (`cls` / `tgt`, see `mmfuse.data.targets`). A modality whose
+    column is empty or absent is left out (the loader marks it absent). Raises `Refused`.
     """
-    sample: dict[str, Any] = {"__key__": key, "cls": str(label)}
+    sample: dict[str, Any] = {"__key__": key, **targets}
     if config.text:
         text = _text(config, row)
         if text is not None:
@@ -130,6 +131,6 @@ def check_row(config: ShardConfig, row: dict[str, Any], key: str, label: int) ->
     if config.audio and not _blank(row.get(config.audio)):
         data, ext = _read_media(config, config.audio, row[config.audio])
         sample[check_audio(data, ext, config.audio, config.silent_audio)] = data
-    if len(sample) == 2:
+    if len(sample) == 1 + len(targets):
         raise Refused("record", "no text, image or audio")
     return sample

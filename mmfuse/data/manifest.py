@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .targets import KINDS
 
 
 @dataclass
@@ -36,10 +37,18 @@ class ShardConfig:
     """Image path column (JPEG, PNG, WebP, ...); None: no image modality."""
     audio: str | None = "audio"
     """Audio path column (WAV, FLAC, Ogg, ...); None: no audio modality."""
+    task: str = "classification"
+    """The supervision each record carries: classification (one label), multilabel (a list of labels, or names
+    joined by `label_sep`), regression (numbers in the `targets` columns) or none (unlabelled, for contrastive
+    alignment). Recorded in dataset.json; see `mmfuse.data.targets`."""
     label: str = "label"
-    """Label column."""
+    """Label column (classification, multilabel)."""
     labels: list[str] | None = None
     """The label vocabulary; a record with another label is refused. None: the sorted labels found."""
+    label_sep: str = "|"
+    """Multilabel: separator of the label names when the label cell is a string."""
+    targets: list[str] = field(default_factory=list)
+    """Regression: the target column(s), each a number per record."""
     split: str | None = None
     """Column naming each record's split; None: deterministic split by a hash of the key with `fractions`."""
     fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
@@ -74,6 +83,12 @@ class ShardConfig:
             if not self.fractions or any(f < 0 for f in self.fractions.values()) or \
                     abs(sum(self.fractions.values()) - 1.0) > 1e-6:
                 raise DataError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
+        if isinstance(self.targets, str):
+            self.targets = [c for c in self.targets.split(",") if c]
+        if self.task not in KINDS:
+            raise DataError(f"task must be one of {', '.join(KINDS)}, got '{self.task}'")
+        if (self.task == "regression") != bool(self.targets):
+            raise DataError("a regression manifest needs --targets COLUMN[,COLUMN...]; other tasks take none")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise DataError("the label vocabulary has duplicates")
 

@@ -10,7 +10,7 @@ once (`gathered`) so each rank runs its own share with no collective per batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,9 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from ..data.batch import batch_size as count
 from ..model import FusionModel
-from .distributed import DistEnv, any_rank
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -60,20 +58,6 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     """Load a full optimizer state saved by rank 0 (passed on rank 0, broadcast to the others)."""
     set_optimizer_state_dict(model, optimizer, state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-
-
-def lockstep(loader: Iterable[dict[str, Any]], env: DistEnv) -> Iterator[dict[str, Any]]:
-    """Batches of this rank's loader until any rank has no real batch left (then every rank stops), so every rank
-    runs as many forward passes. Batches without samples (only skip counts) pass through without a vote."""
-    batches = iter(loader)
-    while True:
-        batch = next(batches, None)
-        while batch is not None and not count(batch):
-            yield batch  # no forward pass follows: no collective either
-            batch = next(batches, None)
-        if any_rank(batch is None, env):
-            return
-        yield batch
 
 
 @contextmanager

@@ -35,6 +35,9 @@ def check_compatible(new: ModelConfig, old: ModelConfig, asset_keys: dict[str, l
     def differ(what: str, mine: Any, theirs: Any) -> ConfigError:
         return ConfigError(f"--init-from {source}: {what} differs: this run has {mine!r}, the checkpoint {theirs!r}")
 
+    if new.task != "classification" or old.task != "classification":
+        raise ConfigError(f"--init-from {source}: only classification runs can be extended (this run's task is "
+                          f"'{new.task}', the checkpoint's '{old.task}')")
     if sorted(new.modalities) != sorted(old.modalities):
         raise differ("model.modalities", sorted(new.modalities), sorted(old.modalities))
     for field in ("fusion", "dim", "fusion_kwargs", "adapters"):
