@@ -11,7 +11,7 @@ import torch
 
 from mmfuse.bench import BenchConfig, format_comparison, load_report, validate
 from mmfuse.bench.cases import RUNNERS, Context
-from mmfuse.bench.presets import CASE_KINDS, build_cases
+from mmfuse.bench.presets import DEFAULT_KINDS, build_cases
 from mmfuse.bench.rawdecode import raw_batches
 from mmfuse.bench.timing import count_flops, summarize
 from mmfuse.cli import main
@@ -38,7 +38,7 @@ def test_cli_writes_every_case_and_valid_report(tiny_report):
         assert (out / name).stat().st_size > 0, name
     validate(report)
     assert load_report(out / "report.json") == report
-    assert {c["kind"] for c in report["cases"]} == set(CASE_KINDS)
+    assert {c["kind"] for c in report["cases"]} == set(DEFAULT_KINDS)
     names = {c["name"] for c in report["cases"]}
     assert {"loader/tiny/text+image+audio", "encode/tiny/audio", "encode/tiny/text@24tok"} <= names
     long_text, short_text = (next(c for c in report["cases"] if c["name"] == n)
@@ -60,6 +60,22 @@ def test_cli_writes_every_case_and_valid_report(tiny_report):
     assert env["versions"]["torch"] == torch.__version__.split("+")[0]
     text = (out / "report.md").read_text()
     assert report["tag"] in text and "train/tiny/text+image/concat-mlp" in text
+
+
+@pytest.mark.slow
+def test_lever_cases_pair_each_lever_on_with_it_off(demo_shards, tmp_path):
+    out = tmp_path / "levers"
+    assert main(["bench", *FAST, "--cases", "lever", "--data", str(demo_shards), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    validate(report)
+    cases = {c["lever"]: c for c in report["cases"]}
+    assert set(cases) == {"cache", "grad-ckpt", "fused-adamw"}
+    for lever, case in cases.items():
+        assert case["name"] == f"lever/{lever}/tiny/text+image"
+        assert case["ratio"]["median"] > 0 and case["series"]["baseline"]["median"] > 0
+    assert cases["cache"]["cache_build_s"] > 0
+    assert cases["cache"]["samples_per_repeat"] == DatasetInfo.load(demo_shards).count("train")
+    assert "lever/cache/tiny/text+image" in (out / "report.md").read_text()
 
 
 def test_schema_validator_names_broken_fields(tiny_report):
