@@ -1,8 +1,13 @@
-"""`mmfuse.load(run_dir)`: a trained model with its preprocessing, predicting on plain Python records."""
+"""`mmfuse.load(run_dir | preset)`: a model with its preprocessing, predicting and embedding plain Python records.
+
+Light: loading and embedding import neither the trainer nor the data pipeline (webdataset), peft or matplotlib.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,40 +16,94 @@ import torch
 
 from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
-from .model import FusionModel, ModelConfig
+from .model import FusionModel, ModelConfig, build_model
+from .records import sorted_batches
 from .train.checkpoint import load_checkpoint
 from .train.precision import resolve_device
 
+UNTRAINED_LABELS = ["untrained-0", "untrained-1"]
+"""The placeholder classes of a model built from a preset: it embeds, it does not classify."""
+
 
 class Predictor:
-    """Predicts labels, probabilities or fused embeddings for records.
+    """Predicts labels, probabilities or embeddings (fused and per modality) for records.
 
     A record is a dict with any of `text` (str), `image` (path, bytes, PIL image, (H, W, 3) array), `audio`
     (path, WAV/FLAC/Ogg bytes, `(array, sample_rate)`) -- a modality may be missing -- and optionally `key`.
-    Records are preprocessed by the encoders' own preprocessors.
+    Records are preprocessed by the encoders' own preprocessors. Safe to call from several threads at once.
     """
 
-    def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128) -> None:
+    sort_window_batches = 64
+    """`embed` sorts records by text length within windows of this many batches (then restores the order)."""
+
+    def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128,
+                 source: str = "", trained: bool = True) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
         self.config = config
         self.labels = list(config.labels)
         self.device = device
         self.batch_size = batch_size
+        self.source = source
+        self.trained = trained
         self.preprocessors = model.preprocessors()
         self._collate = Collator(self.preprocessors)
+        self._lock = threading.Lock()  # Hugging Face fast tokenizers must not be called from two threads at once
+        self._fingerprint: str | None = None
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities the model reads, sorted."""
+        return self.model.modalities
+
+    @property
+    def dim(self) -> int:
+        """Width D of the fused and the per-modality embeddings."""
+        return self.model.fusion.dim
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights (names, dtypes, shapes and values): equal fingerprints embed alike."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                t = tensor.detach().cpu().contiguous()
+                digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def select(self, modalities: str | Sequence[str] | None) -> list[str]:
+        """Validate a modality subset ('text,image', a list, or None for all) and return it sorted."""
+        if modalities is None:
+            return self.modalities
+        names = [m.strip() for m in modalities.split(",")] if isinstance(modalities, str) else list(modalities)
+        unknown = [m for m in names if m not in self.modalities]
+        if unknown or not names:
+            raise ConfigError(f"modalities {', '.join(unknown) or '(none)'}: this model reads "
+                              f"{', '.join(self.modalities)}")
+        return sorted(set(names))
+
+    def prepare(self, record: Any, index: int = 0, modalities: Sequence[str] | None = None) -> dict[str, Any]:
+        """Decode one record into a sample (absent or unselected modalities are None). Raises `DataError`."""
+        if not isinstance(record, dict):
+            raise DataError(f"record {index} must be a dict of modality -> value, got {type(record).__name__}")
+        sample: dict[str, Any] = {"key": str(record.get("key", index))}
+        for m, pre in self.preprocessors.items():
+            if modalities is not None and m not in modalities:
+                sample[m] = None
+                continue
+            try:
+                sample[m] = pre.transform(record.get(m))
+            except Exception as err:  # noqa: BLE001 - report which record and field failed
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise DataError(f"record '{sample['key']}': {m}: {reason}") from None
+        return sample
 
     def _batches(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         chunk: list[dict[str, Any]] = []
         for i, record in enumerate(records):
-            if not isinstance(record, dict):
-                raise DataError(f"record {i} must be a dict of modality -> value, got {type(record).__name__}")
-            sample: dict[str, Any] = {"key": str(record.get("key", i))}
-            for m, pre in self.preprocessors.items():
-                try:
-                    sample[m] = pre.transform(record.get(m))
-                except Exception as err:  # noqa: BLE001 - report which record and field failed
-                    raise DataError(f"record '{sample['key']}': {m}: {err}") from None
-            chunk.append(sample)
+            chunk.append(self.prepare(record, i))
             if len(chunk) == self.batch_size:
                 yield to_device(self._collate(chunk), self.device)
                 chunk = []
@@ -54,6 +113,9 @@ class Predictor:
     @torch.inference_mode()
     def predict_proba(self, records: Iterable[dict[str, Any]]) -> np.ndarray:
         """(N, C) class probabilities, columns in `self.labels` order."""
+        if not self.trained:
+            raise ConfigError(f"'{self.source}' is a model preset with an untrained head: it embeds but does not "
+                              f"classify (load a fine-tuned run directory to predict)")
         out = [torch.softmax(self.model(b).float(), -1).cpu() for b in self._batches(records)]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
@@ -62,18 +124,73 @@ class Predictor:
         return [self.labels[i] for i in self.predict_proba(records).argmax(-1)]
 
     @torch.inference_mode()
-    def embed(self, records: Iterable[dict[str, Any]], normalize: bool = False) -> np.ndarray:
-        """(N, D) fused embeddings; L2-normalised when `normalize`."""
-        out = [self.model.embed(b).float().cpu() for b in self._batches(records)]
-        emb = torch.cat(out) if out else torch.zeros(0, self.model.fusion.dim)
-        return torch.nn.functional.normalize(emb, dim=-1).numpy() if normalize else emb.numpy()
+    def embed_samples(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Prepared samples -> {'fused': (B, D), <m>: (B, D) projected pooled vector (zeros where absent),
+        'present_<m>': (B,) bool} on the CPU. Encoders of modalities no sample has are not run."""
+        with self._lock:
+            batch = Collator({m: self.preprocessors[m] for m in modalities})(samples)
+        batch = to_device(batch, self.device)
+        active = [m for m in modalities if bool(batch[f"present_{m}"].any())] or list(modalities)
+        features = self.model.encode(batch, active)
+        out = {"fused": self.model.fusion(features).float().cpu()}  # (B, D)
+        for m in modalities:
+            present = batch[f"present_{m}"]
+            out[f"present_{m}"] = present.cpu()
+            vectors = features[m].pooled.float() * present[:, None] if m in features else \
+                torch.zeros(len(samples), self.dim)
+            out[m] = vectors.cpu()
+        return out
+
+    def embed(self, records: Iterable[dict[str, Any]], normalize: bool = False,
+              modalities: str | Sequence[str] | None = None,
+              per_modality: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+        """Fused embeddings (N, D) float32, in input order; L2-normalised when `normalize`.
+
+        `modalities` (default: all the model reads) embeds from that subset only, the others treated as absent.
+        `per_modality=True` returns {'fused': (N, D), <m>: (N, D), 'present_<m>': (N,) bool} for the selected
+        modalities; a modality's vector is its encoder's pooled output projected to D, zeros where absent.
+        Records are batched internally, longest texts together, so padding stays short.
+        """
+        selected = self.select(modalities)
+        window = self.batch_size * self.sort_window_batches
+        indices: list[int] = []
+        parts: list[dict[str, torch.Tensor]] = []
+        for batch_indices, chunk in sorted_batches(records, self.batch_size, window):
+            samples = [self.prepare(r, i, selected) for i, r in zip(batch_indices, chunk, strict=True)]
+            parts.append(self.embed_samples(samples, selected))
+            indices += batch_indices
+        out = {}
+        for name in ["fused", *selected, *(f"present_{m}" for m in selected)]:
+            if parts:
+                joined = torch.cat([p[name] for p in parts])
+                ordered = torch.empty_like(joined)
+                ordered[torch.tensor(indices)] = joined
+            else:
+                ordered = torch.zeros(0, dtype=torch.bool) if name.startswith("present_") else torch.zeros(0, self.dim)
+            if normalize and not name.startswith("present_"):
+                ordered = torch.nn.functional.normalize(ordered, dim=-1)  # zero rows stay zero
+            out[name] = ordered.numpy()
+        return out if per_modality else out["fused"]
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128) -> Predictor:
-    """Load a finished run (`run_dir/checkpoints/<checkpoint>`) or a checkpoint directory itself."""
-    path = Path(run_dir)
-    if not path.exists():
-        raise ConfigError(f"run directory {path} does not exist")
-    ckpt = path if (path / "config.json").exists() else path / "checkpoints" / checkpoint
-    model, config, _ = load_checkpoint(ckpt)
-    return Predictor(model, config, resolve_device(device), batch_size)
+def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128) -> Predictor:
+    """A finished run (`run_dir/checkpoints/<checkpoint>`), a checkpoint directory, or a model preset name.
+
+    A preset (`mmfuse list`; or a preset .json file) builds its encoders -- pretrained where the preset says so --
+    with projections and fusion initialised from seed 0: the frozen, untuned baseline embedder.
+    """
+    path = Path(source)
+    if path.is_dir():
+        ckpt = path if (path / "config.json").exists() else path / "checkpoints" / checkpoint
+        model, config, _ = load_checkpoint(ckpt)
+        return Predictor(model, config, resolve_device(device), batch_size, source=str(source))
+    from .presets import list_presets, load_preset
+
+    if str(source) not in list_presets() and not (str(source).endswith(".json") and path.is_file()):
+        raise ConfigError(f"'{source}' is neither a run directory nor a model preset "
+                          f"(presets: {', '.join(list_presets())})")
+    config = ModelConfig(**{**load_preset(str(source)), "labels": list(UNTRAINED_LABELS)})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(config)
+    return Predictor(model, config, resolve_device(device), batch_size, source=str(source), trained=False)
