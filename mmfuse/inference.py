@@ -17,7 +17,7 @@ import torch
 from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
 from .model import FusionModel, ModelConfig, build_model
-from .records import sorted_batches
+from .records import error_reason, length_order, windows
 from .train.checkpoint import load_checkpoint
 from .train.precision import resolve_device
 
@@ -84,20 +84,27 @@ class Predictor:
                               f"{', '.join(self.modalities)}")
         return sorted(set(names))
 
-    def prepare(self, record: Any, index: int = 0, modalities: Sequence[str] | None = None) -> dict[str, Any]:
-        """Decode one record into a sample (absent or unselected modalities are None). Raises `DataError`."""
+    def prepare(self, record: Any, index: int = 0, modalities: Sequence[str] | None = None,
+                failed: dict[str, str] | None = None) -> dict[str, Any]:
+        """Decode one record into a sample (absent or unselected modalities are None).
+
+        A field that fails to decode raises `DataError` naming the record and field -- or, when a `failed` dict is
+        given, is recorded there ({modality: reason}) and treated as absent.
+        """
         if not isinstance(record, dict):
             raise DataError(f"record {index} must be a dict of modality -> value, got {type(record).__name__}")
         sample: dict[str, Any] = {"key": str(record.get("key", index))}
         for m, pre in self.preprocessors.items():
+            sample[m] = None
             if modalities is not None and m not in modalities:
-                sample[m] = None
                 continue
             try:
                 sample[m] = pre.transform(record.get(m))
             except Exception as err:  # noqa: BLE001 - report which record and field failed
-                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-                raise DataError(f"record '{sample['key']}': {m}: {reason}") from None
+                reason = error_reason(err)
+                if failed is None:
+                    raise DataError(f"record '{sample['key']}': {m}: {reason}") from None
+                failed[m] = reason
         return sample
 
     def _batches(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -152,25 +159,34 @@ class Predictor:
         Records are batched internally, longest texts together, so padding stays short.
         """
         selected = self.select(modalities)
-        window = self.batch_size * self.sort_window_batches
-        indices: list[int] = []
-        parts: list[dict[str, torch.Tensor]] = []
-        for batch_indices, chunk in sorted_batches(records, self.batch_size, window):
-            samples = [self.prepare(r, i, selected) for i, r in zip(batch_indices, chunk, strict=True)]
-            parts.append(self.embed_samples(samples, selected))
-            indices += batch_indices
+        parts = []
+        for start, window in windows(records, self.batch_size * self.sort_window_batches):
+            samples = [self.prepare(r, start + i, selected) for i, r in enumerate(window)]
+            parts.append(self.embed_prepared(samples, selected))
+        if parts:
+            out = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        else:
+            out = {"fused": torch.zeros(0, self.dim), **{m: torch.zeros(0, self.dim) for m in selected},
+                   **{f"present_{m}": torch.zeros(0, dtype=torch.bool) for m in selected}}
+        if normalize:
+            out = {k: v if k.startswith("present_") else torch.nn.functional.normalize(v, dim=-1)  # 0 stays 0
+                   for k, v in out.items()}
+        return {k: v.numpy() for k, v in out.items()} if per_modality else out["fused"].numpy()
+
+    def embed_prepared(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`embed_samples` over prepared samples of any number, in batches of similar text length; input order."""
+        order = length_order(samples)
+        indices, parts = [], []
+        for b in range(0, len(order), self.batch_size):
+            picked = order[b:b + self.batch_size]
+            parts.append(self.embed_samples([samples[i] for i in picked], modalities))
+            indices += picked
         out = {}
-        for name in ["fused", *selected, *(f"present_{m}" for m in selected)]:
-            if parts:
-                joined = torch.cat([p[name] for p in parts])
-                ordered = torch.empty_like(joined)
-                ordered[torch.tensor(indices)] = joined
-            else:
-                ordered = torch.zeros(0, dtype=torch.bool) if name.startswith("present_") else torch.zeros(0, self.dim)
-            if normalize and not name.startswith("present_"):
-                ordered = torch.nn.functional.normalize(ordered, dim=-1)  # zero rows stay zero
-            out[name] = ordered.numpy()
-        return out if per_modality else out["fused"]
+        for name in parts[0] if parts else []:
+            joined = torch.cat([p[name] for p in parts])
+            out[name] = torch.empty_like(joined)
+            out[name][torch.tensor(indices)] = joined
+        return out
 
 
 def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128) -> Predictor:

@@ -1,38 +1,37 @@
-"""Plain records -> length-sorted batches of indices, so each batch pads its text to a similar length.
+"""Plain records in, embedding batches out: windows of the input, and an order that puts similar text lengths in
+the same batch (each batch pads its text to its own longest, so sorted batches pad little).
 
-A record is a dict with any of `text`, `image`, `audio` (and optionally `key`); `Predictor` decodes them. Sorting
-happens inside windows of the input, so an endless iterator streams; the caller restores the input order.
+Sorting happens inside windows of the input, so an endless iterator streams; the caller restores the input order.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
-def text_length(record: Any) -> int:
-    """A cheap proxy of a record's token count: the length of its text (0 without text or for a non-dict)."""
-    text = record.get("text") if isinstance(record, dict) else None
-    return len(text) if isinstance(text, (str, bytes)) else 0
-
-
-def sorted_batches(records: Iterable[dict[str, Any]], batch_size: int,
-                   window: int) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
-    """Yield (input indices, records) batches; within each window of `window` records the longest texts come first.
-
-    Every input index appears exactly once; indices count from 0 over the whole input.
-    """
-    if batch_size < 1 or window < 1:
-        raise ValueError("batch_size and window must be >= 1")
-    source = iter(records)
-    start = 0
-    while True:
-        chunk = list(islice(source, window))
-        if not chunk:
-            return
-        order = sorted(range(len(chunk)), key=lambda i: -text_length(chunk[i]))  # stable: ties keep input order
-        for b in range(0, len(order), batch_size):
-            picked = order[b:b + batch_size]
-            yield [start + i for i in picked], [chunk[i] for i in picked]
+def windows(items: Iterable[T], size: int) -> Iterator[tuple[int, list[T]]]:
+    """Yield (index of the first item, up to `size` items) over `items`."""
+    if size < 1:
+        raise ValueError(f"window size must be >= 1, got {size}")
+    source, start = iter(items), 0
+    while chunk := list(islice(source, size)):
+        yield start, chunk
         start += len(chunk)
+
+
+def length_order(samples: list[dict[str, Any]]) -> list[int]:
+    """Indices of prepared samples, longest text first (a sample without text counts 0); ties keep input order."""
+    return sorted(range(len(samples)), key=lambda i: -len(samples[i].get("text") or ""))
+
+
+def error_reason(err: Exception) -> str:
+    """A one-line reason from a decoder's exception, without C++ source locations or stream object names."""
+    text = re.sub(r"Error opening <[^>]*>: ", "", str(err))  # soundfile names the BytesIO object, not the file
+    text = re.sub(r"^\w+, \S+:\d+, ", "", text)  # torchvision prefixes its C++ source location
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1][:120]}" if lines else type(err).__name__

@@ -16,7 +16,7 @@ from PIL import Image
 
 import mmfuse
 from mmfuse.errors import ConfigError, DataError
-from mmfuse.records import sorted_batches
+from mmfuse.records import length_order, windows
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["a", "a long sturdy oak toy with round corners and a smooth finish", "steel", "", "a pine block",
@@ -64,16 +64,13 @@ def test_load_and_embed_do_not_import_training_modules():
     assert loaded == "[]" and shape == "(2, 16)"
 
 
-def test_sorted_batches_cover_every_index_once_longest_first():
-    recs = [{"text": t} for t in TEXTS]
-    batches = list(sorted_batches(recs, batch_size=3, window=5))
-    indices = [i for idx, _ in batches for i in idx]
-    assert sorted(indices) == list(range(len(TEXTS)))
-    first_window = [i for idx, _ in batches[:2] for i in idx]
-    assert sorted(first_window) == [0, 1, 2, 3, 4]
-    lengths = [len(TEXTS[i]) for i in first_window]
-    assert lengths == sorted(lengths, reverse=True)
-    assert all(recs[i] is r for idx, chunk in batches for i, r in zip(idx, chunk, strict=True))
+def test_windows_and_length_order():
+    assert [(start, len(chunk)) for start, chunk in windows(iter(range(7)), 3)] == [(0, 3), (3, 3), (6, 1)]
+    samples = [{"text": t or None} for t in TEXTS]
+    order = length_order(samples)
+    assert sorted(order) == list(range(len(TEXTS)))
+    lengths = [len(TEXTS[i]) for i in order]
+    assert lengths == sorted(lengths, reverse=True) and order[-2:] == [0, 3]  # ties keep input order
 
 
 def test_batched_embedding_keeps_input_order(embedder, media):
