@@ -18,6 +18,7 @@ from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
 from .model import FusionModel, ModelConfig, build_model
 from .records import error_reason, length_order, windows
+from .serving import check_backend, quantize_int8
 from .train.checkpoint import load_checkpoint
 from .train.precision import resolve_device
 
@@ -37,10 +38,12 @@ class Predictor:
     """`embed` sorts records by text length within windows of this many batches (then restores the order)."""
 
     def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128,
-                 source: str = "", trained: bool = True) -> None:
+                 source: str = "", trained: bool = True, backend: str = "fp32") -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        check_backend(backend, device)
         self.model = model.to(device).eval()
+        self.backend = backend
         self.config = config
         self.labels = list(config.labels)
         self.device = device
@@ -51,6 +54,9 @@ class Predictor:
         self._collate = Collator(self.preprocessors)
         self._lock = threading.Lock()  # Hugging Face fast tokenizers must not be called from two threads at once
         self._fingerprint: str | None = None
+        if backend == "int8":
+            self.fingerprint()  # of the fp32 weights: the model's identity, whatever the backend
+            self.model = quantize_int8(self.model)
 
     @property
     def modalities(self) -> list[str]:
@@ -63,7 +69,7 @@ class Predictor:
         return self.model.fusion.dim
 
     def fingerprint(self) -> str:
-        """sha256 of the weights (names, dtypes, shapes and values): equal fingerprints embed alike."""
+        """sha256 of the fp32 weights (names, dtypes, shapes, values): equal fingerprints embed alike (per backend)."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
             for name, tensor in sorted(self.model.state_dict().items()):
@@ -175,11 +181,35 @@ class Predictor:
 
     def embed_prepared(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
         """`embed_samples` over prepared samples of any number, in batches of similar text length; input order."""
+        return self._in_order(samples, lambda batch: self.embed_samples(batch, modalities))
+
+    def encode(self, records: Iterable[dict[str, Any]], modality: str = "text", normalize: bool = False) -> np.ndarray:
+        """(N, W) the `modality` encoder's own pooled vectors, before projection and fusion (for a pretrained
+        sentence encoder such as all-MiniLM-L6-v2 with mean pooling: its sentence embedding). Zeros where absent."""
+        selected = self.select([modality])
+        width = self.model.encoders[modality].width
+        parts = []
+        for start, window in windows(records, self.batch_size * self.sort_window_batches):
+            samples = [self.prepare(r, start + i, selected) for i, r in enumerate(window)]
+            parts.append(self._in_order(samples, lambda batch: {"pooled": self._pooled(batch, modality)})["pooled"])
+        out = torch.cat(parts) if parts else torch.zeros(0, width)
+        return (torch.nn.functional.normalize(out, dim=-1) if normalize else out).numpy()
+
+    @torch.inference_mode()
+    def _pooled(self, samples: list[dict[str, Any]], modality: str) -> torch.Tensor:
+        with self._lock:
+            batch = Collator({modality: self.preprocessors[modality]})(samples)
+        batch = to_device(batch, self.device)
+        pooled = self.model.encoders[modality](batch).pooled.float()  # (B, W)
+        return (pooled * batch[f"present_{modality}"][:, None]).cpu()
+
+    def _in_order(self, samples: list[dict[str, Any]], run: Any) -> dict[str, torch.Tensor]:
+        """`run(batch of samples) -> {name: (B, ...)}` over length-sorted batches, joined back in input order."""
         order = length_order(samples)
         indices, parts = [], []
         for b in range(0, len(order), self.batch_size):
             picked = order[b:b + self.batch_size]
-            parts.append(self.embed_samples([samples[i] for i in picked], modalities))
+            parts.append(run([samples[i] for i in picked]))
             indices += picked
         out = {}
         for name in parts[0] if parts else []:
@@ -189,8 +219,12 @@ class Predictor:
         return out
 
 
-def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128) -> Predictor:
+def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128,
+         backend: str = "fp32") -> Predictor:
     """A finished run (`run_dir/checkpoints/<checkpoint>`), a checkpoint directory, or a model preset name.
+
+    `backend='int8'` (CPU) quantises the encoders' attention projections to int8 (`mmfuse.serving`); check its
+    vectors against fp32 with `mmfuse.serving.cosine_parity` on a sample of your items.
 
     A preset (`mmfuse list`; or a preset .json file) builds its encoders -- pretrained where the preset says so --
     with projections and fusion initialised from seed 0: the frozen, untuned baseline embedder.
@@ -199,7 +233,7 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
     if path.is_dir():
         ckpt = path if (path / "config.json").exists() else path / "checkpoints" / checkpoint
         model, config, _ = load_checkpoint(ckpt)
-        return Predictor(model, config, resolve_device(device), batch_size, source=str(source))
+        return Predictor(model, config, resolve_device(device), batch_size, source=str(source), backend=backend)
     from .presets import list_presets, load_preset
 
     if str(source) not in list_presets() and not (str(source).endswith(".json") and path.is_file()):
@@ -209,4 +243,5 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(config)
-    return Predictor(model, config, resolve_device(device), batch_size, source=str(source), trained=False)
+    return Predictor(model, config, resolve_device(device), batch_size, source=str(source), trained=False,
+                     backend=backend)

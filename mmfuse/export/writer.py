@@ -61,7 +61,7 @@ class ExportOptions:
 
 def _plan(predictor: Predictor, options: ExportOptions, source: dict[str, Any], selected: list[str]) -> dict:
     return {"format": FORMAT, "source": source,
-            "model": {"source": predictor.source, "fingerprint": predictor.fingerprint()},
+            "model": {"source": predictor.source, "fingerprint": predictor.fingerprint(), "backend": predictor.backend},
             "modalities": selected, "dim": predictor.dim, "normalize": options.normalize,
             "part_size": options.part_size, "bad_media": options.bad_media}
 
