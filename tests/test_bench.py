@@ -11,7 +11,7 @@ import torch
 
 from mmfuse.bench import BenchConfig, format_comparison, load_report, validate
 from mmfuse.bench.cases import RUNNERS, Context
-from mmfuse.bench.presets import CASE_KINDS, build_cases
+from mmfuse.bench.presets import DEFAULT_KINDS, build_cases
 from mmfuse.bench.rawdecode import raw_batches
 from mmfuse.bench.timing import count_flops, summarize
 from mmfuse.cli import main
@@ -38,7 +38,7 @@ def test_cli_writes_every_case_and_valid_report(tiny_report):
         assert (out / name).stat().st_size > 0, name
     validate(report)
     assert load_report(out / "report.json") == report
-    assert {c["kind"] for c in report["cases"]} == set(CASE_KINDS)
+    assert {c["kind"] for c in report["cases"]} == set(DEFAULT_KINDS)
     cal = report["calibration"]
     assert cal["peak_flops"] == max(cal["before_flops"], cal["after_flops"]) > 0
     for case in report["cases"]:
@@ -135,3 +135,17 @@ def test_flop_count_includes_cpu_attention_and_summary():
 def test_cli_rejects_bad_options(capsys):
     assert main(["bench", "--cases", "nope"]) == 2
     assert "unknown bench case" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_text_embed_case_compares_with_sentence_transformers(demo_shards, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    out = tmp_path / "text-embed"
+    assert main(["bench", *FAST, "--cases", "text-embed", "--data", str(demo_shards), "--out", str(out)]) == 0
+    report = load_report(out / "report.json")
+    (case,) = report["cases"]
+    assert case["name"] == "text-embed/tiny/text" and set(case["series"]) == {"mmfuse", "baseline", "int8"}
+    assert case["parity"]["mmfuse_vs_baseline"]["min"] > 0.9999 and case["parity"]["mmfuse_vs_baseline"]["n"] == 64
+    assert case["parity"]["int8_vs_mmfuse"]["min"] >= 0.99
+    assert case["ratio"]["median"] > 0 and case["ratios"]["int8/mmfuse"]["median"] > 0
+    assert "Text embedding vs sentence-transformers" in (out / "report.md").read_text()

@@ -13,7 +13,9 @@ from typing import Any
 
 from ..errors import ConfigError
 
-CASE_KINDS = ("loader", "encode", "train", "embed")
+DEFAULT_KINDS = ("loader", "encode", "train", "embed")
+CASE_KINDS = (*DEFAULT_KINDS, "text-embed")
+"""`text-embed` (mmfuse vs sentence-transformers on all-MiniLM-L6-v2) runs only when asked for."""
 PRESETS = ("default", "tiny")
 
 TOWERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -34,8 +36,8 @@ TOWERS: dict[str, dict[str, dict[str, Any]]] = {
 class BenchConfig:
     """Options of a bench run (the CLI maps its flags onto these fields)."""
 
-    cases: list[str] = field(default_factory=lambda: list(CASE_KINDS))
-    """Case kinds to run, from loader, encode, train, embed."""
+    cases: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
+    """Case kinds to run, from loader, encode, train, embed, text-embed."""
     preset: str = "default"
     """default | tiny (see the module docstring)."""
     device: str = "auto"
@@ -104,14 +106,14 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
         return [CaseSpec("loader", "tiny", ["text", "image"], 16),
                 CaseSpec("encode", "tiny", ["text"], 16), CaseSpec("encode", "tiny", ["image"], 16),
                 CaseSpec("train", "tiny", ["text", "image"], 16), CaseSpec("train", "tiny", ["text"], 16),
-                CaseSpec("embed", "tiny", ["text", "image"], 16)]
+                CaseSpec("embed", "tiny", ["text", "image"], 16), CaseSpec("text-embed", "tiny", ["text"], 16)]
     return [CaseSpec("loader", "demo", ["text", "image"], 64),
             CaseSpec("encode", "demo", ["text"], 64), CaseSpec("encode", "demo", ["image"], 64),
             CaseSpec("encode", "bert-small", ["text"], 64), CaseSpec("encode", "vit-s", ["image"], 16),
             CaseSpec("train", "demo", ["text", "image"], 64), CaseSpec("train", "demo", ["text", "image"], 64, "gated"),
             CaseSpec("train", "demo", ["text"], 64), CaseSpec("train", "demo", ["image"], 64),
             CaseSpec("train", "bert-small", ["text"], 64), CaseSpec("train", "vit-s", ["image"], 8),
-            CaseSpec("embed", "demo", ["text", "image"], 128)]
+            CaseSpec("embed", "demo", ["text", "image"], 128), CaseSpec("text-embed", "minilm", ["text"], 64)]
 
 
 def build_cases(cfg: BenchConfig) -> list[CaseSpec]:
