@@ -109,7 +109,7 @@ def test_interrupted_export_resumes_to_identical_files(exported, catalogue, tmp_
     (out / "parts" / ".part-00002.parquet.999.tmp").write_bytes(b"half a parquet file")  # a write cut short
 
     assert embed_cli(catalogue, out) == 0
-    assert "5 parts, 2 resumed" in capsys.readouterr().out
+    assert "5 part(s), 2 resumed" in capsys.readouterr().out
     assert not list((out / "parts").glob(".*.tmp"))
     assert load_ids(out) == load_ids(exported)
     for name in ("fused", "text", "image", "audio"):

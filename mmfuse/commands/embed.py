@@ -65,7 +65,7 @@ def summary(meta: dict, out: str) -> str:
     counts = meta["counts"]
     names = ", ".join(meta["dims"])
     text = (f"mmfuse embed: {counts['exported']} of {counts['input_rows']} items -> {out} ({meta['dim']}-d "
-            f"{names}; {meta['parts']['count']} parts, {meta['parts']['resumed']} resumed)")
+            f"{names}; {meta['parts']['count']} part(s), {meta['parts']['resumed']} resumed)")
     if counts["rejected"]:
         reasons = ", ".join(f"{k} x{n}" for k, n in counts["reasons"].items())
         text += f"; refused {counts['rejected']} rows, listed in {out}/rejects.jsonl: {reasons}"
