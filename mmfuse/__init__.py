@@ -17,6 +17,7 @@ _API = {
     "create_fusion": "mmfuse.fusion",
     "list_fusions": "mmfuse.fusion",
     "register_fusion": "mmfuse.fusion",
+    "list_tasks": "mmfuse.tasks",
     "build_model": "mmfuse.model",
     "FusionModel": "mmfuse.model",
     "ModelConfig": "mmfuse.model",

@@ -102,6 +102,12 @@ class TrainConfig:
     """Recompute encoder activations in the backward pass: less memory, 27-34% slower (a memory lever only)."""
     checkpoint_every: int = 100
     """Write a resumable checkpoint (checkpoints/resume) every this many optimizer steps; 0: at epoch ends only."""
+    early_stopping_patience: int = 0
+    """Stop once the task's best metric (val accuracy, mAP, RMSE, mean recall) has not improved for this many
+    epochs; 0: train every epoch."""
+    keep_best: int = 1
+    """Keep the checkpoints of this many best epochs in checkpoints/top/epoch-NNNN (with an index.json); 1: only
+    checkpoints/best."""
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "lr", "grad_accum", "log_every")
@@ -115,6 +121,8 @@ class TrainConfig:
                                   f"{did_you_mean(tower, MODALITIES)}")
         if self.checkpoint_every < 0 or self.unfreeze_top < 0:
             raise ConfigError("train.checkpoint_every and train.unfreeze_top must be >= 0")
+        if self.early_stopping_patience < 0 or self.keep_best < 1:
+            raise ConfigError("train.early_stopping_patience must be >= 0 and train.keep_best >= 1")
 
 
 @dataclass

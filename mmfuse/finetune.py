@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import signal
 import time
 from collections import Counter
@@ -27,17 +29,24 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig, dump_yaml
-from .data.demo import demo_dataset
+from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
 from .data.loader import make_loader
 from .data.position import LoaderPosition
 from .errors import ConfigError, DataError
 from .model import build_model
+from .tasks import task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import DistEnv, any_rank, barrier, gather_objects, init_distributed, sum_counters
 from .train.freeze import apply_freeze, count_parameters
+from .train.selection import Selection
 from .train.state import read_state, rng_state, set_rng_state
 from .train.trainer import MetricsLog, Trainer, mean_loss
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of an evaluation (no counts, no per-target or skipped details)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
 
 def seed_everything(seed: int) -> None:
@@ -72,7 +81,9 @@ class FinetuneRun:
         self.env: DistEnv = init_distributed(config.train.device)
         self.echo = echo if self.env.is_main else (lambda *_: None)
         data, train = config.data, config.train
-        self.info = DatasetInfo.load(data.path or demo_dataset(), verify=data.verify_shards)
+        # the contrastive demo paints each shape in the colour its text names: something for retrieval to find
+        demo = DemoSpec(caption_colour=config.model.task == "contrastive")
+        self.info = DatasetInfo.load(data.path or demo_dataset(demo), verify=data.verify_shards)
         self.info.require_modalities(config.model.modalities)
         for split in (data.train_split, data.val_split, data.test_split):
             self.info.require_split(split)
@@ -80,11 +91,12 @@ class FinetuneRun:
             raise ConfigError(f"data.batch_size {data.batch_size} (the global batch) must be divisible by the "
                               f"{self.env.world_size} processes")
         self.rank_batch = data.batch_size // self.env.world_size
-        self.model_config = replace(config.model, labels=list(self.info.labels))
+        self.model_config = task_class(config.model.task).prepare(config.model, self.info)
         self.out = Path(config.out) if config.out else default_run_dir(config)
 
         seed_everything(train.seed)
         model = build_model(self.model_config)
+        self.task = model.task
         apply_freeze(model, train.freeze, train.unfreeze_top)
         if train.grad_checkpointing:
             for encoder in model.encoders.values():
@@ -103,15 +115,18 @@ class FinetuneRun:
         self.train_workers = data.num_workers if data.resampled else min(
             data.num_workers, len(self.info.shard_urls(data.train_split)))
         self.loader_kwargs = {"num_workers": data.num_workers, "pin_memory": self.env.device.type == "cuda",
-                              "strict": data.strict}
+                              "strict": data.strict, "target": self.task.target}
         # progress that a resumable checkpoint carries
         self.epoch, self.position = 1, LoaderPosition()
-        self.best: dict[str, Any] = {"epoch": 0, "accuracy": -1.0}
+        self.best: dict[str, Any] = {"epoch": 0}
+        self.selection = Selection(self.task.best_metric, self.task.higher_is_better, train.keep_best,
+                                   train.early_stopping_patience)
         self.records: list[dict[str, Any]] = []
         self.skipped: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.acc = self._new_epoch_acc()
         self.stop_requested = False
+        self.stopped_early = False
         log_lines = self._restore() if resume else 0
         if self.env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +141,7 @@ class FinetuneRun:
                 "rng": gather_objects(rng_state(), self.env), "step": t.step, "micro_step": t.micro_step,
                 "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
+                "selection": self.selection.to_dict(),
                 "skipped": dict(self.skipped), "ignored": dict(self.ignored), "acc": dict(self.acc),
                 "log_lines": self.log.lines if self.env.is_main else 0}
 
@@ -151,6 +167,8 @@ class FinetuneRun:
             raise ConfigError(f"{ckpt} was written by {len(state['positions'])} processes; resume with as many")
         self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(state["positions"][self.env.rank])
         self.best, self.records, self.acc = state["best"], state["records"], state["acc"]
+        if "selection" in state:  # resumable checkpoints from before model selection had only `best`
+            self.selection = Selection.from_dict(state["selection"])
         self.skipped, self.ignored = Counter(state["skipped"]), Counter(state["ignored"])
         set_rng_state(state["rng"][self.env.rank])
         self.echo(f"mmfuse: resuming {self.out} at epoch {self.epoch}, step {t.step}")
@@ -204,22 +222,38 @@ class FinetuneRun:
                   "train_loss": mean_loss(self.acc["loss_sum"], self.acc["batches"]), "train_samples": samples,
                   "train_skipped": sum(gather_objects(self.acc["skipped"], self.env)),
                   "data_s": round(self.acc["data_s"], 3), "compute_s": round(self.acc["compute_s"], 3),
-                  "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+                  **{f"val_{k}": v for k, v in scalar_metrics(val).items()}}
         self.records.append(record)
         if self.env.is_main:
             self.log.write(record)
-        self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val accuracy {val['accuracy']:.4f}  "
-                  f"macro-F1 {val['macro_f1']:.4f}  ({samples} samples, data {record['data_s']:.1f}s, "
-                  f"compute {record['compute_s']:.1f}s)")
+        self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
+                  f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s)")
         self._save("last")
-        if val["accuracy"] > self.best["accuracy"]:
-            self.best = {"epoch": self.epoch, "accuracy": val["accuracy"], "macro_f1": val["macro_f1"]}
+        improved, dropped = self.selection.update(self.epoch, val[self.task.best_metric])
+        if improved:
+            self.best = {"epoch": self.epoch, **{k: val[k] for k in self.task.metric_names}}
             self._save("best")
+        if self.selection.keep > 1:
+            self._keep_top(dropped)
+
+    def _keep_top(self, dropped: list[int]) -> None:
+        """checkpoints/top/epoch-NNNN for the `keep_best` best epochs, and index.json ranking them (rank 0)."""
+        top = self.out / "checkpoints" / "top"
+        if self.selection.kept(self.epoch):
+            self._save(f"top/epoch-{self.epoch:04d}")
+        if self.env.is_main:
+            for epoch in dropped:
+                shutil.rmtree(top / f"epoch-{epoch:04d}", ignore_errors=True)
+            index = [{"epoch": int(e), self.task.best_metric: v, "path": f"epoch-{int(e):04d}"}
+                     for v, e in self.selection.top]
+            tmp = top / ".index.json.tmp"
+            tmp.write_text(json.dumps(index, indent=2))
+            os.replace(tmp, top / "index.json")
 
     def evaluate(self, split: str) -> dict[str, Any]:
         loader = make_loader(self.info, split, self.preprocessors, self.config.data.eval_batch_size,
                              **self.loader_kwargs)
-        metrics = self.trainer.evaluate(self._tally(loader), len(self.info.labels))
+        metrics = self.trainer.evaluate(self._tally(loader))
         self.skipped.update(metrics["skipped"])
         return metrics
 
@@ -239,13 +273,19 @@ class FinetuneRun:
         try:
             self.echo(f"mmfuse: fine-tuning {'+'.join(self.model_config.modalities)} with "
                       f"'{self.model_config.fusion}' fusion on {self.info.root} "
-                      f"({self.info.count(self.config.data.train_split)} train samples, {len(self.info.labels)} "
-                      f"labels), {self.env.world_size} x {self.env.device} {self.trainer.precision}, "
+                      f"({self.info.count(self.config.data.train_split)} train samples, {self._task_summary()}), "
+                      f"{self.env.world_size} x {self.env.device} {self.trainer.precision}, "
                       f"{self.trainer.total_steps} steps, {self.params['trainable']:,} of {self.params['total']:,} "
                       f"parameters trained -> {self.out}")
             while self.epoch <= train.epochs:
                 self._epoch()
                 finished = train.max_steps is not None and self.trainer.step >= train.max_steps
+                if self.selection.should_stop and self.epoch < train.epochs:
+                    self.stopped_early = True
+                    self.echo(f"mmfuse: early stopping after epoch {self.epoch}: val {self.task.best_metric} has "
+                              f"not improved for {train.early_stopping_patience} epochs (best epoch "
+                              f"{self.selection.best_epoch})")
+                    finished = True
                 self.epoch += 1
                 self.position = LoaderPosition()
                 self.acc = self._new_epoch_acc()
@@ -262,6 +302,20 @@ class FinetuneRun:
         finally:
             signal.signal(signal.SIGTERM, previous)
 
+    def _task_summary(self) -> str:
+        """'6 labels' (classification), else the task with its outputs, e.g. 'regression of 1 target'."""
+        mc, outputs = self.model_config, len(self.model_config.labels)
+        if self.task.name == "classification":
+            text = f"{outputs} labels"
+        elif self.task.name == "contrastive":
+            text = f"contrastive {mc.contrastive_loss} alignment of {'+'.join(mc.modalities)}"
+        else:
+            noun = "label" if self.task.name == "multilabel" else "target"
+            text = f"{self.task.name}: {outputs} {noun}{'s' if outputs != 1 else ''}"
+        if self.task.name != "contrastive" and mc.contrastive_weight > 0:
+            text += f" + {mc.contrastive_weight} x {mc.contrastive_loss} alignment"
+        return text
+
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
 
@@ -276,9 +330,11 @@ class FinetuneRun:
             "modalities": self.model_config.modalities, "fusion": self.model_config.fusion,
             "labels": self.model_config.labels, "best_epoch": self.best["epoch"],
             "val": {k: v for k, v in self.best.items() if k != "epoch"},
-            "test": {k: test[k] for k in ("accuracy", "macro_f1", "count")},
+            "test": {**{k: test[k] for k in self.task.metric_names}, **scalar_metrics(test),
+                     **{k: test[k] for k in ("per_target", "pairs") if k in test}, "count": test["count"]},
+            "task": self.task.name,
             "skipped": skipped, "skipped_total": sum(skipped.values()), "ignored_members": ignored,
-            "epochs": self.records,
+            "epochs": self.records, "stopped_early": self.stopped_early,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
             "device": str(self.env.device), "precision": self.trainer.precision,
             "train_time_s": round(time.perf_counter() - self.started, 1), "data": str(self.info.root),
@@ -290,8 +346,10 @@ class FinetuneRun:
         if test["count"] + sum(test["skipped"].values()) != expected:
             raise DataError(f"test split: read {test['count']} + skipped {sum(test['skipped'].values())} samples, "
                             f"dataset.json says {expected}")
-        self.echo(f"test accuracy ({'+'.join(self.model_config.modalities)}, best epoch {self.best['epoch']}): "
-                  f"{test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  [{self.out / 'metrics.json'}]")
+        head, _, tail = self.task.describe(test).partition("  ")
+        name, _, value = head.rpartition(" ")
+        self.echo(f"test {name} ({'+'.join(self.model_config.modalities)}, best epoch {self.best['epoch']}): "
+                  f"{value}{'  ' + tail if tail else ''}  [{self.out / 'metrics.json'}]")
         return summary
 
 

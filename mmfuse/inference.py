@@ -19,6 +19,7 @@ from .errors import ConfigError, DataError
 from .model import FusionModel, ModelConfig, build_model
 from .records import error_reason, length_order, windows
 from .serving import check_backend, quantize_int8
+from .tasks import create_task
 from .train.checkpoint import load_checkpoint
 from .train.precision import resolve_device
 
@@ -27,7 +28,8 @@ UNTRAINED_LABELS = ["untrained-0", "untrained-1"]
 
 
 class Predictor:
-    """Predicts labels, probabilities or embeddings (fused and per modality) for records.
+    """Predicts labels, probabilities or target values (as the model's task defines) and embeddings, fused and per
+    modality, for records.
 
     A record is a dict with any of `text` (str), `image` (path, bytes, PIL image, (H, W, 3) array), `audio`
     (path, WAV/FLAC/Ogg bytes, `(array, sample_rate)`) -- a modality may be missing -- and optionally `key`.
@@ -45,6 +47,7 @@ class Predictor:
         self.model = model.to(device).eval()
         self.backend = backend
         self.config = config
+        self.task = model.task if model.task is not None else create_task(config)
         self.labels = list(config.labels)
         self.device = device
         self.batch_size = batch_size
@@ -124,17 +127,24 @@ class Predictor:
             yield to_device(self._collate(chunk), self.device)
 
     @torch.inference_mode()
-    def predict_proba(self, records: Iterable[dict[str, Any]]) -> np.ndarray:
-        """(N, C) class probabilities, columns in `self.labels` order."""
+    def _heads(self, records: Iterable[dict[str, Any]]) -> torch.Tensor:
         if not self.trained:
             raise ConfigError(f"'{self.source}' is a model preset with an untrained head: it embeds but does not "
-                              f"classify (load a fine-tuned run directory to predict)")
-        out = [torch.softmax(self.model(b).float(), -1).cpu() for b in self._batches(records)]
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.labels)), dtype=np.float32)
+                              f"predict (load a fine-tuned run directory to predict)")
+        if self.model.head is None:
+            self.task.predict(torch.zeros(0))  # raises: the task has no predictions
+        out = [self.model(b).float().cpu() for b in self._batches(records)]
+        return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 
-    def predict(self, records: Iterable[dict[str, Any]]) -> list[str]:
-        """The predicted label name of each record."""
-        return [self.labels[i] for i in self.predict_proba(records).argmax(-1)]
+    def predict_proba(self, records: Iterable[dict[str, Any]]) -> np.ndarray:
+        """(N, C) probabilities, columns in `self.labels` order: softmax over classes (classification), or one
+        independent sigmoid per label (multilabel)."""
+        return self.task.proba(self._heads(records)).numpy()
+
+    def predict(self, records: Iterable[dict[str, Any]]) -> list[Any]:
+        """Per record: the label name (classification), the list of label names at or above the threshold
+        (multilabel), or {target name: value} (regression)."""
+        return self.task.predict(self._heads(records))
 
     @torch.inference_mode()
     def embed_samples(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -155,15 +165,21 @@ class Predictor:
         return out
 
     def embed(self, records: Iterable[dict[str, Any]], normalize: bool = False,
-              modalities: str | Sequence[str] | None = None,
-              per_modality: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+              modalities: str | Sequence[str] | None = None, per_modality: bool = False,
+              modality: str | None = None) -> np.ndarray | dict[str, np.ndarray]:
         """Fused embeddings (N, D) float32, in input order; L2-normalised when `normalize`.
 
         `modalities` (default: all the model reads) embeds from that subset only, the others treated as absent.
         `per_modality=True` returns {'fused': (N, D), <m>: (N, D), 'present_<m>': (N,) bool} for the selected
         modalities; a modality's vector is its encoder's pooled output projected to D, zeros where absent.
+        `modality='text'` returns just that modality's (N, D) vectors (what a contrastive model aligns: embed
+        texts and images separately, then compare them).
         Records are batched internally, longest texts together, so padding stays short.
         """
+        if modality is not None:
+            if modality not in self.modalities:
+                raise ConfigError(f"the model has no modality '{modality}' (has: {', '.join(self.modalities)})")
+            return self.embed(records, normalize, [modality], per_modality=True)[modality]
         selected = self.select(modalities)
         parts = []
         for start, window in windows(records, self.batch_size * self.sort_window_batches):

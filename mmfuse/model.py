@@ -46,7 +46,8 @@ class ModelConfig:
     encoders: dict[str, EncoderSpec]
     """Encoder per modality (entries for unused modalities are ignored)."""
     labels: list[str] = field(default_factory=list)
-    """Class names; filled from the dataset's label vocabulary at training time."""
+    """Output names: class names (classification, multilabel) or target names (regression); filled from the
+    dataset at training time; empty for contrastive."""
     fusion: str = "concat-mlp"
     """A registered fusion (`mmfuse list`)."""
     dim: int = 128
@@ -60,6 +61,17 @@ class ModelConfig:
     modality_dropout: float = 0.0
     """Training only: probability of hiding each modality of a sample from the fusion (never all of a sample's
     present modalities at once), so a model trained on several modalities still serves a sample with one."""
+    task: str = "classification"
+    """What the model learns (`mmfuse list`): classification | multilabel | regression | contrastive. A checkpoint
+    without this field is a classifier."""
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Task options, e.g. {loss: huber} (regression), {threshold: 0.3} (multilabel), {ks: [1, 5]} (contrastive)."""
+    contrastive_loss: str = "infonce"
+    """Alignment loss between the modalities' pooled projections: infonce (CLIP) | siglip. Used by the contrastive
+    task, and by any task when `contrastive_weight` > 0."""
+    contrastive_weight: float = 0.0
+    """Weight of the contrastive alignment added to a supervised task's loss (0: none). A model setting, not a
+    train one: the alignment's learnable temperature is part of the checkpoint."""
 
     def __post_init__(self) -> None:
         self.encoders = {m: s if isinstance(s, EncoderSpec) else EncoderSpec(**s) for m, s in self.encoders.items()}
@@ -76,6 +88,11 @@ class ModelConfig:
             raise ConfigError(f"model.dim must be > 0, got {self.dim}")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ConfigError(f"model.modality_dropout is a probability in [0, 1), got {self.modality_dropout}")
+        from .tasks import TASKS
+
+        TASKS.get(self.task)  # an unknown task is a ConfigError naming the known ones
+        if self.contrastive_weight < 0:
+            raise ConfigError(f"model.contrastive_weight must be >= 0, got {self.contrastive_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,15 +111,18 @@ class ClassificationHead(nn.Module):
 
 
 class FusionModel(nn.Module):
-    """Encoders + per-modality projections (+ modality-type embeddings for token fusions) + fusion + head.
+    """Encoders + per-modality projections (+ modality-type embeddings for token fusions) + fusion + head
+    (+ a contrastive `alignment` of the modalities).
 
-    `forward(batch)` -> logits (B, C); `embed(batch)` -> fused embedding (B, D); `encode(batch)` -> per-modality
-    `ModalityFeatures` at width D. The batch layout is documented in `mmfuse.data.batch`. In training mode each
-    modality of a sample is hidden from the fusion with probability `modality_dropout`.
+    `forward(batch)` -> head outputs (B, C) (the fused embedding (B, D) for a model without head);
+    `forward(batch, outputs=True)` -> the dict a `Task` reads (`mmfuse.tasks.base`); `embed(batch)` -> fused
+    embedding (B, D); `encode(batch)` -> per-modality `ModalityFeatures` at width D. The batch layout is documented
+    in `mmfuse.data.batch`. In training mode each modality of a sample is hidden from the fusion with probability
+    `modality_dropout`.
     """
 
-    def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: nn.Module,
-                 modality_dropout: float = 0.0) -> None:
+    def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: nn.Module | None,
+                 modality_dropout: float = 0.0, alignment: nn.Module | None = None, task: Any = None) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.projections = nn.ModuleDict({m: nn.Linear(e.width, fusion.dim) for m, e in encoders.items()})
@@ -111,7 +131,9 @@ class FusionModel(nn.Module):
                 {m: nn.Parameter(torch.randn(fusion.dim) * 0.02) for m in encoders})
         self.fusion = fusion
         self.head = head
+        self.alignment = alignment
         self.modality_dropout = modality_dropout
+        self.task = task  # the `mmfuse.tasks.Task` it was built for (None: a classifier assembled by hand)
 
     @property
     def modalities(self) -> list[str]:
@@ -136,8 +158,19 @@ class FusionModel(nn.Module):
         """Fused embedding (B, D); modalities left out of `modalities` count as absent for every sample."""
         return self.fusion(self.encode(batch, modalities))  # (B, D)
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.head(self.embed(batch))  # (B, C)
+    def forward(self, batch: dict[str, Any], outputs: bool = False) -> Any:
+        if not outputs:
+            fused = self.embed(batch)  # (B, D)
+            return self.head(fused) if self.head is not None else fused  # (B, C)
+        present = {m: batch.get(f"present_{m}") for m in self.modalities}  # before modality dropout
+        features = self.encode(batch)
+        present = {m: p if p is not None else features[m].present for m, p in present.items()}
+        pooled = {m: f.pooled for m, f in features.items()}  # (B, D) each
+        out = {"head": self.head(self.fusion(features)) if self.head is not None else None,
+               "pooled": pooled, "present": present}
+        if self.alignment is not None and self.training:
+            out["alignment"] = self.alignment(pooled, present)
+        return out
 
     def preprocessors(self) -> dict[str, Any]:
         """The encoders' preprocessors keyed by modality (what the loader and `Predictor` apply)."""
@@ -155,9 +188,10 @@ def drop_modalities(features: dict[str, ModalityFeatures], p: float) -> None:
 
 
 def build_model(config: ModelConfig) -> FusionModel:
-    """Build encoders, fusion and head from a `ModelConfig`."""
-    if len(config.labels) < 2:
-        raise ConfigError(f"a classifier needs at least 2 labels, got {len(config.labels)}")
+    """Build encoders, fusion, the task's head (and the contrastive alignment) from a `ModelConfig`."""
+    from .tasks import create_task
+
+    task = create_task(config)
     encoders = {m: config.encoders[m].build() for m in config.modalities}
     if config.adapters:
         from .adapters import apply_adapters
@@ -165,5 +199,10 @@ def build_model(config: ModelConfig) -> FusionModel:
         apply_adapters(encoders, config.adapters)
     fusion = create_fusion(config.fusion, modalities=list(config.modalities), dim=config.dim,
                            **config.fusion_kwargs)
-    head = ClassificationHead(config.dim, len(config.labels), config.dropout)
-    return FusionModel(encoders, fusion, head, modality_dropout=config.modality_dropout)
+    alignment = None
+    if task.aligns:
+        from .tasks.contrastive import Alignment
+
+        alignment = Alignment(list(config.modalities), config.contrastive_loss)
+    return FusionModel(encoders, fusion, task.build_head(config.dim, config.dropout),
+                       modality_dropout=config.modality_dropout, alignment=alignment, task=task)

@@ -39,6 +39,11 @@ def test_cli_writes_every_case_and_valid_report(tiny_report):
     validate(report)
     assert load_report(out / "report.json") == report
     assert {c["kind"] for c in report["cases"]} == set(DEFAULT_KINDS)
+    names = {c["name"] for c in report["cases"]}
+    assert {"loader/tiny/text+image+audio", "encode/tiny/audio", "encode/tiny/text@24tok"} <= names
+    long_text, short_text = (next(c for c in report["cases"] if c["name"] == n)
+                             for n in ("encode/tiny/text@24tok", "encode/tiny/text"))
+    assert long_text["flops_per_sample"] > short_text["flops_per_sample"]  # the longer sequences are what ran
     cal = report["calibration"]
     assert cal["peak_flops"] == max(cal["before_flops"], cal["after_flops"]) > 0
     for case in report["cases"]:
@@ -119,8 +124,10 @@ def test_build_cases_overrides_and_errors():
     assert any(c.towers == "vit-s" for c in cases)  # the MFU cases stay
     with pytest.raises(ConfigError, match="unknown bench case"):
         BenchConfig(cases=["speed"])
-    with pytest.raises(ConfigError, match="no demo tower for modality audio"):
-        build_cases(BenchConfig(modalities=["audio"]))
+    with pytest.raises(ConfigError, match="no demo tower for modality video"):
+        build_cases(BenchConfig(modalities=["video"]))
+    audio = build_cases(BenchConfig(modalities=["text", "image", "audio"], cases=["train"]))
+    assert "train/demo/text+image+audio/concat-mlp" in [c.name for c in audio]
 
 
 def test_flop_count_includes_cpu_attention_and_summary():

@@ -113,12 +113,12 @@ def test_console_entry_point_and_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmfuse", "list"], capture_output=True, text=True, check=True)
     assert "tiny-text" in out.stdout and "concat-mlp" in out.stdout
     for name in ("tiny-audio", "hf-audio", "open-clip-text", "cross-attention", "bottleneck", "lmf",
-                 "tiny_cross_attention"):
+                 "tiny_cross_attention", "multilabel", "contrastive"):
         assert name in out.stdout
     help_text = subprocess.run([sys.executable, "-m", "mmfuse", "finetune", "--help"], capture_output=True,
                                text=True, check=True).stdout
     for flag in ("--modalities", "--config", "--data", "--out", "--epochs", "--fusion", "--set", "--audio-encoder",
-                 "--preset"):
+                 "--preset", "--task"):
         assert flag in help_text
     bad = subprocess.run([sys.executable, "-m", "mmfuse", "finetune", "--modalities", "smell"],
                          capture_output=True, text=True)

@@ -152,7 +152,7 @@ def test_csv_manifest_with_split_column_and_byte_limit(catalogue, tmp_path):
     rows = list(manifest_rows(catalogue).values())[:20]
     manifest = catalogue.parent / "items.csv"
     with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["key", "title", "tags", "image", "audio", "label", "part"])
+        writer = csv.DictWriter(f, ["key", "title", "tags", "image", "audio", "label", "part"], extrasaction="ignore")
         writer.writeheader()
         for i, row in enumerate(rows):
             writer.writerow({**row, "tags": f"tag{i}", "part": "train" if i < 15 else "test"})
@@ -194,7 +194,7 @@ def test_end_to_end_shard_then_finetune(tmp_path, capsys):
     assert main(["demo-data", "--manifest", str(tmp_path / "cat"), "--count", "40", "--faults"]) == 0
     assert main(["shard", "--manifest", str(tmp_path / "cat" / "items.jsonl"), "--out", str(tmp_path / "data"),
                  "--text", "title", "--fractions", "train=0.6,val=0.2,test=0.2", "--no-progress"]) == 0
-    assert "refused 5 rows" in capsys.readouterr().out  # without --labels the 'unknown' label is a 7th class
+    assert f"refused {len(FAULTS) - 1} rows" in capsys.readouterr().out  # no --labels: "unknown" is a 7th class
     assert main(["finetune", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
                  "--max-steps", "2", "--set", "data.verify_shards=true", "--set", "data.resampled=true",
                  "--set", "data.epoch_samples=40", *TINY_FLAGS]) == 0
@@ -221,3 +221,24 @@ def test_malformed_rows_are_listed_not_fatal(tmp_path):
         "manifest: invalid JSON": 1, "manifest: a line must be a JSON object": 1,
         "key: key contains '.' or starts/ends with '/'": 1, "label: missing label": 1,
         "record: no text, image or audio": 1}
+
+
+def test_audio_cut_short_or_silent_is_refused_unless_silence_is_kept(tmp_path):
+    import io
+
+    import numpy as np
+
+    from mmfuse.data.checks import Refused, check_audio
+
+    buf = io.BytesIO()
+    sf.write(buf, np.full(4000, 0.25, dtype=np.float32), 16_000, format="WAV")
+    whole = buf.getvalue()
+    assert check_audio(whole, "wav") == "wav"
+    with pytest.raises(Refused, match=r"truncated WAV audio: the header declares 8000 bytes of samples, the file "
+                                      r"holds 3956"):
+        check_audio(whole[:4000], "wav")
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(4000, dtype=np.float32), 16_000, format="FLAC")
+    with pytest.raises(Refused, match=r"silent audio \(all 4000 samples are 0\)"):
+        check_audio(buf.getvalue(), "flac")
+    assert check_audio(buf.getvalue(), "flac", silent="keep") == "flac"

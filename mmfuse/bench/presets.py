@@ -1,8 +1,8 @@
 """What the suite runs: `BenchConfig` (the user's options) and the case list of each preset.
 
 Presets:
-    default  the demo model (tiny towers, 64 px), a BERT-small-sized text tower (L4, H512) and a ViT-S/16 at 224 px,
-             all random-init; about 5 minutes on 2 CPU cores.
+    default  the demo model (tiny text / image / audio towers, 64 px, 1 s log-mel), a BERT-small-sized text tower
+             (L4, H512) and a ViT-S/16 at 224 px, all random-init; about 7 minutes on 2 CPU cores.
     tiny     width-16 towers and one short repeat per case: for tests and smoke checks, not for numbers.
 """
 
@@ -21,12 +21,16 @@ PRESETS = ("default", "tiny")
 TOWERS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {"text": {"name": "tiny-text", "kwargs": {"width": 64, "layers": 2, "heads": 2}},
              "image": {"name": "tiny-image", "kwargs": {"width": 64, "layers": 2, "heads": 2, "image_size": 64,
-                                                        "patch_size": 8}}},
+                                                        "patch_size": 8}},
+             "audio": {"name": "tiny-audio", "kwargs": {"width": 64, "layers": 2, "heads": 2, "n_mels": 32,
+                                                        "patch_size": 8, "max_seconds": 1.0}}},
     "bert-small": {"text": {"name": "tiny-text", "kwargs": {"width": 512, "layers": 4, "heads": 8,
                                                             "max_length": 128}}},
     "vit-s": {"image": {"name": "timm-image", "kwargs": {"model": "vit_small_patch16_224", "image_size": 224}}},
     "tiny": {"text": {"name": "tiny-text", "kwargs": {"width": 16, "layers": 1, "heads": 2}},
-             "image": {"name": "tiny-image", "kwargs": {"width": 16, "layers": 1, "heads": 2, "image_size": 32}}},
+             "image": {"name": "tiny-image", "kwargs": {"width": 16, "layers": 1, "heads": 2, "image_size": 32}},
+             "audio": {"name": "tiny-audio", "kwargs": {"width": 16, "layers": 1, "heads": 2, "n_mels": 16,
+                                                        "patch_size": 8, "max_seconds": 1.0}}},
 }
 """Tower sets (random-init, nothing downloads): `bert-small` is Google's BERT-small shape (4 layers, width 512,
 8 heads) over the packaged vocabulary; `vit-s` is timm's ViT-S/16 (12 layers, width 384) at 224 px."""
@@ -88,13 +92,16 @@ class CaseSpec:
     modalities: list[str]
     batch_size: int
     fusion: str = "concat-mlp"
+    text_tokens: int | None = None
+    """Time the text tower on `text_tokens`-long sequences of random ids instead of the demo's short titles
+    (encode and train cases; compute does not depend on the ids)."""
 
     @property
     def name(self) -> str:
         parts = [self.kind, self.towers, "+".join(self.modalities)]
         if self.kind in ("train", "embed"):
             parts.append(self.fusion)
-        return "/".join(parts)
+        return "/".join(parts) + (f"@{self.text_tokens}tok" if self.text_tokens else "")
 
     def encoders(self) -> dict[str, dict[str, Any]]:
         towers = TOWERS[self.towers]
@@ -103,16 +110,25 @@ class CaseSpec:
 
 def _preset_cases(preset: str) -> list[CaseSpec]:
     if preset == "tiny":
-        return [CaseSpec("loader", "tiny", ["text", "image"], 16),
+        return [CaseSpec("loader", "tiny", ["text", "image", "audio"], 16),
+                CaseSpec("encode", "tiny", ["text"], 16, text_tokens=24),
                 CaseSpec("encode", "tiny", ["text"], 16), CaseSpec("encode", "tiny", ["image"], 16),
+                CaseSpec("encode", "tiny", ["audio"], 16),
                 CaseSpec("train", "tiny", ["text", "image"], 16), CaseSpec("train", "tiny", ["text"], 16),
                 CaseSpec("embed", "tiny", ["text", "image"], 16), CaseSpec("text-embed", "tiny", ["text"], 16)]
     return [CaseSpec("loader", "demo", ["text", "image"], 64),
+            CaseSpec("loader", "demo", ["text", "image", "audio"], 64),
             CaseSpec("encode", "demo", ["text"], 64), CaseSpec("encode", "demo", ["image"], 64),
-            CaseSpec("encode", "bert-small", ["text"], 64), CaseSpec("encode", "vit-s", ["image"], 16),
+            CaseSpec("encode", "demo", ["audio"], 64),
+            CaseSpec("encode", "bert-small", ["text"], 64),
+            CaseSpec("encode", "bert-small", ["text"], 32, text_tokens=128),
+            CaseSpec("encode", "vit-s", ["image"], 16),
             CaseSpec("train", "demo", ["text", "image"], 64), CaseSpec("train", "demo", ["text", "image"], 64, "gated"),
+            CaseSpec("train", "demo", ["text", "image", "audio"], 64, "cross-attention"),
             CaseSpec("train", "demo", ["text"], 64), CaseSpec("train", "demo", ["image"], 64),
-            CaseSpec("train", "bert-small", ["text"], 64), CaseSpec("train", "vit-s", ["image"], 8),
+            CaseSpec("train", "bert-small", ["text"], 64),
+            CaseSpec("train", "bert-small", ["text"], 32, text_tokens=128),
+            CaseSpec("train", "vit-s", ["image"], 8),
             CaseSpec("embed", "demo", ["text", "image"], 128), CaseSpec("text-embed", "minilm", ["text"], 64)]
 
 

@@ -10,6 +10,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", help="write the shards here instead of the user cache directory")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--caption-colour", action="store_true",
+                   help="paint each shape in the colour its text names (the contrastive task's demo data)")
     p.add_argument("--manifest", metavar="DIR",
                    help="instead write the demo catalogue as DIR/items.jsonl + DIR/media/ (input of `mmfuse shard`)")
     p.add_argument("--count", type=int, default=2000, help="with --manifest: number of items")
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         print(write_demo_manifest(args.manifest, args.count, seed=args.seed, faults=args.faults))
         return 0
 
-    spec = DemoSpec(seed=args.seed)
+    spec = DemoSpec(seed=args.seed, caption_colour=args.caption_colour)
     path = build_demo(args.out, spec) if args.out else demo_dataset(spec)
     print(path)
     return 0

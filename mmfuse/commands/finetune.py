@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory for checkpoints and metrics (default: runs/<time>-<modalities>)")
     p.add_argument("--epochs", type=int, help="passes over the training split")
     p.add_argument("--fusion", help="fusion name, see `mmfuse list` (default: concat-mlp)")
+    p.add_argument("--task", help="classification, multilabel, regression or contrastive (= model.task; default "
+                                  "classification); the dataset must hold that kind of target (`mmfuse shard --task`)")
     p.add_argument("--text-encoder", help="text encoder, e.g. tiny-text, hf-text:bert-base-uncased, "
                                           "hf-text:/path/to/model")
     p.add_argument("--image-encoder", help="image encoder, e.g. tiny-image, timm-image:vit_small_patch16_224")
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         flags["model"]["modalities"] = args.modalities
     if args.fusion is not None:
         flags["model"]["fusion"] = args.fusion
+    if args.task is not None:
+        flags["model"]["task"] = args.task
     encoders = {m: getattr(args, f"{m}_encoder") for m in ("text", "image", "audio")}
     flags["model"]["encoders"] = {m: {"name": n, "kwargs": {}} for m, n in encoders.items() if n}
     for key, value in (("path", args.data), ("batch_size", args.batch_size), ("num_workers", args.workers),

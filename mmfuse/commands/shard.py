@@ -20,7 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text", default="text", help="text column(s), comma-separated; joined with newlines")
     p.add_argument("--image", default="image", help="image path column ('' for none)")
     p.add_argument("--audio", default="audio", help="audio path column ('' for none)")
+    p.add_argument("--task", default="classification",
+                   choices=["classification", "multilabel", "regression", "none"],
+                   help="what each row is labelled with: one label, a list of labels (JSON list or names joined by "
+                        "--label-sep), numbers in the --targets columns, or nothing (contrastive alignment)")
     p.add_argument("--label", default="label", help="label column")
+    p.add_argument("--label-sep", default="|", help="multilabel: separator of label names in a string cell")
+    p.add_argument("--targets", default="", help="regression: target column(s), comma-separated")
     p.add_argument("--labels", help="the label vocabulary, comma-separated; other labels are refused "
                                     "(default: every label found)")
     p.add_argument("--split", help="split column (default: split by a hash of the key with --fractions)")
@@ -30,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes that read and check the media")
     p.add_argument("--empty-text", choices=["reject", "absent"], default="reject",
                    help="refuse a row with empty text, or keep it with text absent")
+    p.add_argument("--silent-audio", choices=["reject", "keep"], default="reject",
+                   help="refuse a row whose audio clip is all zeros, or keep it")
     p.add_argument("--strict", action="store_true", help="stop at the first refused row (one-line error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--from-shards", action="append", metavar="[SPLIT=]GLOB",
@@ -62,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
     config = ShardConfig(
         manifest=args.manifest, out=args.out, root=args.root, key=args.key, text=args.text,
         image=args.image or None, audio=args.audio or None, label=args.label, labels=labels, split=args.split,
+        task=args.task, label_sep=args.label_sep, targets=args.targets,
         fractions=parse_fractions(args.fractions), shard_size=args.shard_size,
         shard_bytes=int(args.shard_mb * 1024 * 1024), workers=args.workers, strict=args.strict,
-        empty_text=args.empty_text, progress=not args.no_progress)
+        empty_text=args.empty_text, silent_audio=args.silent_audio, progress=not args.no_progress)
     print(write_shards(config).summary())
     return 0

@@ -1,7 +1,9 @@
 """The batch: a plain `dict` that every stage after the loader reads. This is its one documented layout.
 
     key             list[str]          sample keys, in batch order
-    label           (B,) int64         class index into the dataset's label vocabulary
+    label           (B,) int64         class index into the dataset's label vocabulary (classification), or
+                    (B, C) float       multi-hot label set (multilabel); see `mmfuse.data.targets`
+    target          (B, T) float       regression targets, in the dataset's `targets` order
     text_ids        (B, T) int64       token ids, padded to the longest text in the batch
     text_mask       (B, T) bool        True for real tokens
     image           (B, 3, S, S) float resized and normalised by the image encoder's preprocessor
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from ..encoders.base import Preprocessor
+from .targets import collate_targets
 
 
 class Collator:
@@ -50,8 +53,7 @@ class Collator:
             batch["cursor"] = max(cursors, key=lambda c: c[1])
         if not real:
             return batch
-        if "label" in real[0]:
-            batch["label"] = torch.tensor([s["label"] for s in real], dtype=torch.long)
+        batch.update(collate_targets(real))
         for m, pre in self.preprocessors.items():
             values = [s.get(m) for s in real]
             batch.update(pre.collate(values))

@@ -72,18 +72,33 @@ def check_image(data: bytes, extension: str, column: str = "image") -> str:
     return ext
 
 
-def check_audio(data: bytes, extension: str, column: str = "audio") -> str:
-    """Read `data` fully with soundfile; return the member extension to store it under, or raise `Refused`."""
+# libsndfile's parse log marks a chunk whose declared size the file does not hold: "data : 32000 (should be 15978)"
+_SHORT_CHUNK = re.compile(r"^\s*(\w+)\s*: (\d+) \(should be (\d+)\)", re.MULTILINE)
+
+
+def check_audio(data: bytes, extension: str, column: str = "audio", silent: str = "reject") -> str:
+    """Read `data` fully with soundfile; return the member extension to store it under, or raise `Refused`.
+
+    Refused: unreadable files, files cut short (a chunk holds fewer bytes than its header declares), clips with no
+    samples, and -- unless `silent` is 'keep' -- clips whose every sample is 0.
+    """
     import soundfile as sf
 
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             kind = f.format.lower()
-            frames = len(f.read(dtype="float32", always_2d=True))
+            log = f.extra_info
+            audio = f.read(dtype="float32", always_2d=True)
     except Exception as err:  # noqa: BLE001 - libsndfile raises several types for corrupt files
         raise Refused(column, f"unreadable audio: {_first_line(err)}") from None
-    if frames == 0:
+    short = next((m for m in _SHORT_CHUNK.finditer(log) if m.group(1).lower() == "data"), None)
+    if short is not None:
+        raise Refused(column, f"truncated {kind.upper()} audio: the header declares {short.group(2)} bytes of "
+                              f"samples, the file holds {short.group(3)}")
+    if len(audio) == 0:
         raise Refused(column, "audio has no samples")
+    if silent == "reject" and not audio.any():
+        raise Refused(column, f"silent audio (all {len(audio)} samples are 0)")
     return AUDIO_FORMATS.get(kind, extension)
 
 
@@ -99,12 +114,13 @@ def _text(config: ShardConfig, row: dict[str, Any]) -> str | None:
     return text
 
 
-def check_row(config: ShardConfig, row: dict[str, Any], key: str, label: int) -> dict[str, Any]:
-    """One manifest row -> a webdataset sample {'__key__', 'txt', '<image ext>', '<audio ext>', 'cls'}.
+def check_row(config: ShardConfig, row: dict[str, Any], key: str, targets: dict[str, str]) -> dict[str, Any]:
+    """One manifest row -> a webdataset sample {'__key__', 'txt', '<image ext>', '<audio ext>', **targets}.
 
-    A modality whose column is empty or absent is left out (the loader marks it absent). Raises `Refused`.
+    `targets` are the target members already built (`cls` / `tgt`, see `mmfuse.data.targets`). A modality whose
+    column is empty or absent is left out (the loader marks it absent). Raises `Refused`.
     """
-    sample: dict[str, Any] = {"__key__": key, "cls": str(label)}
+    sample: dict[str, Any] = {"__key__": key, **targets}
     if config.text:
         text = _text(config, row)
         if text is not None:
@@ -114,7 +130,7 @@ def check_row(config: ShardConfig, row: dict[str, Any], key: str, label: int) ->
         sample[check_image(data, ext, config.image)] = data
     if config.audio and not _blank(row.get(config.audio)):
         data, ext = _read_media(config, config.audio, row[config.audio])
-        sample[check_audio(data, ext, config.audio)] = data
-    if len(sample) == 2:
+        sample[check_audio(data, ext, config.audio, config.silent_audio)] = data
+    if len(sample) == 1 + len(targets):
         raise Refused("record", "no text, image or audio")
     return sample

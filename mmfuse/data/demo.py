@@ -10,6 +10,10 @@ text states it). The label is the pair, so there are 6 classes:
 The audio clip is a "tap" whose pitch is a noisy copy of the material (flipped for 15% of items, absent for 10%),
 so audio is redundant with text: a model that loses the text can fall back on it. Colours, sizes, positions,
 adjectives and templates are random distractors shared by all classes.
+
+`DemoSpec(caption_colour=True)` paints each shape in the colour its text names, so text and image share
+something an item-level retrieval can find (the contrastive task's demo); by default the two colours are drawn
+independently and text and image share nothing but the label's correlation.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,9 +71,12 @@ class DemoSpec:
     audio_missing: float = 0.10
     seed: int = 0
     version: int = 2
+    caption_colour: bool = False
+    """Paint the shape in the colour the text names (text and image then share the colour)."""
 
     def cache_name(self) -> str:
-        return f"demo-v{self.version}-s{self.seed}-{self.train}-{self.val}-{self.test}-{self.image_size}px"
+        name = f"demo-v{self.version}-s{self.seed}-{self.train}-{self.val}-{self.test}-{self.image_size}px"
+        return name + ("-captioned" if self.caption_colour else "")
 
 
 def cache_dir() -> Path:
@@ -78,12 +86,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmfuse"
 
 
-def _draw_image(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
-    """A noisy background with one filled shape of random colour, size and position. Returns (H, W, 3) uint8."""
+def _draw_image(rng: np.random.Generator, shape: str, size: int, colour_name: str | None = None) -> np.ndarray:
+    """A noisy background with one filled shape of random colour (or `colour_name`), size and position.
+    Returns (H, W, 3) uint8."""
     background = rng.integers(170, 256, size=3)  # a light tint; shapes are saturated and darker
     img = np.clip(background + rng.normal(0, 8, size=(size, size, 3)), 0, 255)
     names = list(COLOURS)
-    colour = np.array(COLOURS[names[rng.integers(len(names))]], dtype=np.float64) * 0.8
+    drawn = names[rng.integers(len(names))]  # drawn even when given: the rest of the stream stays the same
+    colour = np.array(COLOURS[colour_name or drawn], dtype=np.float64) * 0.8
     radius = rng.uniform(0.22, 0.36) * size
     cy, cx = rng.uniform(radius + 1, size - radius - 1, size=2)
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
@@ -98,15 +108,14 @@ def _draw_image(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _write_text(rng: np.random.Generator, material: str) -> str:
+def _write_text(rng: np.random.Generator, material: str, with_colour: bool = False) -> Any:
+    """A product description naming the material (and a random colour). With `with_colour`: (text, colour)."""
     template = TEMPLATES[rng.integers(len(TEMPLATES))]
     synonyms = MATERIALS[material]
-    return template.format(
-        adj=ADJECTIVES[rng.integers(len(ADJECTIVES))],
-        colour=list(COLOURS)[rng.integers(len(COLOURS))],
-        noun=NOUNS[rng.integers(len(NOUNS))],
-        mat=synonyms[rng.integers(len(synonyms))],
-    )
+    adjective, colour = ADJECTIVES[rng.integers(len(ADJECTIVES))], list(COLOURS)[rng.integers(len(COLOURS))]
+    text = template.format(adj=adjective, colour=colour, noun=NOUNS[rng.integers(len(NOUNS))],
+                           mat=synonyms[rng.integers(len(synonyms))])
+    return (text, colour) if with_colour else text
 
 
 def _tap_audio(rng: np.random.Generator, material: str) -> np.ndarray:
@@ -142,10 +151,11 @@ def make_samples(spec: DemoSpec, split: str, count: int, offset: int):
     for i in range(count):
         shape = SHAPES[rng.integers(len(SHAPES))]
         material = materials[rng.integers(len(materials))]
+        text, colour = _write_text(rng, material, with_colour=True)
         sample = {
             "__key__": f"{split}-{offset + i:06d}",
-            "txt": _write_text(rng, material),
-            "jpg": _encode_jpeg(_draw_image(rng, shape, spec.image_size)),
+            "txt": text,
+            "jpg": _encode_jpeg(_draw_image(rng, shape, spec.image_size, colour if spec.caption_colour else None)),
             "cls": str(LABELS.index(f"{shape}-{material}")),
         }
         heard = material

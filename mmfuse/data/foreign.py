@@ -17,6 +17,7 @@ import webdataset as wds
 
 from ..errors import DataError
 from .info import FORMAT, PICKLE_EXTENSIONS
+from .tario import tar_samples
 from .writer import shard_entry
 
 MODALITIES = ("text", "image", "audio")
@@ -64,7 +65,7 @@ def index_shards(sources: list[str], mapping: dict[str, str], out: str | Path, *
         for path in paths:
             count = 0
             try:
-                for raw in wds.DataPipeline(wds.SimpleShardList([str(path)]), wds.tarfile_to_samples()):
+                for raw in wds.DataPipeline(wds.SimpleShardList([str(path)]), tar_samples()):
                     count += 1
                     for ext in raw:
                         if ext in PICKLE_EXTENSIONS:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .targets import KINDS
 
 FORMAT = "mmfuse-shards/1"
 PICKLE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
@@ -27,6 +28,12 @@ class DatasetInfo:
     splits: dict[str, dict[str, Any]]
     label_encoding: str = "index"
     """How `.<label_field>` members hold the label: 'index' (into `labels`) or 'name' (a member of `labels`)."""
+    task: str = "classification"
+    """The supervision the samples carry: classification | multilabel | regression | none (`mmfuse.data.targets`)."""
+    targets: list[str] = field(default_factory=list)
+    """Regression target names, in the order of each sample's `.tgt` values."""
+    target_stats: dict[str, list[float]] = field(default_factory=dict)
+    """Regression only: {'mean': [...], 'std': [...]} per target over the train split."""
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = False) -> DatasetInfo:
@@ -52,9 +59,14 @@ class DatasetInfo:
             raise DataError(f"{file} has format '{meta['format']}', this mmfuse reads '{FORMAT}'")
         info = cls(root=file.parent, modalities=meta["modalities"], labels=list(meta["labels"]),
                    label_field=meta.get("label_field", "cls"), splits=meta["splits"],
-                   label_encoding=meta.get("label_encoding", "index"))
+                   label_encoding=meta.get("label_encoding", "index"), task=meta.get("task", "classification"),
+                   targets=list(meta.get("targets", [])), target_stats=dict(meta.get("target_stats", {})))
         if info.label_encoding not in ("index", "name"):
             raise DataError(f"{file}: label_encoding must be 'index' or 'name', got '{info.label_encoding}'")
+        if info.task not in KINDS:
+            raise DataError(f"{file}: task must be one of {', '.join(KINDS)}, got '{info.task}'")
+        if info.task == "regression" and not info.targets:
+            raise DataError(f"{file}: a regression dataset needs its target names in 'targets'")
         for split in info.splits:
             for shard in info.splits[split]["shards"]:
                 info._check_shard(file, split, shard, verify)

@@ -11,6 +11,7 @@ Two shard orders: one pass over every shard (split between ranks and workers, op
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -24,12 +25,8 @@ from ..errors import DataError
 from .batch import Collator
 from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
-
-
-class _FieldError(Exception):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
+from .targets import TARGET_MEMBER, FieldError, decode_target
+from .tario import tar_samples
 
 
 def _member(raw: dict[str, Any], extensions: list[str]) -> Any:
@@ -39,35 +36,23 @@ def _member(raw: dict[str, Any], extensions: list[str]) -> Any:
     return None
 
 
-def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping[str, Preprocessor]) -> dict:
-    """Raw tar members of one sample -> {'key', 'label', <modality>: transformed value or None}."""
+def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping[str, Preprocessor],
+                  target: str | None = None) -> dict:
+    """Raw tar members of one sample -> {'key', 'label' / 'target' (see `mmfuse.data.targets`), <modality>:
+    transformed value or None}. `target` is the kind of supervision to decode (default: the dataset's task)."""
     sample: dict[str, Any] = {"key": raw["__key__"], "_cursor": (raw.get("__worker__", 0), raw.get("__cursor__", 0))}
-    label = raw.get(info.label_field)
-    if label is None:
-        raise _FieldError("label", f"no '.{info.label_field}' member")
-    if info.label_encoding == "name":
-        name = label.decode("utf-8", "replace").strip()
-        if name not in info.label_index:
-            raise _FieldError("label", f"'{name[:40]}' is not one of the {len(info.labels)} labels")
-        sample["label"] = info.label_index[name]
-        label = name
-    else:
-        try:
-            sample["label"] = int(label)
-        except ValueError:
-            raise _FieldError("label", f"not an integer: {label[:20]!r}") from None
-    if not 0 <= sample["label"] < len(info.labels):
-        raise _FieldError("label", f"index {sample['label']} outside the {len(info.labels)} labels")
+    sample.update(decode_target(target or info.task, raw, info))
     for m, pre in preprocessors.items():
         value = _member(raw, info.modalities[m])
         try:
             sample[m] = pre.transform(value)
         except Exception as err:  # noqa: BLE001 - any decoder failure is a data problem of this field
-            raise _FieldError(m, f"cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:80]})") from None
+            raise FieldError(m, f"cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:80]})") from None
     return sample
 
 
-def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], strict: bool = False):
+def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], strict: bool = False,
+                 target: str | None = None):
     """A pipeline stage: raw samples -> decoded samples; failures counted (or raised when `strict`)."""
 
     def stage(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -84,8 +69,8 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
                                   f"decoded (counted in batch['ignored'])", stacklevel=2)
                 ignored.update(f"pickle member .{ext}" for ext in unsafe)
             try:
-                sample = decode_sample(raw, info, preprocessors)
-            except _FieldError as err:
+                sample = decode_sample(raw, info, preprocessors, target)
+            except FieldError as err:
                 if strict:
                     raise DataError(f"{raw.get('__url__')}: sample '{raw.get('__key__')}': {err}") from None
                 pending[f"{err.field}: {err.reason.split(' (')[0]}"] += 1
@@ -137,12 +122,14 @@ def epoch_limit(total: int) -> Callable[[Iterator[dict[str, Any]]], Iterator[dic
 def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Preprocessor], batch_size: int, *,
                    shuffle: bool = False, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000,
                    strict: bool = False, drop_last: bool = False, resampled: bool = False,
-                   epoch_samples: int | None = None, position: LoaderPosition | None = None) -> wds.DataPipeline:
+                   epoch_samples: int | None = None, position: LoaderPosition | None = None,
+                   target: str | None = None) -> wds.DataPipeline:
     """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order.
 
     With `resampled`, shards are drawn with replacement (seeded per rank and worker) and the epoch ends after
     `epoch_samples` samples in all (default: the split's count). `position` (from batches' `cursor` entries)
-    resumes an epoch where an earlier run of the same pipeline stopped.
+    resumes an epoch where an earlier run of the same pipeline stopped. `target` is the supervision decoded into
+    the batches (`mmfuse.data.targets.KINDS`; default: the dataset's task; 'none' reads unlabelled samples).
     """
     urls = info.shard_urls(split)
     info.require_modalities(list(preprocessors))
@@ -154,10 +141,10 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
         rotation = position.next_worker if position else 0
         stages += [wds.split_by_node, split_by_worker_rotated(rotation)]
-    stages.append(wds.tarfile_to_samples(handler=_ShardErrorHandler(strict)))
+    stages.append(tar_samples(handler=_ShardErrorHandler(strict)))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
-    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict)]
+    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict, target)]
     if resampled:
         stages.append(epoch_limit(epoch_samples if epoch_samples is not None else info.count(split)))
     stages.append(wds.batched(batch_size, collation_fn=Collator(preprocessors), partial=not drop_last))
@@ -178,13 +165,18 @@ def make_loader(info: DatasetInfo, split: str, preprocessors: Mapping[str, Prepr
 
 def read_records(info: DatasetInfo, split: str) -> Iterator[dict[str, Any]]:
     """The raw records of `split` in shard order, as plain Python values for `Predictor.predict`:
-    {'key', 'label' (name), <modality>: str for text, bytes for media, or absent}."""
-    source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), wds.tarfile_to_samples())
+    {'key', 'label' (name; a list of names for multilabel) or 'target' ({name: value}), <modality>: str for text,
+    bytes for media, or absent}."""
+    source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), tar_samples())
     for raw in source:
         record: dict[str, Any] = {"key": raw["__key__"]}
-        if info.label_field in raw:
+        if info.task in ("classification", "multilabel") and info.label_field in raw:
             label = raw[info.label_field].decode("utf-8").strip()
-            record["label"] = label if info.label_encoding == "name" else info.labels[int(label)]
+            names = [p.strip() for p in label.split(",")] if label else []
+            names = names if info.label_encoding == "name" else [info.labels[int(p)] for p in names]
+            record["label"] = names if info.task == "multilabel" else names[0]
+        elif info.task == "regression" and TARGET_MEMBER in raw:
+            record["target"] = dict(zip(info.targets, json.loads(raw[TARGET_MEMBER]), strict=True))
         for m, extensions in info.modalities.items():
             value = _member(raw, extensions)
             if value is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .targets import KINDS
 
 
 @dataclass
@@ -36,10 +37,18 @@ class ShardConfig:
     """Image path column (JPEG, PNG, WebP, ...); None: no image modality."""
     audio: str | None = "audio"
     """Audio path column (WAV, FLAC, Ogg, ...); None: no audio modality."""
+    task: str = "classification"
+    """The supervision each record carries: classification (one label), multilabel (a list of labels, or names
+    joined by `label_sep`), regression (numbers in the `targets` columns) or none (unlabelled, for contrastive
+    alignment). Recorded in dataset.json; see `mmfuse.data.targets`."""
     label: str = "label"
-    """Label column."""
+    """Label column (classification, multilabel)."""
     labels: list[str] | None = None
     """The label vocabulary; a record with another label is refused. None: the sorted labels found."""
+    label_sep: str = "|"
+    """Multilabel: separator of the label names when the label cell is a string."""
+    targets: list[str] = field(default_factory=list)
+    """Regression: the target column(s), each a number per record."""
     split: str | None = None
     """Column naming each record's split; None: deterministic split by a hash of the key with `fractions`."""
     fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
@@ -53,6 +62,8 @@ class ShardConfig:
     """Stop at the first refused record with a one-line `DataError` instead of listing it in `rejects.jsonl`."""
     empty_text: str = "reject"
     """What to do with a record whose text is empty: 'reject' it, or keep it with text 'absent'."""
+    silent_audio: str = "reject"
+    """What to do with an audio clip whose every sample is 0: 'reject' the record, or 'keep' it."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -66,10 +77,18 @@ class ShardConfig:
             raise DataError("shard_size, shard_bytes and workers must be >= 1")
         if self.empty_text not in ("reject", "absent"):
             raise DataError(f"empty_text must be 'reject' or 'absent', got '{self.empty_text}'")
+        if self.silent_audio not in ("reject", "keep"):
+            raise DataError(f"silent_audio must be 'reject' or 'keep', got '{self.silent_audio}'")
         if self.split is None:
             if not self.fractions or any(f < 0 for f in self.fractions.values()) or \
                     abs(sum(self.fractions.values()) - 1.0) > 1e-6:
                 raise DataError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
+        if isinstance(self.targets, str):
+            self.targets = [c for c in self.targets.split(",") if c]
+        if self.task not in KINDS:
+            raise DataError(f"task must be one of {', '.join(KINDS)}, got '{self.task}'")
+        if (self.task == "regression") != bool(self.targets):
+            raise DataError("a regression manifest needs --targets COLUMN[,COLUMN...]; other tasks take none")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise DataError("the label vocabulary has duplicates")
 

@@ -1,7 +1,8 @@
 """`write_shards(ShardConfig)`: a manifest + media files -> checked WebDataset shards, `dataset.json`, `rejects.jsonl`.
 
 Two passes. The first reads the manifest and refuses rows with no key, a duplicate key, a key with a '.', no label,
-an unknown label or no split. The second reads and fully decodes every media file in a pool of worker processes
+an unknown label, a target that is not a finite number (regression) or no split. The second reads and fully decodes
+every media file in a pool of worker processes
 (`mmfuse.data.checks.check_row`), and writes the accepted samples in manifest order, one `SplitWriter` per split.
 Every refused row goes to `rejects.jsonl` as {line, key, field, reason}; with `strict` the first one raises.
 """
@@ -25,6 +26,7 @@ from ..errors import DataError
 from .checks import Refused, check_row
 from .info import FORMAT
 from .manifest import ShardConfig, hash_split, read_manifest
+from .targets import TARGET_MEMBER, FieldError, parse_label_list, parse_number
 from .writer import SplitWriter
 
 MODALITY_OF = {"txt": "text", "jpg": "image", "png": "image", "webp": "image", "gif": "image",
@@ -54,8 +56,34 @@ class _Task:
     line: int
     key: str
     row: dict[str, Any]
-    label: str
+    labels: list[str]
+    """The record's label name(s): one for classification, any number for multilabel, none otherwise."""
+    values: list[float]
+    """Regression target values, in `ShardConfig.targets` order."""
     split: str
+
+
+def _supervision(config: ShardConfig, row: dict[str, Any], vocabulary: set[str] | None
+                 ) -> tuple[list[str], list[float]]:
+    """A row's label names and target values for `config.task`; raises `FieldError` naming the column."""
+    if config.task == "none":
+        return [], []
+    if config.task == "regression":
+        return [], [parse_number(row.get(column), column) for column in config.targets]
+    value = row.get(config.label)
+    if value is None or (isinstance(value, str) and not value.strip() and config.task == "classification"):
+        raise FieldError(config.label, "missing label")
+    if config.task == "multilabel":
+        try:
+            names = parse_label_list(value, config.label_sep)
+        except FieldError as err:
+            raise FieldError(config.label, err.reason) from None
+    else:
+        names = [str(value).strip()]
+    unknown = [n for n in names if vocabulary is not None and n not in vocabulary]
+    if unknown:
+        raise FieldError(config.label, f"unknown label '{unknown[0][:40]}'")
+    return names, []
 
 
 class _Rejects:
@@ -94,31 +122,39 @@ def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
             continue
         key = row.get(config.key)
         key = "" if key is None else str(key).strip()
-        label = row.get(config.label)
-        label = "" if label is None else str(label).strip()
         split = hash_split(key, config.fractions) if config.split is None else str(row.get(config.split) or "")
+        try:
+            names, values, refusal = *_supervision(config, row, vocabulary), None
+        except FieldError as err:
+            names, values, refusal = [], [], err
         if not key:
             add(line, None, config.key, "missing key")
         elif "." in key or key.startswith("/") or key.endswith("/"):
             add(line, key, config.key, "key contains '.' or starts/ends with '/' (invalid tar member name)")
         elif key in seen:
             add(line, key, config.key, f"duplicate key (first on line {seen[key]})")
-        elif not label:
-            add(line, key, config.label, "missing label")
-        elif vocabulary is not None and label not in vocabulary:
-            add(line, key, config.label, f"unknown label '{label[:40]}'")
+        elif refusal is not None:
+            add(line, key, refusal.field, refusal.reason)
         elif not split.strip():
             add(line, key, config.split or "split", "missing split")
         else:
-            tasks.append(_Task(line, key, row, label, split.strip()))
+            tasks.append(_Task(line, key, row, names, values, split.strip()))
         if key and key not in seen:
             seen[key] = line
     return tasks
 
 
+def _target_members(config: ShardConfig, labels: dict[str, int], task: _Task) -> dict[str, str]:
+    if config.task == "regression":
+        return {TARGET_MEMBER: json.dumps(task.values)}
+    if config.task == "none":
+        return {}
+    return {"cls": ",".join(str(labels[n]) for n in task.labels)}
+
+
 def _check(config: ShardConfig, labels: dict[str, int], task: _Task) -> tuple[_Task, dict[str, Any] | None, Any]:
     try:
-        return task, check_row(config, task.row, task.key, labels[task.label]), None
+        return task, check_row(config, task.row, task.key, _target_members(config, labels, task)), None
     except Refused as err:
         return task, None, (err.field, err.reason)
 
@@ -147,13 +183,14 @@ def write_shards(config: ShardConfig) -> ShardReport:
         raise DataError(f"output directory {out} is not empty (remove it or choose another --out)")
     rejects = _Rejects(config)
     tasks = _plan(config, rejects)
-    names = config.labels if config.labels is not None else sorted({t.label for t in tasks})
+    names = config.labels if config.labels is not None else sorted({n for t in tasks for n in t.labels})
     labels = {name: index for index, name in enumerate(names)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         writers: dict[str, SplitWriter] = {}
         formats: dict[str, Counter] = {}
+        stats = _TargetStats(len(config.targets))
         bar = tqdm(total=len(tasks), desc="shard", unit="rec", disable=not config.progress, dynamic_ncols=True)
         try:
             for task, sample, refused in _results(config, labels, tasks):
@@ -165,6 +202,7 @@ def write_shards(config: ShardConfig) -> ShardReport:
                 if task.split not in writers:
                     writers[task.split] = SplitWriter(tmp, task.split, config.shard_size, config.shard_bytes)
                 writers[task.split].write(sample)
+                stats.add(task.split, task.values)
                 for ext in sample:
                     if ext in MODALITY_OF:
                         formats.setdefault(MODALITY_OF[ext], Counter())[ext] += 1
@@ -176,7 +214,10 @@ def write_shards(config: ShardConfig) -> ShardReport:
                 writer.close()
         splits = {name: writers[name].entry() for name in sorted(writers, key=_split_order)}
         meta = {"format": FORMAT, "name": out.name, "modalities": _modalities(formats),
-                "formats": {m: dict(c) for m, c in formats.items()}, "label_field": "cls", "labels": names,
+                "formats": {m: dict(c) for m, c in formats.items()}, "task": config.task,
+                "label_field": TARGET_MEMBER if config.task == "regression" else "cls",
+                "labels": names if config.task in ("classification", "multilabel") else [],
+                **({"targets": list(config.targets), "target_stats": stats.result()} if config.targets else {}),
                 "splits": splits, "rejected": len(rejects.rows),
                 "source": {"manifest": str(Path(config.manifest).resolve()), "config": asdict(config)}}
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
@@ -190,6 +231,27 @@ def write_shards(config: ShardConfig) -> ShardReport:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ShardReport(out, {s: e["count"] for s, e in splits.items()}, len(rejects.rows), rejects.reasons())
+
+
+class _TargetStats:
+    """Mean and std of each regression target over the train split (every split if there is no 'train')."""
+
+    def __init__(self, width: int) -> None:
+        self.sums = {split: [[0.0] * width, [0.0] * width, 0] for split in ("train", "all")}
+
+    def add(self, split: str, values: list[float]) -> None:
+        for part in ("train", "all") if split == "train" else ("all",):
+            total, squares, _ = self.sums[part]
+            for i, v in enumerate(values):
+                total[i] += v
+                squares[i] += v * v
+            self.sums[part][2] += 1
+
+    def result(self) -> dict[str, list[float]]:
+        total, squares, n = self.sums["train"] if self.sums["train"][2] else self.sums["all"]
+        mean = [t / max(n, 1) for t in total]
+        std = [max(s / max(n, 1) - m * m, 0.0) ** 0.5 for s, m in zip(squares, mean, strict=True)]
+        return {"mean": mean, "std": [s if s > 1e-12 else 1.0 for s in std]}
 
 
 def _short(reason: str) -> str:

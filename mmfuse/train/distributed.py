@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +92,29 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def lockstep(loader: Iterable[dict[str, Any]], env: DistEnv) -> Iterator[dict[str, Any]]:
+    """Yield `loader`'s non-empty batches while every rank still has one, so a collective inside the step (the
+    contrastive all_gather) always has every rank; the epoch ends for all ranks when the first runs out.
+
+    Empty batches (every sample skipped) are not steps: their skipped / ignored counts ride on the next batch.
+    A rank's batches after the common end are not trained on (at most a batch or two per rank per epoch)."""
+    it = iter(loader)
+    carry: dict[str, Counter] = {"skipped": Counter(), "ignored": Counter()}
+    while True:
+        batch = next(it, None)
+        while batch is not None and not len(batch["key"]):
+            carry["skipped"].update(batch["skipped"])
+            carry["ignored"].update(batch.get("ignored", {}))
+            batch = next(it, None)
+        if batch is not None:
+            batch = {**batch, "skipped": dict(carry["skipped"] + Counter(batch["skipped"])),
+                     "ignored": dict(carry["ignored"] + Counter(batch.get("ignored", {})))}
+            carry = {"skipped": Counter(), "ignored": Counter()}
+        if any_rank(batch is None, env):
+            left = carry if batch is None else {"skipped": batch["skipped"], "ignored": batch["ignored"]}
+            if sum(left["skipped"].values()) or sum(left["ignored"].values()):  # counted, never trained on
+                yield {"key": [], "skipped": dict(left["skipped"]), "ignored": dict(left["ignored"])}
+            return
+        yield batch

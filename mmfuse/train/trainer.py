@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
 from ..data.batch import batch_size, to_device
-from ..metrics import confusion_matrix, metrics_from_confusion
 from ..model import FusionModel
-from .distributed import DistEnv, all_reduce_sum, sum_counters
+from ..tasks.classification import ClassificationTask
+from .distributed import DistEnv, lockstep, sum_counters
 from .optim import build_optimizer, warmup_cosine
 from .precision import autocast, choose_precision
 
@@ -29,7 +28,8 @@ class Trainer:
     """Owns the model on its device (DDP-wrapped when distributed), optimizer, schedule, precision and scaler.
 
     `train_step(batch)` runs one micro-batch forward + backward and, every `grad_accum` micro-batches, one
-    optimizer step; `evaluate(loader)` returns accuracy / macro-F1 over all ranks; `train_epoch` runs a pass.
+    optimizer step; `evaluate(loader)` returns the task's metrics over all ranks; `train_epoch` runs a pass. The
+    loss and the metrics come from the model's task (`mmfuse.tasks`; a hand-built model is a classifier).
     """
 
     def __init__(self, model: FusionModel, cfg: TrainConfig, device: torch.device, total_steps: int,
@@ -38,10 +38,13 @@ class Trainer:
         self.env = env or DistEnv(device=device)
         self.device = device
         self.model = model.to(device)
+        self.task = model.task if model.task is not None else ClassificationTask.for_head(model)
         self.engine: torch.nn.Module = self.model
         if self.env.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            self.engine = DistributedDataParallel(self.model, device_ids=ids)
+            # without a head (contrastive) the fusion takes no part in the loss
+            self.engine = DistributedDataParallel(self.model, device_ids=ids,
+                                                  find_unused_parameters=self.model.head is None)
         self.precision = choose_precision(device, cfg.precision)
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup)
@@ -52,8 +55,8 @@ class Trainer:
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         with autocast(self.device, self.precision):
-            logits = self.engine(batch)  # (B, C)
-        return F.cross_entropy(logits.float(), batch["label"])
+            outputs = self.engine(batch, outputs=True)  # head (B, C), pooled, present, alignment
+        return self.task.loss(outputs, batch)
 
     def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
         """One micro-batch (already on the device). Returns the detached loss."""
@@ -75,28 +78,20 @@ class Trainer:
         return loss.detach()
 
     @torch.inference_mode()
-    def predict(self, loader: Iterable[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, Counter]:
-        """This rank's predicted and true class indices over a loader, and its skipped-sample counts."""
+    def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int | None = None) -> dict[str, Any]:
+        """The task's metrics over every rank's share of the split (reduced over ranks), the sample count and the
+        skipped-sample counts. (`num_classes` is unused: the task knows its outputs.)"""
         self.model.eval()
-        preds, targets, skipped = [], [], Counter()
+        metrics, skipped = self.task.metrics(), Counter()
         for batch in loader:
             skipped.update(batch["skipped"])
             if not batch_size(batch):
                 continue
             batch = to_device(batch, self.device)
             with autocast(self.device, self.precision):
-                logits = self.model(batch)
-            preds.append(logits.argmax(-1).cpu())
-            targets.append(batch["label"].cpu())
-        if not preds:
-            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
-        return torch.cat(preds), torch.cat(targets), skipped
-
-    def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int) -> dict[str, Any]:
-        """Accuracy / macro-F1 over every rank's share of the split (confusion matrices summed)."""
-        preds, targets, skipped = self.predict(loader)
-        cm = all_reduce_sum(confusion_matrix(preds, targets, num_classes).to(self.device), self.env).cpu()
-        return {**metrics_from_confusion(cm), "skipped": sum_counters(skipped, self.env)}
+                outputs = self.model(batch, outputs=True)
+            metrics.update(outputs, batch)
+        return {**metrics.compute(self.env), "skipped": sum_counters(skipped, self.env)}
 
     def train_epoch(self, loader: Iterable[dict[str, Any]], after_step: Callable[[dict[str, Any]], bool],
                     progress: Any = None) -> dict[str, Any]:
@@ -110,6 +105,8 @@ class Trainer:
         seen, loss_sum, batches = 0, 0.0, 0
         data_time = compute_time = 0.0
         join = Join([self.engine]) if self.env.distributed else nullcontext()
+        if self.env.distributed and self.model.alignment is not None:
+            loader = lockstep(loader, self.env)  # the alignment's all_gather needs every rank in every step
         with join:
             tick = time.perf_counter()
             for batch in loader:

@@ -1,0 +1,143 @@
+"""The task protocol: what a model is trained to output, its loss, its metrics and what "best" means.
+
+A `Task` is built from a `ModelConfig` (`task`, `task_kwargs`, `labels`, `contrastive_*`) by `create_task`. It gives
+    build_head(dim, dropout)   the head on the fused embedding, or None (contrastive: no head)
+    loss(outputs, batch)       a scalar from the model's `forward(batch, outputs=True)` dict and the batch
+    metrics()                  an `Accumulator`: update(outputs, batch) per eval batch, compute(env) over all ranks
+    best_metric, higher_is_better, metric_names
+    predict(head) / proba(head)  what `Predictor` returns
+The model's outputs dict: head (B, C) or None, pooled {modality: (B, D)}, present {modality: (B,) bool} and, in
+training mode when the model aligns modalities, alignment (a scalar contrastive loss).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..data.info import DatasetInfo
+    from ..model import ModelConfig
+    from ..train.distributed import DistEnv
+
+
+class Accumulator:
+    """Evaluation state summed over batches and reduced across ranks."""
+
+    count = 0
+
+    def update(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute(self, env: DistEnv) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Combined(Accumulator):
+    """Several accumulators' metrics in one dict (a supervised task with auxiliary retrieval metrics)."""
+
+    def __init__(self, *parts: Accumulator) -> None:
+        self.parts = parts
+
+    def update(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
+        for part in self.parts:
+            part.update(outputs, batch)
+
+    def compute(self, env: DistEnv) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for part in reversed(self.parts):  # the first (supervised) part's count wins
+            out.update(part.compute(env))
+        return out
+
+
+class Task:
+    """Base class; subclasses register with `@register_task(name)`."""
+
+    name: ClassVar[str]
+    data_kinds: ClassVar[tuple[str, ...]]
+    """Dataset kinds (`dataset.json` task) this task trains on."""
+    target: ClassVar[str]
+    """What the loader decodes into the batch (`mmfuse.data.targets.KINDS`)."""
+    metric_names: ClassVar[tuple[str, ...]]
+    best_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    kwargs_defaults: ClassVar[dict[str, Any]] = {}
+    """The `model.task_kwargs` this task takes, with defaults; any other key is a `ConfigError`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        unknown = sorted(set(config.task_kwargs) - set(self.kwargs_defaults))
+        if unknown:
+            known = ", ".join(sorted(self.kwargs_defaults)) or "none"
+            raise ConfigError(f"model.task_kwargs.{unknown[0]}: not an option of task '{self.name}' (known: {known})")
+        self.kwargs = {**self.kwargs_defaults, **config.task_kwargs}
+        self.labels = list(config.labels)
+        self.modalities = list(config.modalities)
+        self.contrastive_weight = config.contrastive_weight
+
+    # -- set-up --------------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, config: ModelConfig, info: DatasetInfo) -> ModelConfig:
+        """`config` completed from the dataset (labels, target statistics); refuses a dataset of another kind."""
+        if info.task not in cls.data_kinds:
+            raise ConfigError(f"task '{cls.name}' needs a {' or '.join(cls.data_kinds)} dataset; "
+                              f"{info.root}/dataset.json holds a {info.task} dataset (set model.task, or re-shard "
+                              f"with `mmfuse shard --task ...`)")
+        return cls._complete(config, info)
+
+    @classmethod
+    def _complete(cls, config: ModelConfig, info: DatasetInfo) -> ModelConfig:
+        from dataclasses import replace
+
+        return replace(config, labels=list(info.labels))
+
+    def build_head(self, dim: int, dropout: float) -> nn.Module | None:
+        from ..model import ClassificationHead
+
+        return ClassificationHead(dim, len(self.labels), dropout)
+
+    @property
+    def aligns(self) -> bool:
+        """Whether the model carries a contrastive alignment between its modalities."""
+        return self.contrastive_weight > 0
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def supervised_loss(self, head: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
+        loss = self.supervised_loss(outputs["head"].float(), batch)
+        if self.contrastive_weight > 0:
+            loss = loss + self.contrastive_weight * outputs["alignment"]
+        return loss
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def supervised_metrics(self) -> Accumulator:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def metrics(self) -> Accumulator:
+        if not self.aligns:
+            return self.supervised_metrics()
+        from .contrastive import RetrievalAccumulator
+
+        return Combined(self.supervised_metrics(), RetrievalAccumulator(self.modalities[:2]))
+
+    def better(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best if self.higher_is_better else value < best
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        """The metrics of a log line, e.g. 'accuracy 0.9000  macro-F1 0.8800'."""
+        return "  ".join(f"{name.replace('macro_f1', 'macro-F1').replace('micro_f1', 'micro-F1')} "
+                         f"{metrics[name]:.4f}" for name in self.metric_names)
+
+    # -- inference -----------------------------------------------------------------------------------------------
+    def proba(self, head: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(f"a {self.name} model has no class probabilities; use predict()")
+
+    def predict(self, head: torch.Tensor) -> list[Any]:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,54 @@
+"""Model selection over epochs by the task's best metric: the best epoch, the top-k epochs kept on disk
+(`train.keep_best`) and early stopping (`train.early_stopping_patience`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Selection:
+    """Ranks epochs by `metric` (higher or lower is better); state survives a resume via `to_dict` / `from_dict`."""
+
+    metric: str
+    higher_is_better: bool = True
+    keep: int = 1
+    """How many of the best epochs keep a checkpoint (1: only checkpoints/best)."""
+    patience: int = 0
+    """Stop after this many epochs without a better value (0: never)."""
+    top: list[list[float]] = field(default_factory=list)
+    """[value, epoch] of the kept epochs, best first."""
+    best_epoch: int = 0
+    last_epoch: int = 0
+
+    def _key(self, value: float) -> float:
+        if math.isnan(value):
+            return -math.inf
+        return value if self.higher_is_better else -value
+
+    def update(self, epoch: int, value: float) -> tuple[bool, list[int]]:
+        """Record `epoch`'s value. Returns whether it is the new best (strictly better, or the first epoch) and the
+        epochs that fell out of the top `keep` (their checkpoints can go)."""
+        self.last_epoch = epoch
+        improved = not self.top or self._key(value) > self._key(self.top[0][0])
+        if improved:
+            self.best_epoch = epoch
+        ranked = sorted([*self.top, [value, epoch]], key=lambda item: (-self._key(item[0]), item[1]))
+        self.top, dropped = ranked[: self.keep], ranked[self.keep:]
+        return improved, [int(e) for _, e in dropped]
+
+    def kept(self, epoch: int) -> bool:
+        return any(int(e) == epoch for _, e in self.top)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.last_epoch - self.best_epoch >= self.patience
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Selection:
+        return cls(**state)
