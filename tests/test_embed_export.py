@@ -23,7 +23,7 @@ BAD = {"bad-missing-image": "image: missing file", "bad-truncated-jpeg": "image:
 
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory):
-    """60 demo items (some without audio) + the 6 known faults, 32 px images."""
+    """60 demo items (some without audio) + the 8 known faults, 32 px images."""
     return write_demo_manifest(tmp_path_factory.mktemp("catalogue"), 60, faults=True)
 
 
@@ -64,9 +64,10 @@ def manifest_records(catalogue) -> list[dict]:
 def test_export_writes_parts_mmrec_files_and_metadata(exported, catalogue, capsys):
     ids = load_ids(exported)
     records = manifest_records(catalogue)
-    assert ids == [r["key"] for r in records] and len(ids) == 62  # 60 items + empty-text and unknown-label rows
+    # 60 items + the empty-text, unknown-label, truncated-WAV (decodes short) and silent-audio rows
+    assert ids == [r["key"] for r in records] and len(ids) == 64
     fused = np.load(exported / "fused_feat.npy")
-    assert fused.shape == (62, 16) and fused.dtype == np.float32 and np.isfinite(fused).all()
+    assert fused.shape == (64, 16) and fused.dtype == np.float32 and np.isfinite(fused).all()
     expected = mmfuse.load(PRESET).embed(records, per_modality=True)
     np.testing.assert_allclose(fused, expected["fused"], atol=1e-5)
     for m in ("text", "image", "audio"):
@@ -83,7 +84,7 @@ def test_export_writes_parts_mmrec_files_and_metadata(exported, catalogue, capsy
     meta = json.loads((exported / "metadata.json").read_text())
     assert meta["model"]["fingerprint"] == mmfuse.load(PRESET).fingerprint()
     assert meta["dims"] == {"fused": 16, "audio": 16, "image": 16, "text": 16} and meta["normalize"] is False
-    assert meta["counts"]["input_rows"] == 66 and meta["counts"]["exported"] == 62
+    assert meta["counts"]["input_rows"] == 68 and meta["counts"]["exported"] == 64
     assert meta["counts"]["present"] == {m: int(expected[f"present_{m}"].sum()) for m in ("audio", "image", "text")}
     assert meta["counts"]["reasons"] == {reason: 1 for reason in BAD.values()}
     assert meta["parts"] == {"count": 5, "resumed": 0} and "missing_modalities" in meta
@@ -124,7 +125,7 @@ def test_bad_media_absent_keeps_the_rows_and_reports_them(catalogue, tmp_path, c
     out = tmp_path / "absent"
     assert embed_cli(catalogue, out, "--bad-media", "absent", "--normalize", "--modalities", "text,image") == 0
     printed = capsys.readouterr().out
-    assert "65 of 66 items" in printed and "2 exported with a bad modality left out" in printed
+    assert "67 of 68 items" in printed and "2 exported with a bad modality left out" in printed
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["modalities"] == ["image", "text"] and not (out / "audio_feat.npy").exists()
     ids = load_ids(out)
