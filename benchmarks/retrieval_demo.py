@@ -2,7 +2,7 @@
 untuned model (same architecture, seed-0 weights) against the fine-tuned demo run. Relevant = same (shape,
 material) label. Writes benchmarks/results/retrieval-demo.{json,md}.
 
-    python benchmarks/retrieval_demo.py [--epochs 3] [--count 1000] [--out benchmarks/results]
+    PYTHONPATH=. python benchmarks/retrieval_demo.py [--epochs 3] [--count 1000] [--out benchmarks/results]
 
 item -> item: each item's fused vector queries all other items' fused vectors.
 text -> item: each item's title alone (`embed(..., modalities="text")`) queries every item's fused vector.
@@ -36,8 +36,7 @@ def scores(queries: np.ndarray, gallery: np.ndarray, exclude_self: bool) -> torc
     return s
 
 
-def evaluate(name: str, source: str, manifest: Path, labels: dict[str, str], work: Path) -> dict:
-    out = work / name
+def evaluate(name: str, source: str, manifest: Path, labels: dict[str, str], out: Path) -> dict:
     tick = time.perf_counter()
     code = main(["embed", "--run", source, "--manifest", str(manifest), "--text", "title", "--audio", "",
                  "--out", str(out), "--normalize", "--no-progress"])
@@ -71,9 +70,9 @@ def run(epochs: int, count: int, out_dir: Path) -> list[dict]:
         untuned = work / "untuned.json"
         model = {k: v for k, v in config.model.to_dict().items() if k != "labels"}
         untuned.write_text(json.dumps(model))
-        results = [evaluate("untuned (seed-0 weights)", str(untuned), manifest, labels, work),
+        results = [evaluate("untuned (seed-0 weights)", str(untuned), manifest, labels, work / "untuned"),
                    evaluate(f"fine-tuned ({epochs} epochs, test accuracy {summary['test']['accuracy']:.3f})",
-                            str(work / "run"), manifest, labels, work)]
+                            str(work / "run"), manifest, labels, work / "tuned")]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "retrieval-demo.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = ["# Retrieval on the demo catalogue with `mmfuse embed` vectors", "",
