@@ -166,3 +166,21 @@ def test_export_from_shards(demo_shards, tmp_path):
     expected = mmfuse.load(PRESET).embed(records, modalities="text,image")
     np.testing.assert_allclose(np.load(out / "fused_feat.npy"), expected, atol=1e-5)
     assert json.loads((out / "metadata.json").read_text())["source"]["splits"] == ["test", "val"]
+
+
+def test_csv_manifest_with_two_text_columns_and_an_empty_image_cell(catalogue, tmp_path, capsys):
+    media = catalogue.parent / "media"
+    image = next(media.glob("*.png"))
+    (tmp_path / "items.csv").write_text(f"sku,name,brand,photo\nA1,oak toy,Acme,{image}\nB2,steel piece,,\n"
+                                        "C3,,,\n")
+    out = tmp_path / "csv"
+    assert main(["embed", "--run", PRESET, "--manifest", str(tmp_path / "items.csv"), "--key", "sku",
+                 "--text", "name,brand", "--image", "photo", "--audio", "", "--out", str(out), "--no-progress"]) == 0
+    assert load_ids(out) == ["A1", "B2"]
+    expected = mmfuse.load(PRESET).embed([{"text": "oak toy\nAcme", "image": str(image)}, {"text": "steel piece"}],
+                                         per_modality=True)
+    np.testing.assert_allclose(np.load(out / "fused_feat.npy"), expected["fused"], atol=1e-5)
+    assert not np.load(out / "image_feat.npy")[1].any()
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert rejects == [{"row": 2, "where": "items.csv:4", "id": "C3", "reason": "no audio, image, text",
+                        "exported": False}]
