@@ -90,7 +90,7 @@ def test_grad_checkpointing_gives_the_same_gradients(tiny_config, demo_shards):
     ckpt.load_state_dict(plain.state_dict())
     for encoder in ckpt.encoders.values():
         encoder.set_grad_checkpointing(True)
-    assert ckpt.encoders["text"].backbone.is_gradient_checkpointing
+    assert ckpt.encoders["text"].grad_checkpointing
     assert ckpt.encoders["image"].backbone.grad_checkpointing
     batch = next(iter(make_loader(info, "train", plain.preprocessors(), 8)))
     for model in (plain, ckpt):

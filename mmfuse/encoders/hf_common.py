@@ -32,7 +32,15 @@ class HFEncoder(Encoder):
                 layer.requires_grad_(True)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        # transformers >= 5.x names it activation checkpointing (the old names warn); older releases have only those
+        new = hasattr(self.backbone, "activation_checkpointing_enable")
         if enable:
-            self.backbone.gradient_checkpointing_enable()
+            (self.backbone.activation_checkpointing_enable if new else self.backbone.gradient_checkpointing_enable)()
         else:
-            self.backbone.gradient_checkpointing_disable()
+            (self.backbone.activation_checkpointing_disable if new else self.backbone.gradient_checkpointing_disable)()
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether the backbone recomputes activations in the backward pass."""
+        flag = getattr(self.backbone, "is_activation_checkpointing", None)
+        return bool(flag if flag is not None else self.backbone.is_gradient_checkpointing)
