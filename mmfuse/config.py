@@ -102,6 +102,25 @@ class TrainConfig:
     """Recompute encoder activations in the backward pass: less memory, 27-34% slower (a memory lever only)."""
     checkpoint_every: int = 100
     """Write a resumable checkpoint (checkpoints/resume) every this many optimizer steps; 0: at epoch ends only."""
+    layer_decay: float | None = None
+    """Layer-wise learning-rate decay in (0, 1], e.g. 0.75: an encoder's block k of L learns at
+    decay^(L+1-k) x its tower's rate, its embeddings at decay^(L+1), layers after the blocks at the full rate."""
+    compile: bool = False
+    """`torch.compile` the model (inductor): +10-14% step speed on CPU after a 30-60 s compile."""
+    tensorboard: bool = False
+    """Also log metrics.jsonl's records to <out>/tensorboard (rank 0; needs `pip install 'mmfuse[tensorboard]'`)."""
+    strategy: str = "ddp"
+    """Under torchrun: ddp (replicate the model) or fsdp (FSDP2 `fully_shard`: parameters, gradients and optimizer
+    state sharded over the processes)."""
+    init_from: str | None = None
+    """Start from a finished run's weights (RUN_DIR or a checkpoint directory): same modalities, encoders and
+    fusion; its labels are kept and the data's new labels get new head rows."""
+    cache_frozen: bool = True
+    """Encode each split once for towers with no trainable parameter (frozen without unfreeze_top or adapters) and
+    train fusion + head on the cached outputs: later epochs neither decode nor encode those modalities."""
+    cache_dir: str | None = None
+    """Also keep cached features as safetensors here, reused by runs with the same frozen encoder and shards
+    (None: in memory for this run only)."""
     early_stopping_patience: int = 0
     """Stop once the task's best metric (val accuracy, mAP, RMSE, mean recall) has not improved for this many
     epochs; 0: train every epoch."""
@@ -119,6 +138,10 @@ class TrainConfig:
             if tower not in (*MODALITIES, "head"):
                 raise ConfigError(f"unknown tower '{tower}' in train.freeze / train.tower_lr"
                                   f"{did_you_mean(tower, MODALITIES)}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.strategy must be ddp or fsdp, got '{self.strategy}'")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"train.layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.checkpoint_every < 0 or self.unfreeze_top < 0:
             raise ConfigError("train.checkpoint_every and train.unfreeze_top must be >= 0")
         if self.early_stopping_patience < 0 or self.keep_best < 1:

@@ -38,9 +38,12 @@ from .model import build_model
 from .tasks import task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import DistEnv, any_rank, barrier, gather_objects, init_distributed, sum_counters
+from .train.feature_cache import FeatureCache
 from .train.freeze import apply_freeze, count_parameters
+from .train.init_from import init_from_run
 from .train.selection import Selection
 from .train.state import read_state, rng_state, set_rng_state
+from .train.tensorboard import open_tensorboard
 from .train.trainer import MetricsLog, Trainer, mean_loss
 
 
@@ -95,7 +98,12 @@ class FinetuneRun:
         self.out = Path(config.out) if config.out else default_run_dir(config)
 
         seed_everything(train.seed)
-        model = build_model(self.model_config)
+        if train.init_from:
+            model, self.model_config, init = init_from_run(train.init_from, self.model_config)
+            self.echo(f"mmfuse: initialised from {init['source']}: {len(init['kept'])} labels kept, "
+                      f"{len(init['new'])} new{': ' + ', '.join(init['new']) if init['new'] else ''}")
+        else:
+            model = build_model(self.model_config)
         self.task = model.task
         apply_freeze(model, train.freeze, train.unfreeze_top)
         if train.grad_checkpointing:
@@ -111,6 +119,11 @@ class FinetuneRun:
             total_steps = min(total_steps, train.max_steps)
         self.trainer = Trainer(model, train, self.env.device, total_steps, self.env)
         self.preprocessors = model.preprocessors()
+        self.cache = None
+        if train.cache_frozen and model.frozen_towers():
+            self.cache = FeatureCache(model, self.model_config.encoders, self.info, self.env.device,
+                                      self.trainer.precision, data.eval_batch_size, train.cache_dir, self.env,
+                                      self.echo, strict=data.strict)
         # the DataLoader's real worker count (make_loader caps it at the number of shards unless resampled)
         self.train_workers = data.num_workers if data.resampled else min(
             data.num_workers, len(self.info.shard_urls(data.train_split)))
@@ -132,14 +145,17 @@ class FinetuneRun:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_yaml(replace(config, out=str(self.out), data=replace(data, path=str(self.info.root))),
                       self.out / "run_config.yaml")
-            self.log = MetricsLog(self.out / "metrics.jsonl", keep=log_lines)
+            purge = self.trainer.step + 1 if resume else None  # drop events a killed run logged past its checkpoint
+            self.tensorboard = open_tensorboard(self.out / "tensorboard", purge, self.echo) if train.tensorboard \
+                else None
+            self.log = MetricsLog(self.out / "metrics.jsonl", keep=log_lines, mirror=self.tensorboard)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _train_state(self) -> dict[str, Any]:
         t = self.trainer
         return {"epoch": self.epoch, "positions": gather_objects(self.position.to_dict(), self.env),
                 "rng": gather_objects(rng_state(), self.env), "step": t.step, "micro_step": t.micro_step,
-                "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                "optimizer": t.optimizer_state(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
                 "selection": self.selection.to_dict(),
                 "skipped": dict(self.skipped), "ignored": dict(self.ignored), "acc": dict(self.acc),
@@ -147,9 +163,10 @@ class FinetuneRun:
 
     def _save(self, kind: str, train_state: bool = False) -> None:
         state = self._train_state() if train_state else None  # collective: every rank takes part
+        weights = self.trainer.model_state()  # collective under FSDP
         if self.env.is_main:
             save_checkpoint(self.trainer.model, self.model_config, self.out / "checkpoints" / kind,
-                            {"epoch": self.epoch}, train_state=state)
+                            {"epoch": self.epoch}, train_state=state, state_dict=weights)
         barrier(self.env)
 
     def _restore(self) -> int:
@@ -157,9 +174,9 @@ class FinetuneRun:
         if not (ckpt / "train_state.pt").exists():
             raise ConfigError(f"{self.out} has no resumable checkpoint (checkpoints/resume/train_state.pt)")
         model, _, _ = load_checkpoint(ckpt)
-        self.trainer.model.load_state_dict(model.state_dict())
+        self.trainer.load_model_state(model.state_dict())
         state, t = read_state(ckpt), self.trainer
-        t.optimizer.load_state_dict(state["optimizer"])
+        t.load_optimizer_state(state["optimizer"])
         t.scheduler.load_state_dict(state["scheduler"])
         t.scaler.load_state_dict(state["scaler"])
         t.step, t.micro_step = state["step"], state["micro_step"]
@@ -204,10 +221,9 @@ class FinetuneRun:
 
     def _epoch(self) -> None:
         data, train = self.config.data, self.config.train
-        loader = make_loader(self.info, data.train_split, self.preprocessors, self.rank_batch, shuffle=True,
-                             seed=train.seed, epoch=self.epoch, shuffle_buffer=data.shuffle_buffer,
-                             resampled=data.resampled, epoch_samples=self.epoch_samples, position=self.position,
-                             **self.loader_kwargs)
+        loader = self._loader(data.train_split, self.rank_batch, shuffle=True, seed=train.seed, epoch=self.epoch,
+                              shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
+                              epoch_samples=self.epoch_samples, position=self.position)
         rank_batches = math.ceil(self.epoch_samples / self.env.world_size / self.rank_batch)
         bar = tqdm(total=rank_batches, initial=self.acc["batches"], leave=False,
                    desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
@@ -251,11 +267,18 @@ class FinetuneRun:
             os.replace(tmp, top / "index.json")
 
     def evaluate(self, split: str) -> dict[str, Any]:
-        loader = make_loader(self.info, split, self.preprocessors, self.config.data.eval_batch_size,
-                             **self.loader_kwargs)
+        loader = self._loader(split, self.config.data.eval_batch_size)
         metrics = self.trainer.evaluate(self._tally(loader))
         self.skipped.update(metrics["skipped"])
         return metrics
+
+    def _loader(self, split: str, batch_size: int, **kwargs: Any):
+        """The loader of `split`; cached towers' modalities are looked up by key instead of decoded."""
+        if self.cache is None:
+            return make_loader(self.info, split, self.preprocessors, batch_size, **self.loader_kwargs, **kwargs)
+        preprocessors = self.cache.preprocessors(split, self.preprocessors)
+        return self.cache.attach(split, make_loader(self.info, split, preprocessors, batch_size,
+                                                    **self.loader_kwargs, **self.cache.source(split), **kwargs))
 
     def _tally(self, loader):
         """Count the shard members the loader ignored (pickle), reported beside the skipped samples."""
@@ -301,6 +324,8 @@ class FinetuneRun:
             return {"interrupted": True, "step": self.trainer.step, "out": str(self.out)}
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if self.env.is_main and self.tensorboard is not None:
+                self.tensorboard.close()
 
     def _task_summary(self) -> str:
         """'6 labels' (classification), else the task with its outputs, e.g. 'regression of 1 target'."""
@@ -322,7 +347,7 @@ class FinetuneRun:
     def _finish(self) -> dict[str, Any]:
         data = self.config.data
         best_model, _, _ = load_checkpoint(self.out / "checkpoints" / "best")
-        self.trainer.model.load_state_dict(best_model.state_dict())
+        self.trainer.load_model_state(best_model.state_dict())
         test = self.evaluate(data.test_split)
         skipped = sum_counters(self.skipped, self.env)
         ignored = sum_counters(self.ignored, self.env)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .encoders import Encoder, create_encoder
+from .encoders.base import EncoderOutput
 from .encoders.registry import split_encoder_name
 from .errors import ConfigError
 from .fusion import Fusion, ModalityFeatures, create_fusion
@@ -143,7 +144,7 @@ class FusionModel(nn.Module):
         """Per-modality features at width D; `modalities` (default all) limits which encoders run."""
         features = {}
         for m in self.modalities if modalities is None else sorted(modalities):
-            out = self.encoders[m](batch)
+            out = cached_output(batch, m) if f"cached_{m}_pooled" in batch else self.encoders[m](batch)
             project = self.projections[m]
             present = batch.get(f"present_{m}")
             if present is None:
@@ -172,9 +173,29 @@ class FusionModel(nn.Module):
             out["alignment"] = self.alignment(pooled, present)
         return out
 
+    def frozen_towers(self) -> list[str]:
+        """Modalities whose encoder has no trainable parameter (the towers a feature cache may serve)."""
+        return [m for m in self.modalities
+                if not any(p.requires_grad for p in self.encoders[m].parameters())]
+
+    def train(self, mode: bool = True) -> FusionModel:
+        """Training mode, except frozen towers stay in eval mode: no dropout noise and no BatchNorm statistics
+        updates in a tower that does not learn (so its outputs are fixed, and cacheable)."""
+        super().train(mode)
+        for m in self.frozen_towers():
+            self.encoders[m].eval()
+        return self
+
     def preprocessors(self) -> dict[str, Any]:
         """The encoders' preprocessors keyed by modality (what the loader and `Predictor` apply)."""
         return {m: self.encoders[m].preprocessor for m in self.modalities}
+
+
+def cached_output(batch: dict[str, Any], m: str) -> EncoderOutput:
+    """The encoder output of modality `m` a feature cache put in the batch: `cached_<m>_pooled` (B, W),
+    `cached_<m>_tokens` (B, T, W) and `cached_<m>_mask` (B, T)."""
+    return EncoderOutput(tokens=batch[f"cached_{m}_tokens"], mask=batch[f"cached_{m}_mask"],
+                         pooled=batch[f"cached_{m}_pooled"])
 
 
 def drop_modalities(features: dict[str, ModalityFeatures], p: float) -> None:

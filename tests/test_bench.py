@@ -62,6 +62,22 @@ def test_cli_writes_every_case_and_valid_report(tiny_report):
     assert report["tag"] in text and "train/tiny/text+image/concat-mlp" in text
 
 
+@pytest.mark.slow
+def test_lever_cases_pair_each_lever_on_with_it_off(demo_shards, tmp_path):
+    out = tmp_path / "levers"
+    assert main(["bench", *FAST, "--cases", "lever", "--data", str(demo_shards), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    validate(report)
+    cases = {c["lever"]: c for c in report["cases"]}
+    assert set(cases) == {"cache", "grad-ckpt", "fused-adamw"}
+    for lever, case in cases.items():
+        assert case["name"] == f"lever/{lever}/tiny/text+image"
+        assert case["ratio"]["median"] > 0 and case["series"]["baseline"]["median"] > 0
+    assert cases["cache"]["cache_build_s"] > 0
+    assert cases["cache"]["samples_per_repeat"] == DatasetInfo.load(demo_shards).count("train")
+    assert "lever/cache/tiny/text+image" in (out / "report.md").read_text()
+
+
 def test_schema_validator_names_broken_fields(tiny_report):
     _, report = tiny_report
     broken = copy.deepcopy(report)

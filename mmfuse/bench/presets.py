@@ -13,9 +13,10 @@ from typing import Any
 
 from ..errors import ConfigError
 
+CASE_KINDS = ("loader", "encode", "train", "embed", "lever", "text-embed")
 DEFAULT_KINDS = ("loader", "encode", "train", "embed")
-CASE_KINDS = (*DEFAULT_KINDS, "text-embed")
-"""`text-embed` (mmfuse vs sentence-transformers on all-MiniLM-L6-v2) runs only when asked for."""
+"""What runs without --cases; `lever` (one speed lever on vs off, see `levers.py`) and `text-embed` (mmfuse vs
+sentence-transformers on all-MiniLM-L6-v2, fp32 and int8, see `textembed.py`) are asked for by name."""
 PRESETS = ("default", "tiny")
 
 TOWERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -41,7 +42,7 @@ class BenchConfig:
     """Options of a bench run (the CLI maps its flags onto these fields)."""
 
     cases: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
-    """Case kinds to run, from loader, encode, train, embed, text-embed."""
+    """Case kinds to run, from loader, encode, train, embed, lever, text-embed."""
     preset: str = "default"
     """default | tiny (see the module docstring)."""
     device: str = "auto"
@@ -92,13 +93,15 @@ class CaseSpec:
     modalities: list[str]
     batch_size: int
     fusion: str = "concat-mlp"
+    lever: str | None = None
+    """For kind `lever`: cache, compile, grad-ckpt or fused-adamw."""
     text_tokens: int | None = None
     """Time the text tower on `text_tokens`-long sequences of random ids instead of the demo's short titles
     (encode and train cases; compute does not depend on the ids)."""
 
     @property
     def name(self) -> str:
-        parts = [self.kind, self.towers, "+".join(self.modalities)]
+        parts = [self.kind, *([self.lever] if self.lever else []), self.towers, "+".join(self.modalities)]
         if self.kind in ("train", "embed"):
             parts.append(self.fusion)
         return "/".join(parts) + (f"@{self.text_tokens}tok" if self.text_tokens else "")
@@ -115,7 +118,10 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
                 CaseSpec("encode", "tiny", ["text"], 16), CaseSpec("encode", "tiny", ["image"], 16),
                 CaseSpec("encode", "tiny", ["audio"], 16),
                 CaseSpec("train", "tiny", ["text", "image"], 16), CaseSpec("train", "tiny", ["text"], 16),
-                CaseSpec("embed", "tiny", ["text", "image"], 16), CaseSpec("text-embed", "tiny", ["text"], 16)]
+                CaseSpec("embed", "tiny", ["text", "image"], 16),
+                *(CaseSpec("lever", "tiny", ["text", "image"], 16, lever=lever)
+                  for lever in ("cache", "grad-ckpt", "fused-adamw")),
+                CaseSpec("text-embed", "tiny", ["text"], 16)]
     return [CaseSpec("loader", "demo", ["text", "image"], 64),
             CaseSpec("loader", "demo", ["text", "image", "audio"], 64),
             CaseSpec("encode", "demo", ["text"], 64), CaseSpec("encode", "demo", ["image"], 64),
@@ -129,7 +135,10 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
             CaseSpec("train", "bert-small", ["text"], 64),
             CaseSpec("train", "bert-small", ["text"], 32, text_tokens=128),
             CaseSpec("train", "vit-s", ["image"], 8),
-            CaseSpec("embed", "demo", ["text", "image"], 128), CaseSpec("text-embed", "minilm", ["text"], 64)]
+            CaseSpec("embed", "demo", ["text", "image"], 128),
+            *(CaseSpec("lever", "demo", ["text", "image"], 64, lever=lever)
+              for lever in ("cache", "compile", "grad-ckpt", "fused-adamw")),
+            CaseSpec("text-embed", "minilm", ["text"], 64)]
 
 
 def build_cases(cfg: BenchConfig) -> list[CaseSpec]:

@@ -16,6 +16,7 @@ from ..data.info import DatasetInfo
 from ..train.precision import DTYPES, choose_precision, resolve_device
 from .cases import RUNNERS, Context
 from .env import capture_environment, environment_tag
+from .levers import run_lever
 from .presets import BenchConfig, build_cases
 from .timing import matmul_peak
 
@@ -76,7 +77,7 @@ def run_suite(cfg: BenchConfig, echo: Callable[[str], Any] = print, argv: list[s
     results = []
     for spec in cases:
         tick = time.perf_counter()
-        result = RUNNERS[spec.kind](ctx, spec)
+        result = {**RUNNERS, "lever": run_lever}[spec.kind](ctx, spec)
         result["seconds"] = round(time.perf_counter() - tick, 2)
         results.append(result)
         ratio = (f"  ratio {result['ratio']['median']:.3f} (CPU time {result['cpu_ratio']['median']:.3f})"

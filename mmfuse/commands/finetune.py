@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run exactly where its last resumable checkpoint left it "
                         "(its run_config.yaml is used; other settings are ignored)")
+    p.add_argument("--init-from", metavar="RUN_DIR",
+                   help="start from a finished run's weights (same modalities, encoders, fusion); its labels are "
+                        "kept, labels new in --data get new classifier rows")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.weight_decay=0.1 (repeatable)")
@@ -87,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         flags["train"]["progress"] = False
     if args.freeze:
         flags["train"]["freeze"] = args.freeze
+    if args.init_from:
+        flags["train"]["init_from"] = args.init_from
     if args.lora:
         flags["model"]["adapters"] = {t.strip(): {"method": "lora"} for t in args.lora.split(",") if t.strip()}
     if args.out is not None:

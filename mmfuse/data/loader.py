@@ -23,6 +23,7 @@ import webdataset as wds
 from ..encoders.base import Preprocessor
 from ..errors import DataError
 from .batch import Collator
+from .cached import CachedInput, indexed_samples
 from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
 from .targets import TARGET_MEMBER, FieldError, decode_target
@@ -45,7 +46,7 @@ def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping
     for m, pre in preprocessors.items():
         value = _member(raw, info.modalities[m])
         try:
-            sample[m] = pre.transform(value)
+            sample[m] = pre.lookup(sample["key"]) if isinstance(pre, CachedInput) else pre.transform(value)
         except Exception as err:  # noqa: BLE001 - any decoder failure is a data problem of this field
             raise FieldError(m, f"cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:80]})") from None
     return sample
@@ -123,13 +124,16 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
                    shuffle: bool = False, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000,
                    strict: bool = False, drop_last: bool = False, resampled: bool = False,
                    epoch_samples: int | None = None, position: LoaderPosition | None = None,
+                   index: dict[str, list[dict[str, Any]]] | None = None, every_rank: bool = False,
                    target: str | None = None) -> wds.DataPipeline:
     """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order.
 
     With `resampled`, shards are drawn with replacement (seeded per rank and worker) and the epoch ends after
     `epoch_samples` samples in all (default: the split's count). `position` (from batches' `cursor` entries)
-    resumes an epoch where an earlier run of the same pipeline stopped. `target` is the supervision decoded into
-    the batches (`mmfuse.data.targets.KINDS`; default: the dataset's task; 'none' reads unlabelled samples).
+    resumes an epoch where an earlier run of the same pipeline stopped. `index` (`index_split`) replaces reading
+    the tar files when every modality is a `CachedInput`. `every_rank` reads the whole split on each rank of a
+    distributed job (instead of its own shards). `target` is the supervision decoded into the
+    batches (`mmfuse.data.targets.KINDS`; default: the dataset's task; 'none' reads unlabelled samples).
     """
     urls = info.shard_urls(split)
     info.require_modalities(list(preprocessors))
@@ -140,8 +144,8 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
         if shuffle:
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
         rotation = position.next_worker if position else 0
-        stages += [wds.split_by_node, split_by_worker_rotated(rotation)]
-    stages.append(tar_samples(handler=_ShardErrorHandler(strict)))
+        stages += [*([] if every_rank else [wds.split_by_node]), split_by_worker_rotated(rotation)]
+    stages.append(indexed_samples(index) if index is not None else tar_samples(handler=_ShardErrorHandler(strict)))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
     stages += [cursor_stage(position), decode_stage(info, preprocessors, strict, target)]

@@ -26,8 +26,11 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Path,
-                    extra: dict[str, Any] | None = None, train_state: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None, train_state: dict[str, Any] | None = None,
+                    state_dict: dict[str, Any] | None = None) -> Path:
     """Write weights, config, assets (and a resumable `train_state`) to `directory`, atomically.
+
+    `state_dict` (e.g. full weights gathered from an FSDP-sharded model) is saved instead of `model`'s own tensors.
 
     Everything is written into a temporary sibling directory which then replaces `directory` by renames, so a
     crash at any point leaves either the old or the new checkpoint (`resolve_checkpoint_dir` finds it).
@@ -52,7 +55,10 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
         saved = replace(config, encoders=encoders)
         meta = {"model": saved.to_dict(), "asset_kwargs": asset_kwargs, **(extra or {})}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
-        safetensors.torch.save_model(model, str(tmp / WEIGHTS))
+        if state_dict is not None:
+            safetensors.torch.save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS))
+        else:
+            safetensors.torch.save_model(model, str(tmp / WEIGHTS))
         if train_state is not None:
             write_state(tmp, train_state)
         old = _previous(directory)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .layer_decay import layer_scales
+
 if TYPE_CHECKING:
     from ..config import TrainConfig
 
@@ -20,17 +22,19 @@ def _group_of(name: str) -> str:
 
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """Trainable parameters grouped by hyperparameters. Learning rates: `tower_lr[tower]`, else `encoder_lr` for
-    encoders, else `lr`. No weight decay on biases, norms and embeddings.
+    encoders, else `lr`, times the layer-wise decay factor with `cfg.layer_decay` (see `layer_decay.py`). No
+    weight decay on biases, norms and embeddings.
 
     Towers with equal hyperparameters share a group (named e.g. 'head+image'): each group is one more fused-AdamW
     call per step (`mmfuse bench` measured the extra calls at 1-2% of a small model's step on CPU).
     """
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    scales = layer_scales(model, cfg.layer_decay) if cfg.layer_decay is not None else {}
+    groups: dict[tuple[str, float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim < 2 or "embed" in name or "norm" in name.lower() or "token" in name
-        groups.setdefault((_group_of(name), no_decay), []).append(param)
+        groups.setdefault((_group_of(name), scales.get(name, 1.0), no_decay), []).append(param)
 
     def lr_of(tower: str) -> float:
         if tower in cfg.tower_lr:
@@ -38,11 +42,13 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         return cfg.lr if tower == "head" else (cfg.encoder_lr or cfg.lr)
 
     merged: dict[tuple[float, float], dict] = {}
-    for (tower, no_decay), params in sorted(groups.items()):
-        lr, decay = lr_of(tower), 0.0 if no_decay else cfg.weight_decay
+    for (tower, scale, no_decay), params in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2])):
+        lr, decay = lr_of(tower) * scale, 0.0 if no_decay else cfg.weight_decay
         group = merged.setdefault((lr, decay), {"params": [], "lr": lr, "weight_decay": decay, "towers": []})
         group["params"] += params
-        group["towers"].append(tower)
+        label = tower if scale == 1.0 else f"{tower}@{scale:.3g}"
+        if label not in group["towers"]:
+            group["towers"].append(label)
     return [{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"],
              "name": "+".join(g["towers"]) + ("-no-decay" if g["weight_decay"] == 0.0 else "")}
             for g in merged.values()]

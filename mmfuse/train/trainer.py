@@ -19,6 +19,7 @@ from ..config import TrainConfig
 from ..data.batch import batch_size, to_device
 from ..model import FusionModel
 from ..tasks.classification import ClassificationTask
+from . import fsdp
 from .distributed import DistEnv, lockstep, sum_counters
 from .optim import build_optimizer, warmup_cosine
 from .precision import autocast, choose_precision
@@ -40,11 +41,16 @@ class Trainer:
         self.model = model.to(device)
         self.task = model.task if model.task is not None else ClassificationTask.for_head(model)
         self.engine: torch.nn.Module = self.model
-        if self.env.distributed:
+        self.fsdp = self.env.distributed and cfg.strategy == "fsdp"
+        if self.fsdp:
+            fsdp.shard_model(self.model)  # in place: self.model is now the FSDP root module
+        elif self.env.distributed:
             ids = [device.index] if device.type == "cuda" else None
             # without a head (contrastive) the fusion takes no part in the loss
             self.engine = DistributedDataParallel(self.model, device_ids=ids,
                                                   find_unused_parameters=self.model.head is None)
+        if cfg.compile:
+            self.model.compile()  # in place: parameter names and checkpoints stay those of the eager model
         self.precision = choose_precision(device, cfg.precision)
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup)
@@ -62,7 +68,9 @@ class Trainer:
         """One micro-batch (already on the device). Returns the detached loss."""
         self.micro_step += 1
         boundary = self.micro_step % self.cfg.grad_accum == 0
-        sync = nullcontext() if boundary or not self.env.distributed else self.engine.no_sync()
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(boundary)
+        sync = nullcontext() if boundary or not self.env.distributed or self.fsdp else self.engine.no_sync()
         with sync:
             loss = self.loss(batch)
             self.scaler.scale(loss / self.cfg.grad_accum).backward()
@@ -83,14 +91,15 @@ class Trainer:
         skipped-sample counts. (`num_classes` is unused: the task knows its outputs.)"""
         self.model.eval()
         metrics, skipped = self.task.metrics(), Counter()
-        for batch in loader:
-            skipped.update(batch["skipped"])
-            if not batch_size(batch):
-                continue
-            batch = to_device(batch, self.device)
-            with autocast(self.device, self.precision):
-                outputs = self.model(batch, outputs=True)
-            metrics.update(outputs, batch)
+        with fsdp.gathered(self.model) if self.fsdp else nullcontext():  # no collective per batch under FSDP
+            for batch in loader:
+                skipped.update(batch["skipped"])
+                if not batch_size(batch):
+                    continue
+                batch = to_device(batch, self.device)
+                with autocast(self.device, self.precision):
+                    outputs = self.model(batch, outputs=True)
+                metrics.update(outputs, batch)
         return {**metrics.compute(self.env), "skipped": sum_counters(skipped, self.env)}
 
     def train_epoch(self, loader: Iterable[dict[str, Any]], after_step: Callable[[dict[str, Any]], bool],
@@ -104,9 +113,10 @@ class Trainer:
         self.model.train()
         seen, loss_sum, batches = 0, 0.0, 0
         data_time = compute_time = 0.0
-        join = Join([self.engine]) if self.env.distributed else nullcontext()
-        if self.env.distributed and self.model.alignment is not None:
-            loader = lockstep(loader, self.env)  # the alignment's all_gather needs every rank in every step
+        join = Join([self.engine]) if self.env.distributed and not self.fsdp else nullcontext()
+        if self.env.distributed and (self.fsdp or self.model.alignment is not None):
+            # FSDP has no Join, and the alignment's all_gather needs every rank in every step
+            loader = lockstep(loader, self.env)
         with join:
             tick = time.perf_counter()
             for batch in loader:
@@ -129,16 +139,37 @@ class Trainer:
         return {"samples": seen, "loss_sum": loss_sum, "batches": batches,
                 "data_s": round(data_time, 3), "compute_s": round(compute_time, 3)}
 
+    # -- state for checkpoints (collectives under FSDP: every rank calls them) ------------------------------------
+    def model_state(self) -> dict[str, torch.Tensor] | None:
+        """The full weights to save (rank 0; under FSDP gathered), or None: save the model as it is."""
+        return fsdp.full_model_state(self.model) if self.fsdp else None
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.fsdp:
+            fsdp.load_model_state(self.model, state)
+        else:
+            self.model.load_state_dict(state)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return fsdp.full_optimizer_state(self.model, self.optimizer) if self.fsdp else self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if self.fsdp:
+            fsdp.load_optimizer_state(self.model, self.optimizer, state if self.env.is_main else {})
+        else:
+            self.optimizer.load_state_dict(state)
+
 
 def mean_loss(loss_sum: float, batches: int) -> float:
     return loss_sum / batches if batches else math.nan
 
 
 class MetricsLog:
-    """Appends one JSON object per line to `metrics.jsonl`; `keep` lines survive a resume, the rest are cut."""
+    """Appends one JSON object per line to `metrics.jsonl`; `keep` lines survive a resume, the rest are cut.
+    `mirror` (e.g. a `TensorBoardLog`) receives every record too."""
 
-    def __init__(self, path: Path, keep: int = 0) -> None:
-        self.path = path
+    def __init__(self, path: Path, keep: int = 0, mirror: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        self.path, self.mirror = path, mirror
         path.parent.mkdir(parents=True, exist_ok=True)
         lines = path.read_text().splitlines(keepends=True)[:keep] if keep and path.exists() else []
         path.write_text("".join(lines))
@@ -148,3 +179,5 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         self.lines += 1
+        if self.mirror is not None:
+            self.mirror(record)

@@ -1,0 +1,127 @@
+"""Lever cases: one speed lever on ("mmfuse") vs off ("baseline"), interleaved in the same run, as a ratio.
+
+    cache        an epoch over the split with every tower frozen: cached encoder outputs (no decode, no encode, no
+                 tar reading; `FeatureCache`) vs decoding and encoding each batch. The one-time cache build is
+                 reported as `cache_build_s`.
+    compile      `Trainer.train_step` on a `torch.compile`d model vs eager (compile time in `compile_s`)
+    grad-ckpt    `Trainer.train_step` with encoder gradient checkpointing vs without (a memory lever: ratio < 1)
+    fused-adamw  `Trainer.train_step` with AdamW(fused=True) (the trainer's default) vs AdamW(foreach=True)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+from ..data.loader import make_loader
+from ..model import EncoderSpec, FusionModel
+from ..train.feature_cache import FeatureCache
+from ..train.freeze import apply_freeze
+from ..train.optim import param_groups, warmup_cosine
+from ..train.trainer import Trainer
+from .cases import Context, _batches, _model, _result, _steps
+from .presets import CaseSpec
+from .timing import PeakMemory, interleaved, timed
+
+LEVERS = ("cache", "compile", "grad-ckpt", "fused-adamw")
+
+
+def _trainer(model: FusionModel, ctx: Context) -> Trainer:
+    cfg = TrainConfig(device=str(ctx.device), precision=ctx.precision, progress=False, lr=1e-4)
+    trainer = Trainer(model, cfg, ctx.device, total_steps=1_000_000)
+    trainer.model.train()
+    return trainer
+
+
+def _lever_cache(ctx: Context, spec: CaseSpec) -> tuple[Callable[[], int], Callable[[], int], dict[str, Any]]:
+    model = _model(ctx, spec)
+    apply_freeze(model, list(spec.modalities))
+    trainer = _trainer(model, ctx)
+    base = model.preprocessors()
+    tick = time.perf_counter()
+    cache = FeatureCache(model, _specs(spec), ctx.info, ctx.device, ctx.precision, spec.batch_size,
+                         echo=lambda *_: None)
+    cached = cache.preprocessors(ctx.split, base)
+    source = cache.source(ctx.split)
+    build_s = time.perf_counter() - tick
+
+    def epoch(loader: Any) -> int:
+        return trainer.train_epoch(loader, after_step=lambda info: False)["samples"]
+
+    def with_cache() -> int:
+        loader = make_loader(ctx.info, ctx.split, cached, spec.batch_size, drop_last=True, **source)
+        return epoch(cache.attach(ctx.split, loader))
+
+    def recompute() -> int:
+        return epoch(make_loader(ctx.info, ctx.split, base, spec.batch_size, num_workers=ctx.cfg.workers,
+                                 drop_last=True))
+
+    return with_cache, recompute, {"cache_build_s": round(build_s, 3), "samples_per_repeat": ctx.info.count(
+        ctx.split), "baseline": "an epoch decoding and encoding every batch (towers frozen, in eval mode)"}
+
+
+def _specs(spec: CaseSpec) -> dict[str, EncoderSpec]:
+    return {m: EncoderSpec(**s) for m, s in spec.encoders().items()}
+
+
+def _step_pair(ctx: Context, spec: CaseSpec, configure: Callable[[Trainer, bool], dict[str, Any]]
+               ) -> tuple[Callable[[], int], Callable[[], int], dict[str, Any]]:
+    """Two trainers on identical model copies, the lever on for the first; each workload is one train step."""
+    model = _model(ctx, spec)
+    on, off = _trainer(model, ctx), _trainer(copy.deepcopy(model), ctx)
+    extra = {**configure(on, True), **configure(off, False)}
+    batch = _batches(ctx, model, spec)[0]
+
+    def step(trainer: Trainer) -> Callable[[], int]:
+        return lambda: (trainer.train_step(batch), spec.batch_size)[1]
+
+    tick = time.perf_counter()
+    step(on)()  # the first call of a compiled model compiles it
+    extra.setdefault("first_step_s", round(time.perf_counter() - tick, 3))
+    return step(on), step(off), extra
+
+
+def _compile(trainer: Trainer, on: bool) -> dict[str, Any]:
+    if on:
+        trainer.model.compile()
+    return {"baseline": "the same train step, eager"}
+
+
+def _grad_ckpt(trainer: Trainer, on: bool) -> dict[str, Any]:
+    for encoder in trainer.model.encoders.values():
+        encoder.set_grad_checkpointing(on)
+    return {"baseline": "the same train step without gradient checkpointing"}
+
+
+def _foreach_adamw(trainer: Trainer, on: bool) -> dict[str, Any]:
+    if not on:
+        trainer.optimizer = torch.optim.AdamW(param_groups(trainer.model, trainer.cfg), lr=trainer.cfg.lr,
+                                              foreach=True)
+        trainer.scheduler = warmup_cosine(trainer.optimizer, trainer.total_steps, trainer.cfg.warmup)
+    return {"baseline": "the same train step with AdamW(foreach=True)"}
+
+
+STEP_LEVERS = {"compile": _compile, "grad-ckpt": _grad_ckpt, "fused-adamw": _foreach_adamw}
+
+
+def run_lever(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
+    """Lever on vs off, interleaved; the ratio is on / off throughput."""
+    if spec.lever == "cache":
+        on, off, extra = _lever_cache(ctx, spec)
+        steps = 1
+        warmup = min(ctx.cfg.warmup, 1)
+    else:
+        on, off, extra = _step_pair(ctx, spec, STEP_LEVERS[spec.lever])
+        for _ in range(ctx.cfg.warmup):
+            on(), off()
+        steps = _steps(timed(off, ctx.device)[0], ctx.cfg.min_time)
+        warmup = 0
+    with PeakMemory(ctx.device) as memory:
+        rates = interleaved({"mmfuse": on, "baseline": off}, ctx.device, ctx.cfg.repeats, warmup, group=steps)
+    return _result(spec, rates, steps, lever=spec.lever, memory={"kind": memory.kind, "bytes": memory.bytes},
+                   **extra)

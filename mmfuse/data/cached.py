@@ -1,0 +1,71 @@
+"""The loader's stand-ins for cached encoder outputs: no decoding of a cached modality, and, when every modality
+of the model is cached, no reading of the tar files at all.
+
+`FeatureCache` (mmfuse.train.feature_cache) builds one per cached modality and split. The loader calls
+`lookup(key)` instead of the encoder's `transform`, so a cached image is never read as JPEG again; a key the cache
+does not hold (its media failed to decode when the cache was built) fails here, and the sample is skipped and counted
+under the same reason as without the cache.
+
+`index_split` records what of each raw sample the pipeline needs besides media (key, label / target members,
+names of pickle members), shard by shard; `indexed_samples` replays it in place of reading the tars, so shuffling,
+resume positions, skip and ignore counts are exactly those of a pass over the tar files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import webdataset as wds
+
+from ..encoders.base import Preprocessor
+from .info import PICKLE_EXTENSIONS, DatasetInfo
+from .targets import TARGET_MEMBER
+from .tario import tar_samples
+
+
+class CachedInput(Preprocessor):
+    """Presence of one modality per sample key (True: present, False: absent). Picklable for loader workers."""
+
+    def __init__(self, modality: str, present: dict[str, bool]) -> None:
+        self.modality = modality
+        self.present = present
+
+    def lookup(self, key: str) -> bool | None:
+        """True if the sample has this modality, None if not; a key missing from the cache raises KeyError."""
+        if key not in self.present:
+            raise KeyError(f"sample '{key}' is not in the {self.modality} feature cache")
+        return True if self.present[key] else None
+
+    def transform(self, value: Any) -> Any:
+        raise TypeError("CachedInput looks samples up by key (decode_sample calls lookup)")
+
+    def collate(self, values: list[Any]) -> dict[str, torch.Tensor]:
+        return {}  # the features are attached by key after the loader (FeatureCache.attach)
+
+
+def index_split(info: DatasetInfo, split: str) -> dict[str, list[dict[str, Any]]]:
+    """Shard url -> its raw samples in tar order, without media: `__key__`, the label member, pickle members."""
+    index: dict[str, list[dict[str, Any]]] = {}
+    for url in info.shard_urls(split):
+        index[url] = []
+        for raw in wds.DataPipeline(wds.SimpleShardList([url]), tar_samples(handler=wds.warn_and_continue)):
+            kept = {"__key__": raw["__key__"], **{ext: b"" for ext in raw if ext in PICKLE_EXTENSIONS}}
+            for member in (info.label_field, TARGET_MEMBER):  # what `decode_target` reads
+                if member in raw:
+                    kept[member] = raw[member]
+            index[url].append(kept)
+    return index
+
+
+def indexed_samples(index: dict[str, list[dict[str, Any]]]):
+    """A pipeline stage standing in for `tar_samples`: shard urls -> their indexed raw samples."""
+
+    def stage(shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for shard in shards:
+            url = shard["url"]
+            for raw in index[url]:
+                yield {**raw, "__url__": url}
+
+    return stage

@@ -1,0 +1,237 @@
+"""Frozen-encoder feature cache: encode a frozen tower's inputs once, then train only fusion and head on them.
+
+A tower whose encoder has no trainable parameter (`train.freeze` without `unfreeze_top`, no adapters) always gives
+the same output for the same input: the model keeps frozen towers in eval mode (`FusionModel.train`). So each
+split is encoded once per cached modality (eval mode, no grad, the run's autocast) and kept packed per split:
+
+    pooled   (N, W)       one row per sample key
+    present  (N,)  bool   the sample has this modality (else the row is the encoder's placeholder output)
+    tokens   (sum n_i, W) each sample's tokens up to its last real one (only when the fusion reads tokens)
+    mask     (sum n_i,)   bool, and offsets (N + 1,) int64 into tokens / mask
+
+Afterwards the loader reads the shards but never decodes a cached modality (`CachedInput`), and `attach` puts
+`cached_<m>_pooled` (B, W), `cached_<m>_tokens` (B, T, W), `cached_<m>_mask` (B, T) into each batch, which
+`FusionModel.encode` uses instead of running the encoder. When every tower is cached the tar files are not even
+read again: the loader replays a per-shard index of keys and labels (`index_split`) through the same pipeline.
+
+With `train.cache_dir` the packed features are also written as safetensors files named by a fingerprint of the
+encoder weights, its spec (preprocessing), the split's shard checksums and labels from dataset.json and the
+precision: a run with the same frozen tower on the same data reuses them, a changed encoder or shard misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from ..data.batch import batch_size as count
+from ..data.batch import to_device
+from ..data.cached import CachedInput, index_split
+from ..data.info import DatasetInfo
+from ..data.loader import make_loader
+from ..encoders.base import Encoder
+from ..model import EncoderSpec, FusionModel
+from .distributed import DistEnv, barrier
+from .precision import autocast
+
+FORMAT = "mmfuse-features/1"
+
+
+@dataclass
+class SplitFeatures:
+    """One modality's cached encoder outputs for one split, packed (see the module docstring)."""
+
+    keys: list[str]
+    pooled: torch.Tensor
+    present: torch.Tensor
+    tokens: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.index = {key: i for i, key in enumerate(self.keys)}
+
+    def batch(self, keys: list[str], m: str) -> dict[str, torch.Tensor]:
+        """Batch entries `cached_<m>_{pooled,tokens,mask}` for `keys`, tokens padded to the longest (at least 1)."""
+        rows = torch.tensor([self.index[k] for k in keys], dtype=torch.long)
+        pooled = self.pooled[rows]  # (B, W)
+        if self.tokens is None:  # a pooled-only fusion never reads tokens: one masked zero token
+            tokens = pooled.new_zeros(len(keys), 1, pooled.shape[1])
+            mask = torch.zeros(len(keys), 1, dtype=torch.bool)
+        else:
+            starts, ends = self.offsets[rows].tolist(), self.offsets[rows + 1].tolist()
+            longest = max(1, max(e - s for s, e in zip(starts, ends, strict=True)))
+            tokens = self.tokens.new_zeros(len(keys), longest, self.tokens.shape[1])  # (B, T, W)
+            mask = torch.zeros(len(keys), longest, dtype=torch.bool)
+            for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+                tokens[i, : e - s] = self.tokens[s:e]
+                mask[i, : e - s] = self.mask[s:e]
+        return {f"cached_{m}_pooled": pooled, f"cached_{m}_tokens": tokens, f"cached_{m}_mask": mask}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"pooled": self.pooled, "present": self.present}
+        if self.tokens is not None:
+            out.update(tokens=self.tokens, mask=self.mask, offsets=self.offsets)
+        return {k: v.contiguous() for k, v in out.items()}
+
+
+def weights_digest(encoder: Encoder) -> str:
+    """sha256 of an encoder's parameters and buffers (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(weights: str, spec: EncoderSpec, info: DatasetInfo, split: str, modality: str, precision: str,
+                tokens: bool) -> str:
+    """What the cached features of (`modality`, `split`) depend on, hashed."""
+    described = {"format": FORMAT, "weights": weights, "spec": asdict(spec), "modality": modality, "split": split,
+                 "shards": info.require_split(split)["shards"], "extensions": info.modalities[modality],
+                 "labels": info.labels, "label_field": info.label_field, "label_encoding": info.label_encoding,
+                 "precision": precision, "tokens": tokens}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def encode_split(encoder: Encoder, info: DatasetInfo, split: str, batch_size: int, device: torch.device,
+                 precision: str, tokens: bool, **loader_kwargs: Any) -> SplitFeatures:
+    """Run a frozen `encoder` once over `split` (eval mode, no grad) and pack its outputs by sample key."""
+    m = encoder.modality
+    training = encoder.training
+    encoder.eval()
+    keys, pooled, present, toks, masks, lengths = [], [], [], [], [], [0]
+    # every rank encodes the whole split: its shards change from epoch to epoch
+    loader = make_loader(info, split, {m: encoder.preprocessor}, batch_size, every_rank=True, **loader_kwargs)
+    try:
+        with torch.no_grad(), autocast(device, precision):
+            for batch in loader:
+                if not count(batch):
+                    continue
+                out = encoder(to_device(batch, device))
+                keys += batch["key"]
+                pooled.append(out.pooled.cpu())
+                present.append(batch[f"present_{m}"])
+                if tokens:
+                    mask = out.mask.cpu()
+                    for i in range(mask.shape[0]):
+                        real = mask[i].nonzero()
+                        n = int(real.max()) + 1 if len(real) else 0
+                        toks.append(out.tokens[i, :n].cpu())
+                        masks.append(mask[i, :n])
+                        lengths.append(n)
+    finally:
+        encoder.train(training)
+    width = encoder.width
+    features = SplitFeatures(keys, torch.cat(pooled) if pooled else torch.zeros(0, width),
+                             torch.cat(present) if present else torch.zeros(0, dtype=torch.bool))
+    if tokens:
+        features.tokens = torch.cat(toks) if toks else torch.zeros(0, width)
+        features.mask = torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
+        features.offsets = torch.tensor(lengths, dtype=torch.long).cumsum(0)
+    return features
+
+
+def save_features(features: SplitFeatures, path: Path, digest: str) -> None:
+    """Write packed features as safetensors (keys and fingerprint in its metadata), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    safetensors.torch.save_file(features.tensors(), str(tmp),
+                                metadata={"format": FORMAT, "fingerprint": digest, "keys": json.dumps(features.keys)})
+    os.replace(tmp, path)
+
+
+def load_features(path: Path, digest: str) -> SplitFeatures | None:
+    """The features stored at `path` if it exists and carries `digest`, else None."""
+    if not path.exists():
+        return None
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT or meta.get("fingerprint") != digest:
+            return None
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    return SplitFeatures(json.loads(meta["keys"]), tensors["pooled"], tensors["present"].bool(),
+                         tensors.get("tokens"), tensors.get("mask"), tensors.get("offsets"))
+
+
+class FeatureCache:
+    """Cached outputs of a model's frozen towers, built per split on first use (see the module docstring)."""
+
+    def __init__(self, model: FusionModel, specs: dict[str, EncoderSpec], info: DatasetInfo, device: torch.device,
+                 precision: str, batch_size: int, directory: str | Path | None = None, env: DistEnv | None = None,
+                 echo: Callable[[str], Any] = print, **loader_kwargs: Any) -> None:
+        self.model, self.specs, self.info = model, specs, info
+        self.device, self.precision, self.batch_size = device, precision, batch_size
+        self.directory = Path(directory) if directory else None
+        self.env = env or DistEnv(device=device)
+        self.echo, self.loader_kwargs = echo, loader_kwargs
+        self.tokens = model.fusion.uses_tokens
+        self.towers = model.frozen_towers()
+        self.weights = {m: weights_digest(model.encoders[m]) for m in self.towers}
+        self.splits: dict[tuple[str, str], SplitFeatures] = {}
+        self.indexes: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.all_cached = set(self.towers) == set(model.modalities)
+
+    def prepare(self, split: str) -> None:
+        """Encode (or load) every cached tower's features of `split` unless already held."""
+        for m in self.towers:
+            if (m, split) not in self.splits:
+                self.splits[(m, split)] = self._features(m, split)
+        if self.all_cached and split not in self.indexes:
+            self.indexes[split] = index_split(self.info, split)
+
+    def source(self, split: str) -> dict[str, Any]:
+        """Extra `make_loader` arguments for `split`: the sample index that replaces the tar files when every
+        modality is cached (else nothing)."""
+        self.prepare(split)
+        return {"index": self.indexes[split]} if self.all_cached else {}
+
+    def _features(self, m: str, split: str) -> SplitFeatures:
+        digest = fingerprint(self.weights[m], self.specs[m], self.info, split, m, self.precision, self.tokens)
+        path = self.directory / f"{m}-{split}-{digest[:24]}.safetensors" if self.directory else None
+        if path is not None and self.env.distributed:  # rank 0 writes, the others read its file
+            if self.env.is_main and load_features(path, digest) is None:
+                self._encode(m, split, path, digest)
+            barrier(self.env)
+        cached = load_features(path, digest) if path is not None else None
+        if cached is not None:
+            self.echo(f"mmfuse: frozen {m} features of '{split}' read from {path}")
+            return cached
+        return self._encode(m, split, path, digest)
+
+    def _encode(self, m: str, split: str, path: Path | None, digest: str) -> SplitFeatures:
+        tick = time.perf_counter()
+        features = encode_split(self.model.encoders[m], self.info, split, self.batch_size, self.device,
+                                self.precision, self.tokens, **self.loader_kwargs)
+        if path is not None:
+            save_features(features, path, digest)
+        self.echo(f"mmfuse: cached frozen {m} features of '{split}' ({len(features.keys)} samples, "
+                  f"{time.perf_counter() - tick:.1f}s){f' -> {path}' if path else ''}")
+        return features
+
+    def preprocessors(self, split: str, base: dict[str, Any]) -> dict[str, Any]:
+        """`base` (the model's preprocessors, in order) with each cached modality replaced by a `CachedInput`."""
+        self.prepare(split)
+        out = dict(base)
+        for m in self.towers:
+            features = self.splits[(m, split)]
+            out[m] = CachedInput(m, dict(zip(features.keys, features.present.tolist(), strict=True)))
+        return out
+
+    def attach(self, split: str, loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Batches of a loader built with `preprocessors(split)`, with the cached towers' features added."""
+        for batch in loader:
+            if count(batch):
+                for m in self.towers:
+                    batch.update(self.splits[(m, split)].batch(batch["key"], m))
+            yield batch

@@ -1,0 +1,152 @@
+"""Frozen-encoder feature cache: same metrics as recomputing, no decoding of cached media, fingerprinted disk files."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mmfuse.config import resolve
+from mmfuse.data.info import DatasetInfo
+from mmfuse.data.loader import make_loader
+from mmfuse.encoders.timm_image import ImagePreprocessor
+from mmfuse.finetune import finetune
+from mmfuse.model import build_model
+from mmfuse.train.feature_cache import FeatureCache, fingerprint, weights_digest
+from mmfuse.train.freeze import apply_freeze
+
+
+def metrics_without_time(summary: dict) -> dict:
+    epochs = [{k: v for k, v in e.items() if k not in ("data_s", "compute_s")} for e in summary["epochs"]]
+    return {"epochs": epochs, "val": summary["val"], "test": summary["test"], "skipped": summary["skipped"]}
+
+
+def run(tiny_layers: dict, tmp_path, name: str, **train) -> tuple[dict, list[str]]:
+    lines: list[str] = []
+    layers = {**tiny_layers, "train": {**tiny_layers["train"], "freeze": ["image"], **train},
+              "out": str(tmp_path / name)}
+    return finetune(resolve(layers), echo=lines.append), lines
+
+
+def count_image_decodes(monkeypatch) -> list[int]:
+    calls = [0]
+    original = ImagePreprocessor.transform
+
+    def counting(self, value):
+        calls[0] += 1
+        return original(self, value)
+
+    monkeypatch.setattr(ImagePreprocessor, "transform", counting)
+    return calls
+
+
+@pytest.mark.parametrize("fusion, freeze", [("concat-mlp", ["image"]), ("cross-attention", ["image"]),
+                                            ("gated", ["image", "text"])])
+def test_cached_run_has_the_same_metrics_and_decodes_images_once(tiny_layers, tmp_path, monkeypatch, demo_shards,
+                                                                 fusion, freeze):
+    tiny_layers = {**tiny_layers, "model": {**tiny_layers["model"], "fusion": fusion}}
+    calls = count_image_decodes(monkeypatch)
+    recomputed, _ = run(tiny_layers, tmp_path, "recompute", cache_frozen=False, freeze=freeze)
+    recompute_calls, calls[0] = calls[0], 0
+    cached, lines = run(tiny_layers, tmp_path, "cached", freeze=freeze)
+    if "text" not in freeze:  # fixed-size images: a sample's encoding does not depend on its batch, bit for bit
+        assert metrics_without_time(cached) == metrics_without_time(recomputed)
+    else:  # a text's pooled mean varies in the last float bit with its batch's padding length, recomputed or not
+        a, b = metrics_without_time(cached), metrics_without_time(recomputed)
+        assert (a["val"], a["test"], a["skipped"]) == (b["val"], b["test"], b["skipped"])
+        for x, y in zip(a["epochs"], b["epochs"], strict=True):
+            assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+            x.pop("train_loss"), y.pop("train_loss")
+            assert x == y
+    info = DatasetInfo.load(demo_shards)
+    once = info.count("train") + info.count("val") + info.count("test")
+    assert recompute_calls == 2 * info.count("train") + 2 * info.count("val") + info.count("test")
+    assert calls[0] == once  # each split encoded once; later epochs never decode an image
+    assert sum("cached frozen image features" in line for line in lines) == 3
+
+
+def test_disk_cache_is_reused_and_a_changed_encoder_misses(tiny_layers, tmp_path):
+    cache_dir = tmp_path / "features"
+    first, lines = run(tiny_layers, tmp_path, "a", epochs=1, cache_dir=str(cache_dir))
+    assert len(list(cache_dir.glob("image-*.safetensors"))) == 3
+    second, lines = run(tiny_layers, tmp_path, "b", epochs=1, cache_dir=str(cache_dir))
+    assert sum("read from" in line for line in lines) == 3 and not any("cached frozen" in ln for ln in lines)
+    assert metrics_without_time(second) == metrics_without_time(first)
+    _, lines = run(tiny_layers, tmp_path, "c", epochs=1, seed=1, cache_dir=str(cache_dir))  # other init weights
+    assert not any("read from" in line for line in lines)
+    assert len(list(cache_dir.glob("image-*.safetensors"))) == 6
+
+
+def test_fingerprint_follows_weights_spec_and_shards(tiny_config, demo_shards):
+    info = DatasetInfo.load(demo_shards)
+    model = build_model(replace(tiny_config.model, labels=info.labels))
+    spec = tiny_config.model.encoders["image"]
+    weights = weights_digest(model.encoders["image"])
+    base = fingerprint(weights, spec, info, "train", "image", "fp32", False)
+    assert base == fingerprint(weights, spec, info, "train", "image", "fp32", False)
+    with torch.no_grad():
+        next(model.encoders["image"].parameters()).add_(1e-3)
+    assert fingerprint(weights_digest(model.encoders["image"]), spec, info, "train", "image", "fp32", False) != base
+    assert fingerprint(weights, replace(spec, kwargs={**spec.kwargs, "image_size": 48}), info, "train", "image",
+                       "fp32", False) != base
+    changed = replace(info, splits={**info.splits, "train": {**info.splits["train"], "shards": [
+        {**s, "sha256": "0" * 64} for s in info.splits["train"]["shards"]]}})
+    assert fingerprint(weights, spec, changed, "train", "image", "fp32", False) != base
+    assert fingerprint(weights, spec, info, "val", "image", "fp32", False) != base
+
+
+def test_only_fully_frozen_towers_are_cached_and_they_stay_in_eval_mode(tiny_config, demo_shards):
+    info = DatasetInfo.load(demo_shards)
+    model = build_model(replace(tiny_config.model, labels=info.labels))
+    apply_freeze(model, ["image"])
+    apply_freeze(model, ["text"], unfreeze_top=1)
+    model.train()
+    assert model.frozen_towers() == ["image"]
+    assert not model.encoders["image"].training and model.encoders["text"].training
+    cache = FeatureCache(model, tiny_config.model.encoders, info, torch.device("cpu"), "fp32", 16,
+                         echo=lambda *_: None)
+    assert cache.towers == ["image"]
+    cache.prepare("val")
+    features = cache.splits[("image", "val")]
+    assert features.pooled.shape == (info.count("val"), model.encoders["image"].width)
+    assert features.tokens is None  # concat-mlp reads pooled vectors only
+
+
+def test_with_every_tower_cached_the_tar_files_are_not_read_again(tiny_config, demo_shards, tmp_path):
+    shards = shutil.copytree(demo_shards, tmp_path / "shards")
+    info = DatasetInfo.load(shards)
+    model = build_model(replace(tiny_config.model, labels=info.labels, fusion="cross-attention"))
+    apply_freeze(model, ["image", "text"])
+    cache = FeatureCache(model, tiny_config.model.encoders, info, torch.device("cpu"), "fp32", 16,
+                         echo=lambda *_: None)
+    preprocessors = cache.preprocessors("train", model.preprocessors())
+    kwargs = {"shuffle": True, "seed": 3, "epoch": 2, "shuffle_buffer": 20}
+    from_tars = list(cache.attach("train", make_loader(info, "train", preprocessors, 16, **kwargs)))
+    for url in info.shard_urls("train"):
+        (tmp_path / "shards" / url.rsplit("/", 1)[1]).unlink()
+    replayed = list(cache.attach("train", make_loader(info, "train", preprocessors, 16, **kwargs,
+                                                      **cache.source("train"))))
+    assert [b["key"] for b in replayed] == [b["key"] for b in from_tars]
+    assert sum(len(b["key"]) for b in replayed) == info.count("train")
+    for a, b in zip(replayed, from_tars, strict=True):
+        assert a.keys() == b.keys()
+        for name, value in a.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b[name]), name
+            else:
+                assert value == b[name], name
+
+
+def test_each_rank_caches_the_whole_split(tiny_config, demo_shards, monkeypatch):
+    """A rank's shards change from epoch to epoch, so its cache must hold every key, not only its first shards."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    info = DatasetInfo.load(demo_shards)
+    model = build_model(replace(tiny_config.model, labels=info.labels))
+    apply_freeze(model, ["image"])
+    cache = FeatureCache(model, tiny_config.model.encoders, info, torch.device("cpu"), "fp32", 16,
+                         echo=lambda *_: None)
+    cache.prepare("train")
+    assert len(set(cache.splits[("image", "train")].keys)) == info.count("train")
