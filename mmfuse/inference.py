@@ -1,8 +1,13 @@
-"""`mmfuse.load(run_dir)`: a trained model with its preprocessing, predicting on plain Python records."""
+"""`mmfuse.load(run_dir | preset)`: a model with its preprocessing, predicting and embedding plain Python records.
+
+Light: loading and embedding import neither the trainer nor the data pipeline (webdataset), peft or matplotlib.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,42 +16,110 @@ import torch
 
 from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
-from .model import FusionModel, ModelConfig
+from .model import FusionModel, ModelConfig, build_model
+from .records import error_reason, length_order, windows
+from .serving import check_backend, quantize_int8
 from .tasks import create_task
 from .train.checkpoint import load_checkpoint
 from .train.precision import resolve_device
 
+UNTRAINED_LABELS = ["untrained-0", "untrained-1"]
+"""The placeholder classes of a model built from a preset: it embeds, it does not classify."""
+
 
 class Predictor:
-    """Predicts labels, probabilities, target values or embeddings for records, as the model's task defines.
+    """Predicts labels, probabilities or target values (as the model's task defines) and embeddings, fused and per
+    modality, for records.
 
     A record is a dict with any of `text` (str), `image` (path, bytes, PIL image, (H, W, 3) array), `audio`
     (path, WAV/FLAC/Ogg bytes, `(array, sample_rate)`) -- a modality may be missing -- and optionally `key`.
-    Records are preprocessed by the encoders' own preprocessors.
+    Records are preprocessed by the encoders' own preprocessors. Safe to call from several threads at once.
     """
 
-    def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128) -> None:
+    sort_window_batches = 64
+    """`embed` sorts records by text length within windows of this many batches (then restores the order)."""
+
+    def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128,
+                 source: str = "", trained: bool = True, backend: str = "fp32") -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        check_backend(backend, device)
         self.model = model.to(device).eval()
+        self.backend = backend
         self.config = config
         self.task = model.task if model.task is not None else create_task(config)
         self.labels = list(config.labels)
         self.device = device
         self.batch_size = batch_size
+        self.source = source
+        self.trained = trained
         self.preprocessors = model.preprocessors()
         self._collate = Collator(self.preprocessors)
+        self._lock = threading.Lock()  # Hugging Face fast tokenizers must not be called from two threads at once
+        self._fingerprint: str | None = None
+        if backend == "int8":
+            self.fingerprint()  # of the fp32 weights: the model's identity, whatever the backend
+            self.model = quantize_int8(self.model)
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities the model reads, sorted."""
+        return self.model.modalities
+
+    @property
+    def dim(self) -> int:
+        """Width D of the fused and the per-modality embeddings."""
+        return self.model.fusion.dim
+
+    def fingerprint(self) -> str:
+        """sha256 of the fp32 weights (names, dtypes, shapes, values): equal fingerprints embed alike (per backend)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                t = tensor.detach().cpu().contiguous()
+                digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def select(self, modalities: str | Sequence[str] | None) -> list[str]:
+        """Validate a modality subset ('text,image', a list, or None for all) and return it sorted."""
+        if modalities is None:
+            return self.modalities
+        names = [m.strip() for m in modalities.split(",")] if isinstance(modalities, str) else list(modalities)
+        unknown = [m for m in names if m not in self.modalities]
+        if unknown or not names:
+            raise ConfigError(f"modalities {', '.join(unknown) or '(none)'}: this model reads "
+                              f"{', '.join(self.modalities)}")
+        return sorted(set(names))
+
+    def prepare(self, record: Any, index: int = 0, modalities: Sequence[str] | None = None,
+                failed: dict[str, str] | None = None) -> dict[str, Any]:
+        """Decode one record into a sample (absent or unselected modalities are None).
+
+        A field that fails to decode raises `DataError` naming the record and field -- or, when a `failed` dict is
+        given, is recorded there ({modality: reason}) and treated as absent.
+        """
+        if not isinstance(record, dict):
+            raise DataError(f"record {index} must be a dict of modality -> value, got {type(record).__name__}")
+        sample: dict[str, Any] = {"key": str(record.get("key", index))}
+        for m, pre in self.preprocessors.items():
+            sample[m] = None
+            if modalities is not None and m not in modalities:
+                continue
+            try:
+                sample[m] = pre.transform(record.get(m))
+            except Exception as err:  # noqa: BLE001 - report which record and field failed
+                reason = error_reason(err)
+                if failed is None:
+                    raise DataError(f"record '{sample['key']}': {m}: {reason}") from None
+                failed[m] = reason
+        return sample
 
     def _batches(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         chunk: list[dict[str, Any]] = []
         for i, record in enumerate(records):
-            if not isinstance(record, dict):
-                raise DataError(f"record {i} must be a dict of modality -> value, got {type(record).__name__}")
-            sample: dict[str, Any] = {"key": str(record.get("key", i))}
-            for m, pre in self.preprocessors.items():
-                try:
-                    sample[m] = pre.transform(record.get(m))
-                except Exception as err:  # noqa: BLE001 - report which record and field failed
-                    raise DataError(f"record '{sample['key']}': {m}: {err}") from None
-            chunk.append(sample)
+            chunk.append(self.prepare(record, i))
             if len(chunk) == self.batch_size:
                 yield to_device(self._collate(chunk), self.device)
                 chunk = []
@@ -55,6 +128,9 @@ class Predictor:
 
     @torch.inference_mode()
     def _heads(self, records: Iterable[dict[str, Any]]) -> torch.Tensor:
+        if not self.trained:
+            raise ConfigError(f"'{self.source}' is a model preset with an untrained head: it embeds but does not "
+                              f"predict (load a fine-tuned run directory to predict)")
         if self.model.head is None:
             self.task.predict(torch.zeros(0))  # raises: the task has no predictions
         out = [self.model(b).float().cpu() for b in self._batches(records)]
@@ -71,25 +147,117 @@ class Predictor:
         return self.task.predict(self._heads(records))
 
     @torch.inference_mode()
+    def embed_samples(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Prepared samples -> {'fused': (B, D), <m>: (B, D) projected pooled vector (zeros where absent),
+        'present_<m>': (B,) bool} on the CPU. Encoders of modalities no sample has are not run."""
+        with self._lock:
+            batch = Collator({m: self.preprocessors[m] for m in modalities})(samples)
+        batch = to_device(batch, self.device)
+        active = [m for m in modalities if bool(batch[f"present_{m}"].any())] or list(modalities)
+        features = self.model.encode(batch, active)
+        out = {"fused": self.model.fusion(features).float().cpu()}  # (B, D)
+        for m in modalities:
+            present = batch[f"present_{m}"]
+            out[f"present_{m}"] = present.cpu()
+            vectors = features[m].pooled.float() * present[:, None] if m in features else \
+                torch.zeros(len(samples), self.dim)
+            out[m] = vectors.cpu()
+        return out
+
     def embed(self, records: Iterable[dict[str, Any]], normalize: bool = False,
-              modality: str | None = None) -> np.ndarray:
-        """(N, D) fused embeddings, or with `modality` that modality's own pooled projection (what a contrastive
-        model aligns: embed texts and images separately, then compare them); L2-normalised when `normalize`."""
-        if modality is not None and modality not in self.model.modalities:
-            raise ConfigError(f"the model has no modality '{modality}' (has: {', '.join(self.model.modalities)})")
-        out = []
-        for b in self._batches(records):
-            emb = self.model.encode(b)[modality].pooled if modality else self.model.embed(b)
-            out.append(emb.float().cpu())
-        emb = torch.cat(out) if out else torch.zeros(0, self.model.fusion.dim)
-        return torch.nn.functional.normalize(emb, dim=-1).numpy() if normalize else emb.numpy()
+              modalities: str | Sequence[str] | None = None, per_modality: bool = False,
+              modality: str | None = None) -> np.ndarray | dict[str, np.ndarray]:
+        """Fused embeddings (N, D) float32, in input order; L2-normalised when `normalize`.
+
+        `modalities` (default: all the model reads) embeds from that subset only, the others treated as absent.
+        `per_modality=True` returns {'fused': (N, D), <m>: (N, D), 'present_<m>': (N,) bool} for the selected
+        modalities; a modality's vector is its encoder's pooled output projected to D, zeros where absent.
+        `modality='text'` returns just that modality's (N, D) vectors (what a contrastive model aligns: embed
+        texts and images separately, then compare them).
+        Records are batched internally, longest texts together, so padding stays short.
+        """
+        if modality is not None:
+            if modality not in self.modalities:
+                raise ConfigError(f"the model has no modality '{modality}' (has: {', '.join(self.modalities)})")
+            return self.embed(records, normalize, [modality], per_modality=True)[modality]
+        selected = self.select(modalities)
+        parts = []
+        for start, window in windows(records, self.batch_size * self.sort_window_batches):
+            samples = [self.prepare(r, start + i, selected) for i, r in enumerate(window)]
+            parts.append(self.embed_prepared(samples, selected))
+        if parts:
+            out = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        else:
+            out = {"fused": torch.zeros(0, self.dim), **{m: torch.zeros(0, self.dim) for m in selected},
+                   **{f"present_{m}": torch.zeros(0, dtype=torch.bool) for m in selected}}
+        if normalize:
+            out = {k: v if k.startswith("present_") else torch.nn.functional.normalize(v, dim=-1)  # 0 stays 0
+                   for k, v in out.items()}
+        return {k: v.numpy() for k, v in out.items()} if per_modality else out["fused"].numpy()
+
+    def embed_prepared(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`embed_samples` over prepared samples of any number, in batches of similar text length; input order."""
+        return self._in_order(samples, lambda batch: self.embed_samples(batch, modalities))
+
+    def encode(self, records: Iterable[dict[str, Any]], modality: str = "text", normalize: bool = False) -> np.ndarray:
+        """(N, W) the `modality` encoder's own pooled vectors, before projection and fusion (for a pretrained
+        sentence encoder such as all-MiniLM-L6-v2 with mean pooling: its sentence embedding). Zeros where absent."""
+        selected = self.select([modality])
+        width = self.model.encoders[modality].width
+        parts = []
+        for start, window in windows(records, self.batch_size * self.sort_window_batches):
+            samples = [self.prepare(r, start + i, selected) for i, r in enumerate(window)]
+            parts.append(self._in_order(samples, lambda batch: {"pooled": self._pooled(batch, modality)})["pooled"])
+        out = torch.cat(parts) if parts else torch.zeros(0, width)
+        return (torch.nn.functional.normalize(out, dim=-1) if normalize else out).numpy()
+
+    @torch.inference_mode()
+    def _pooled(self, samples: list[dict[str, Any]], modality: str) -> torch.Tensor:
+        with self._lock:
+            batch = Collator({modality: self.preprocessors[modality]})(samples)
+        batch = to_device(batch, self.device)
+        pooled = self.model.encoders[modality](batch).pooled.float()  # (B, W)
+        return (pooled * batch[f"present_{modality}"][:, None]).cpu()
+
+    def _in_order(self, samples: list[dict[str, Any]], run: Any) -> dict[str, torch.Tensor]:
+        """`run(batch of samples) -> {name: (B, ...)}` over length-sorted batches, joined back in input order."""
+        order = length_order(samples)
+        indices, parts = [], []
+        for b in range(0, len(order), self.batch_size):
+            picked = order[b:b + self.batch_size]
+            parts.append(run([samples[i] for i in picked]))
+            indices += picked
+        out = {}
+        for name in parts[0] if parts else []:
+            joined = torch.cat([p[name] for p in parts])
+            out[name] = torch.empty_like(joined)
+            out[name][torch.tensor(indices)] = joined
+        return out
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128) -> Predictor:
-    """Load a finished run (`run_dir/checkpoints/<checkpoint>`) or a checkpoint directory itself."""
-    path = Path(run_dir)
-    if not path.exists():
-        raise ConfigError(f"run directory {path} does not exist")
-    ckpt = path if (path / "config.json").exists() else path / "checkpoints" / checkpoint
-    model, config, _ = load_checkpoint(ckpt)
-    return Predictor(model, config, resolve_device(device), batch_size)
+def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128,
+         backend: str = "fp32") -> Predictor:
+    """A finished run (`run_dir/checkpoints/<checkpoint>`), a checkpoint directory, or a model preset name.
+
+    `backend='int8'` (CPU) quantises the encoders' attention projections to int8 (`mmfuse.serving`); check its
+    vectors against fp32 with `mmfuse.serving.cosine_parity` on a sample of your items.
+
+    A preset (`mmfuse list`; or a preset .json file) builds its encoders -- pretrained where the preset says so --
+    with projections and fusion initialised from seed 0: the frozen, untuned baseline embedder.
+    """
+    path = Path(source)
+    if path.is_dir():
+        ckpt = path if (path / "config.json").exists() else path / "checkpoints" / checkpoint
+        model, config, _ = load_checkpoint(ckpt)
+        return Predictor(model, config, resolve_device(device), batch_size, source=str(source), backend=backend)
+    from .presets import list_presets, load_preset
+
+    if str(source) not in list_presets() and not (str(source).endswith(".json") and path.is_file()):
+        raise ConfigError(f"'{source}' is neither a run directory nor a model preset "
+                          f"(presets: {', '.join(list_presets())})")
+    config = ModelConfig(**{**load_preset(str(source)), "labels": list(UNTRAINED_LABELS)})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(config)
+    return Predictor(model, config, resolve_device(device), batch_size, source=str(source), trained=False,
+                     backend=backend)

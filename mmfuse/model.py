@@ -140,9 +140,10 @@ class FusionModel(nn.Module):
     def modalities(self) -> list[str]:
         return sorted(self.encoders)
 
-    def encode(self, batch: dict[str, Any]) -> dict[str, ModalityFeatures]:
+    def encode(self, batch: dict[str, Any], modalities: list[str] | None = None) -> dict[str, ModalityFeatures]:
+        """Per-modality features at width D; `modalities` (default all) limits which encoders run."""
         features = {}
-        for m in self.modalities:
+        for m in self.modalities if modalities is None else sorted(modalities):
             out = cached_output(batch, m) if f"cached_{m}_pooled" in batch else self.encoders[m](batch)
             project = self.projections[m]
             present = batch.get(f"present_{m}")
@@ -154,8 +155,9 @@ class FusionModel(nn.Module):
             drop_modalities(features, self.modality_dropout)
         return features
 
-    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.fusion(self.encode(batch))  # (B, D)
+    def embed(self, batch: dict[str, Any], modalities: list[str] | None = None) -> torch.Tensor:
+        """Fused embedding (B, D); modalities left out of `modalities` count as absent for every sample."""
+        return self.fusion(self.encode(batch, modalities))  # (B, D)
 
     def forward(self, batch: dict[str, Any], outputs: bool = False) -> Any:
         if not outputs:

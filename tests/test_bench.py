@@ -158,3 +158,17 @@ def test_flop_count_includes_cpu_attention_and_summary():
 def test_cli_rejects_bad_options(capsys):
     assert main(["bench", "--cases", "nope"]) == 2
     assert "unknown bench case" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_text_embed_case_compares_with_sentence_transformers(demo_shards, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    out = tmp_path / "text-embed"
+    assert main(["bench", *FAST, "--cases", "text-embed", "--data", str(demo_shards), "--out", str(out)]) == 0
+    report = load_report(out / "report.json")
+    (case,) = report["cases"]
+    assert case["name"] == "text-embed/tiny/text" and set(case["series"]) == {"mmfuse", "baseline", "int8"}
+    assert case["parity"]["mmfuse_vs_baseline"]["min"] > 0.9999 and case["parity"]["mmfuse_vs_baseline"]["n"] == 64
+    assert case["parity"]["int8_vs_mmfuse"]["min"] >= 0.99
+    assert case["ratio"]["median"] > 0 and case["ratios"]["int8/mmfuse"]["median"] > 0
+    assert "Text embedding vs sentence-transformers" in (out / "report.md").read_text()

@@ -7,6 +7,7 @@ calibration after the cases is known.
             identical copy of the model and the same batch, interleaved; then a loader-fed pass through
             `Trainer.train_epoch` for the data-wait vs compute split
     embed   `Predictor.embed` on raw records vs `FusionModel.embed` on the same, already collated batches
+    text-embed  `Predictor.encode` (fp32 and int8) vs sentence-transformers on the same weights (`textembed.py`)
 """
 
 from __future__ import annotations
@@ -237,4 +238,11 @@ def run_embed(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
                    memory={"kind": memory.kind, "bytes": memory.bytes})
 
 
-RUNNERS = {"loader": run_loader, "encode": run_encode, "train": run_train, "embed": run_embed}
+def _run_text_embed(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
+    from .textembed import run_text_embed
+
+    return run_text_embed(ctx, spec)
+
+
+RUNNERS = {"loader": run_loader, "encode": run_encode, "train": run_train, "embed": run_embed,
+           "text-embed": _run_text_embed}

@@ -13,9 +13,10 @@ from typing import Any
 
 from ..errors import ConfigError
 
-CASE_KINDS = ("loader", "encode", "train", "embed", "lever")
+CASE_KINDS = ("loader", "encode", "train", "embed", "lever", "text-embed")
 DEFAULT_KINDS = ("loader", "encode", "train", "embed")
-"""What runs without --cases; `lever` (one speed lever on vs off, see `levers.py`) is asked for by name."""
+"""What runs without --cases; `lever` (one speed lever on vs off, see `levers.py`) and `text-embed` (mmfuse vs
+sentence-transformers on all-MiniLM-L6-v2, fp32 and int8, see `textembed.py`) are asked for by name."""
 PRESETS = ("default", "tiny")
 
 TOWERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -41,7 +42,7 @@ class BenchConfig:
     """Options of a bench run (the CLI maps its flags onto these fields)."""
 
     cases: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
-    """Case kinds to run, from loader, encode, train, embed, lever."""
+    """Case kinds to run, from loader, encode, train, embed, lever, text-embed."""
     preset: str = "default"
     """default | tiny (see the module docstring)."""
     device: str = "auto"
@@ -119,7 +120,8 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
                 CaseSpec("train", "tiny", ["text", "image"], 16), CaseSpec("train", "tiny", ["text"], 16),
                 CaseSpec("embed", "tiny", ["text", "image"], 16),
                 *(CaseSpec("lever", "tiny", ["text", "image"], 16, lever=lever)
-                  for lever in ("cache", "grad-ckpt", "fused-adamw"))]
+                  for lever in ("cache", "grad-ckpt", "fused-adamw")),
+                CaseSpec("text-embed", "tiny", ["text"], 16)]
     return [CaseSpec("loader", "demo", ["text", "image"], 64),
             CaseSpec("loader", "demo", ["text", "image", "audio"], 64),
             CaseSpec("encode", "demo", ["text"], 64), CaseSpec("encode", "demo", ["image"], 64),
@@ -135,7 +137,8 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
             CaseSpec("train", "vit-s", ["image"], 8),
             CaseSpec("embed", "demo", ["text", "image"], 128),
             *(CaseSpec("lever", "demo", ["text", "image"], 64, lever=lever)
-              for lever in ("cache", "compile", "grad-ckpt", "fused-adamw"))]
+              for lever in ("cache", "compile", "grad-ckpt", "fused-adamw")),
+            CaseSpec("text-embed", "minilm", ["text"], 64)]
 
 
 def build_cases(cfg: BenchConfig) -> list[CaseSpec]:

@@ -42,6 +42,25 @@ def _case_rows(report: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _text_embed_rows(report: dict[str, Any]) -> list[str]:
+    cases = [c for c in report["cases"] if c.get("parity")]
+    if not cases:
+        return []
+    rows = ["## Text embedding vs sentence-transformers (same weights, texts, batch size)", "",
+            "| case | weights | mmfuse fp32 / ST | int8 / ST | int8 / fp32 | int8 texts/s | cosine fp32 vs ST (min) "
+            "| cosine int8 vs fp32 (min / mean) |", "|---|---|---|---|---|---|---|---|"]
+    for c in cases:
+        ratios, parity = c.get("ratios") or {}, c["parity"]
+        ratio = {k: f"{v['median']:.3f} [{v['q1']:.3f}, {v['q3']:.3f}]" for k, v in ratios.items()}
+        q = parity.get("int8_vs_mmfuse")
+        int8_parity = f"{q['min']:.4f} / {q['mean']:.4f}" if q else ""
+        rows.append(f"| `{c['name']}` | {c.get('weights', '')} | **{c['ratio']['median']:.3f}** | "
+                    f"{ratio.get('int8/baseline', '')} | {ratio.get('int8/mmfuse', '')} | "
+                    f"{_series(c['series'].get('int8'))} | {parity['mmfuse_vs_baseline']['min']:.5f} | "
+                    f"{int8_parity} |")
+    return rows + [""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """A human summary of `report`: settings, calibration, flags, one table per view, the environment."""
     env, cal, st = report["environment"], report["calibration"], report["settings"]
@@ -65,6 +84,7 @@ def markdown(report: dict[str, Any]) -> str:
               "train = "
               "hand-written loop (fused AdamW) on an identical model copy and the same batch; embed = "
               "`FusionModel.embed` on already collated batches.", ""] + _case_rows(report) + [""]
+    lines += _text_embed_rows(report)
     split_rows = [c for c in report["cases"] if c["split"]]
     if split_rows:
         lines += ["## Train: data wait vs compute (loader-fed `Trainer.train_epoch`)", "",

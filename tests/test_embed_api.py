@@ -1,0 +1,165 @@
+"""`mmfuse.load(...).embed(records)`: light import, order kept across length-sorted batches, threads, missing
+modalities, modality subsets, per-modality output, every input type, presets as untrained embedders."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+import mmfuse
+from mmfuse.errors import ConfigError, DataError
+from mmfuse.records import length_order, windows
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = ["a", "a long sturdy oak toy with round corners and a smooth finish", "steel", "", "a pine block",
+         "an old walnut piece carved by hand from one log", "x y", "metal"]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return mmfuse.load("tiny_bottleneck", batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("media")
+    pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    wave = (rng.standard_normal(8000) * 0.1).astype(np.float32)
+    sf.write(folder / "a.wav", wave, 16_000)
+    return {"png": folder / "a.png", "pixels": pixels, "wav": folder / "a.wav", "wave": wave}
+
+
+def records(media) -> list[dict]:
+    out = []
+    for i, text in enumerate(TEXTS):
+        record = {"key": f"k{i}", "text": text}
+        if i % 2 == 0:
+            record["image"] = str(media["png"])
+        if i % 3 == 0:
+            record["audio"] = str(media["wav"])
+        out.append(record)
+    return out
+
+
+def test_load_and_embed_do_not_import_training_modules():
+    code = ("import sys, mmfuse\n"
+            "e = mmfuse.load('tiny_bottleneck')\n"
+            "v = e.embed([{'text': 'an oak toy'}, {}], per_modality=True)\n"
+            "heavy = ('webdataset', 'peft', 'matplotlib', 'pyarrow', 'mmfuse.train.trainer', 'mmfuse.finetune', "
+            "'mmfuse.data.loader', 'mmfuse.bench')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+            "print(v['fused'].shape)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded, shape = out.stdout.strip().splitlines()
+    assert loaded == "[]" and shape == "(2, 16)"
+
+
+def test_windows_and_length_order():
+    assert [(start, len(chunk)) for start, chunk in windows(iter(range(7)), 3)] == [(0, 3), (3, 3), (6, 1)]
+    samples = [{"text": t or None} for t in TEXTS]
+    order = length_order(samples)
+    assert sorted(order) == list(range(len(TEXTS)))
+    lengths = [len(TEXTS[i]) for i in order]
+    assert lengths == sorted(lengths, reverse=True) and order[-2:] == [0, 3]  # ties keep input order
+
+
+def test_batched_embedding_keeps_input_order(embedder, media):
+    recs = records(media)
+    together = embedder.embed(recs)
+    alone = np.concatenate([embedder.embed([r]) for r in recs])
+    assert together.shape == (len(TEXTS), embedder.dim) and together.dtype == np.float32
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert not np.allclose(together[0], together[1])
+    assert embedder.embed(iter(recs)).tolist() == together.tolist()  # any iterable, same batches
+
+
+def test_threads_give_identical_results(embedder, media):
+    recs = records(media) * 3
+    expected = embedder.embed(recs, normalize=True)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: embedder.embed(recs, normalize=True), range(8)))
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+
+
+def test_missing_modalities_give_finite_vectors_and_zero_per_modality_rows(embedder, media):
+    recs = [{"text": "oak"}, {"image": str(media["png"])}, {"audio": str(media["wav"])}, {}, {"text": "  "}]
+    out = embedder.embed(recs, per_modality=True, normalize=True)
+    assert set(out) == {"fused", "text", "image", "audio", "present_text", "present_image", "present_audio"}
+    assert np.isfinite(out["fused"]).all()
+    assert out["present_text"].tolist() == [True, False, False, False, False]  # blank text counts as absent
+    assert out["present_image"].tolist() == [False, True, False, False, False]
+    assert out["present_audio"].tolist() == [False, False, True, False, False]
+    for m in ("text", "image", "audio"):
+        norms = np.linalg.norm(out[m], axis=1)
+        np.testing.assert_allclose(norms[out[f"present_{m}"]], 1.0, atol=1e-5)
+        assert (norms[~out[f"present_{m}"]] == 0).all()
+    np.testing.assert_allclose(np.linalg.norm(out["fused"][:3], axis=1), 1.0, atol=1e-5)
+
+
+def test_modality_subset_treats_the_others_as_absent(embedder, media):
+    recs = records(media)
+    text_only = embedder.embed(recs, modalities="text", per_modality=True)
+    stripped = embedder.embed([{"text": r["text"]} for r in recs])
+    np.testing.assert_allclose(text_only["fused"], stripped, atol=1e-5)
+    assert set(text_only) == {"fused", "text", "present_text"}
+    with_image = embedder.embed(recs, modalities=["image", "text"])
+    assert not np.allclose(with_image[0], text_only["fused"][0])
+    with pytest.raises(ConfigError, match="modalities video: this model reads audio, image, text"):
+        embedder.embed(recs, modalities="text,video")
+
+
+def test_every_input_type_of_a_modality_embeds_alike(embedder, media):
+    png = media["png"]
+    wave, _ = sf.read(media["wav"], dtype="float32")
+    forms = [{"image": str(png), "audio": str(media["wav"])},
+             {"image": png.read_bytes(), "audio": media["wav"].read_bytes()},
+             {"image": Image.open(png), "audio": (wave, 16_000)},
+             {"image": media["pixels"], "audio": {"array": wave, "sampling_rate": 16_000}}]
+    out = embedder.embed(forms)
+    for row in out[1:]:
+        np.testing.assert_allclose(row, out[0], atol=1e-5)
+
+
+def test_bad_record_names_the_record_and_field(embedder, tmp_path):
+    with pytest.raises(DataError, match="record 'x': image: "):
+        embedder.embed([{"key": "x", "image": str(tmp_path / "missing.jpg")}])
+    with pytest.raises(DataError, match="record 1 must be a dict"):
+        embedder.embed([{"text": "ok"}, "just a string"])
+    assert embedder.embed([]).shape == (0, embedder.dim)
+
+
+def test_a_preset_is_a_reproducible_untrained_embedder(embedder, media):
+    again = mmfuse.load("tiny_bottleneck")
+    assert again.fingerprint() == embedder.fingerprint() and len(again.fingerprint()) == 64
+    np.testing.assert_allclose(again.embed(records(media)), embedder.embed(records(media)), atol=1e-5)
+    assert mmfuse.load("tiny_cross_attention").fingerprint() != embedder.fingerprint()
+    with pytest.raises(ConfigError, match="untrained head"):
+        embedder.predict([{"text": "oak"}])
+    with pytest.raises(ConfigError, match="neither a run directory nor a model preset"):
+        mmfuse.load("tiny_botleneck")
+
+
+def test_a_trained_run_embeds_with_its_own_weights(demo_shards, tmp_path, tiny_config):
+    from dataclasses import replace
+
+    from mmfuse.finetune import finetune
+
+    config = replace(tiny_config, train=replace(tiny_config.train, epochs=1, max_steps=2))
+    finetune(config)
+    run = mmfuse.load(config.out)
+    assert run.trained and run.dim == 32 and run.modalities == ["image", "text"]
+    img = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(img, format="PNG")
+    out = run.embed([{"text": "an oak toy", "image": img.getvalue()}, {"text": "steel"}], per_modality=True)
+    assert out["fused"].shape == (2, 32) and out["present_image"].tolist() == [True, False]
