@@ -93,19 +93,20 @@ def _result(spec: CaseSpec, measured: tuple[dict[str, list[float]], dict[str, li
 def run_loader(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     """One full pass over the split per repeat: mmfuse's loader vs the raw decode loop."""
     preprocessors = _model(ctx, spec).preprocessors()
+    split = spec.split or ctx.split
 
     def mmfuse() -> int:
-        loader = make_loader(ctx.info, ctx.split, preprocessors, spec.batch_size, num_workers=ctx.cfg.workers)
+        loader = make_loader(ctx.info, split, preprocessors, spec.batch_size, num_workers=ctx.cfg.workers)
         return sum(count(b) for b in loader)
 
     def raw() -> int:
-        return sum(count(b) for b in raw_batches(ctx.info, ctx.split, preprocessors, spec.batch_size))
+        return sum(count(b) for b in raw_batches(ctx.info, split, preprocessors, spec.batch_size))
 
     with PeakMemory(torch.device("cpu")) as memory:
         rates = interleaved({"mmfuse": mmfuse, "baseline": raw}, torch.device("cpu"), ctx.cfg.repeats,
                             min(ctx.cfg.warmup, 1))
     return _result(spec, rates, 1, baseline="raw decode loop (direct tar parser + torchvision.io + one tokenizer call)",
-                   workers=ctx.cfg.workers, samples_per_repeat=ctx.info.count(ctx.split),
+                   workers=ctx.cfg.workers, samples_per_repeat=ctx.info.count(split),
                    memory={"kind": memory.kind, "bytes": memory.bytes})
 
 

@@ -98,13 +98,16 @@ class CaseSpec:
     text_tokens: int | None = None
     """Time the text tower on `text_tokens`-long sequences of random ids instead of the demo's short titles
     (encode and train cases; compute does not depend on the ids)."""
+    split: str | None = None
+    """Loader cases: the split to read (default: the suite's, train); the audio case reads the smaller val split."""
 
     @property
     def name(self) -> str:
         parts = [self.kind, *([self.lever] if self.lever else []), self.towers, "+".join(self.modalities)]
         if self.kind in ("train", "embed"):
             parts.append(self.fusion)
-        return "/".join(parts) + (f"@{self.text_tokens}tok" if self.text_tokens else "")
+        return "/".join(parts) + (f"@{self.text_tokens}tok" if self.text_tokens else "") + (
+            f"@{self.split}" if self.split else "")
 
     def encoders(self) -> dict[str, dict[str, Any]]:
         towers = TOWERS[self.towers]
@@ -123,7 +126,7 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
                   for lever in ("cache", "grad-ckpt", "fused-adamw")),
                 CaseSpec("text-embed", "tiny", ["text"], 16)]
     return [CaseSpec("loader", "demo", ["text", "image"], 64),
-            CaseSpec("loader", "demo", ["text", "image", "audio"], 64),
+            CaseSpec("loader", "demo", ["text", "image", "audio"], 64, split="val"),
             CaseSpec("encode", "demo", ["text"], 64), CaseSpec("encode", "demo", ["image"], 64),
             CaseSpec("encode", "demo", ["audio"], 64),
             CaseSpec("encode", "bert-small", ["text"], 64),
