@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -11,6 +12,15 @@ from typing import Any
 
 from ..errors import DataError
 from .targets import KINDS
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 FORMAT = "mmfuse-shards/1"
 PICKLE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
@@ -81,8 +91,6 @@ class DatasetInfo:
             raise DataError(f"shard {path} has changed: {size} bytes, {file.name} says {shard['bytes']} "
                             f"(rewrite the shards, or their dataset.json if the change is intended)")
         if verify and "sha256" in shard:
-            from .writer import sha256_file
-
             if sha256_file(path) != shard["sha256"]:
                 raise DataError(f"shard {path} has changed: its sha256 differs from {file.name}'s "
                                 f"(rewrite the shards, or their dataset.json if the change is intended)")

@@ -6,12 +6,12 @@ what is already known to be wrong with it (an unparsable row, a missing key, a m
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.info import sha256_file
 from ..data.manifest import read_manifest
 from ..errors import DataError
 
@@ -47,7 +47,7 @@ class ManifestSource:
 
     def describe(self) -> dict[str, Any]:
         """What identifies this input (a resumed export must read the same rows)."""
-        return {"kind": "manifest", "path": str(Path(self.path).resolve()), "sha256": _sha256(Path(self.path)),
+        return {"kind": "manifest", "path": str(Path(self.path).resolve()), "sha256": sha256_file(Path(self.path)),
                 "root": str(self._root()), "key": self.key, "text": list(self.text), "image": self.image,
                 "audio": self.audio}
 
@@ -109,7 +109,7 @@ class ShardSource:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "shards", "path": str(self.info.root.resolve()), "splits": list(self.splits),
-                "sha256": _sha256(self.info.root / "dataset.json")}
+                "sha256": sha256_file(self.info.root / "dataset.json")}
 
     def count(self) -> int:
         return sum(self.info.count(split) for split in self.splits)
@@ -121,11 +121,3 @@ class ShardSource:
             for record in read_records(self.info, split):
                 record.pop("label", None)
                 yield Item(record["key"], record, f"{split}/{record['key']}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
