@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .columns import add_manifest_options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,15 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="run directory, checkpoint directory or model preset name")
     p.add_argument("--checkpoint", default="best", help="checkpoint of a run directory")
-    p.add_argument("--manifest", help="items.jsonl or items.csv, one row per item")
-    p.add_argument("--root", help="media root for relative paths (default: the manifest's directory)")
+    add_manifest_options(p, key_help="id column")
     p.add_argument("--shards", help="instead of --manifest: a shard directory with a dataset.json")
     p.add_argument("--splits", help="with --shards: comma-separated splits, in this order (default: all)")
     p.add_argument("--out", required=True, help="output directory (new, or an interrupted export to resume)")
-    p.add_argument("--key", default="key", help="id column")
-    p.add_argument("--text", default="text", help="text column(s), comma-separated; joined with newlines")
-    p.add_argument("--image", default="image", help="image path column ('' for none)")
-    p.add_argument("--audio", default="audio", help="audio path column ('' for none)")
     p.add_argument("--modalities", help="embed from these modalities only, e.g. text,image (default: all)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise every vector")
     p.add_argument("--bad-media", choices=["skip", "absent"], default="skip",

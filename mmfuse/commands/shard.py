@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .columns import add_manifest_options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,13 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "WebDataset shards with a dataset.json, and list the refused ones in OUT/rejects.jsonl. "
                     "With --from-shards, describe existing shards instead (no copy).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--manifest", help="items.jsonl or items.csv, one row per item")
-    p.add_argument("--root", help="media root for relative paths (default: the manifest's directory)")
+    add_manifest_options(p, key_help="key column (unique per row)")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
-    p.add_argument("--key", default="key", help="key column (unique per row)")
-    p.add_argument("--text", default="text", help="text column(s), comma-separated; joined with newlines")
-    p.add_argument("--image", default="image", help="image path column ('' for none)")
-    p.add_argument("--audio", default="audio", help="audio path column ('' for none)")
     p.add_argument("--task", default="classification",
                    choices=["classification", "multilabel", "regression", "none"],
                    help="what each row is labelled with: one label, a list of labels (JSON list or names joined by "
