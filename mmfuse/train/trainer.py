@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -123,7 +124,9 @@ class Trainer:
         if self.env.distributed and (self.fsdp or self.model.alignment is not None):
             # FSDP has no Join, and the alignment's all_gather needs every rank in every step
             loader = lockstep(loader, self.env)
-        with join:
+        # torch's Join.__exit__ calls warnings.simplefilter("once"), which overrides every filter set before it
+        # (e.g. the image decoders' deprecation filter): keep the filters as they were
+        with warnings.catch_warnings(), join:
             tick = time.perf_counter()
             for batch in loader:
                 if not batch_size(batch):
