@@ -72,6 +72,16 @@ def data_summary(skipped: Counter[str], ignored: Counter[str]) -> str:
     return line
 
 
+def upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A train_state.pt from before per-rank parts (`positions` and `rng` lists, rank 0's counts) in today's form."""
+    if "ranks" in state:
+        return state
+    shared = {k: state.pop(k) for k in ("acc", "skipped", "ignored")}
+    state["ranks"] = [{"position": p, "rng": r, **shared} for p, r in zip(state.pop("positions"), state.pop("rng"),
+                                                                           strict=True)]
+    return state
+
+
 class Preempted(Exception):
     """SIGTERM arrived; a resumable checkpoint has been written."""
 
@@ -138,7 +148,8 @@ class FinetuneRun:
         self.skipped: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.acc = self._new_epoch_acc()
-        self.stop_requested = False
+        self.stop_requested = False  # SIGTERM on this rank
+        self.stop_everywhere = False  # ... seen by every rank at the same step
         self.stopped_early = False
         log_lines = self._restore() if resume else 0
         if self.env.is_main:
@@ -151,20 +162,24 @@ class FinetuneRun:
             self.log = MetricsLog(self.out / "metrics.jsonl", keep=log_lines, mirror=self.tensorboard)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
-    def _train_state(self) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: data position, RNG streams, this epoch's tallies, skip counts."""
+        return {"position": self.position.to_dict(), "rng": rng_state(),
+                "acc": {**self.acc, "loss_sum": float(self.acc["loss_sum"])},  # a device tensor mid-epoch
+                "skipped": dict(self.skipped), "ignored": dict(self.ignored)}
+
+    def _train_state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        """The resumable state: every rank's part (`ranks`, in rank order) and what all ranks share."""
         t = self.trainer
-        return {"epoch": self.epoch, "positions": gather_objects(self.position.to_dict(), self.env),
-                "rng": gather_objects(rng_state(), self.env), "step": t.step, "micro_step": t.micro_step,
+        return {"epoch": self.epoch, "ranks": ranks, "step": t.step, "micro_step": t.micro_step,
                 "optimizer": t.optimizer_state(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
-                "selection": self.selection.to_dict(),
-                "skipped": dict(self.skipped), "ignored": dict(self.ignored),
-                "acc": {**self.acc, "loss_sum": float(self.acc["loss_sum"])},  # a device tensor mid-epoch
-                "log_lines": self.log.lines if self.env.is_main else 0}
+                "selection": self.selection.to_dict(), "log_lines": self.log.lines if self.env.is_main else 0}
 
     def _save(self, kind: str, train_state: bool = False) -> None:
-        state = self._train_state() if train_state else None  # collective: every rank takes part
-        weights = self.trainer.model_state()  # collective under FSDP
+        # collectives: every rank takes part (the gather; under FSDP the optimizer state and the weights)
+        state = self._train_state(gather_objects(self._rank_state(), self.env)) if train_state else None
+        weights = self.trainer.model_state()
         if self.env.is_main:
             save_checkpoint(self.trainer.model, self.model_config, self.out / "checkpoints" / kind,
                             {"epoch": self.epoch}, train_state=state, state_dict=weights)
@@ -176,21 +191,22 @@ class FinetuneRun:
             raise ConfigError(f"{self.out} has no resumable checkpoint (checkpoints/resume/train_state.pt)")
         model, _, _ = load_checkpoint(ckpt)
         self.trainer.load_model_state(model.state_dict())
-        state, t = read_state(ckpt), self.trainer
+        state, t = upgrade_state(read_state(ckpt)), self.trainer
         t.load_optimizer_state(state["optimizer"])
         t.scheduler.load_state_dict(state["scheduler"])
         t.scaler.load_state_dict(state["scaler"])
         t.step, t.micro_step = state["step"], state["micro_step"]
-        if len(state["positions"]) != self.env.world_size:
-            raise ConfigError(f"{ckpt} was written by {len(state['positions'])} processes; resume with as many")
-        self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(state["positions"][self.env.rank])
-        self.best, self.records, self.acc = state["best"], state["records"], state["acc"]
+        if len(state["ranks"]) != self.env.world_size:
+            raise ConfigError(f"{ckpt} was written by {len(state['ranks'])} processes; resume with as many")
+        mine = state["ranks"][self.env.rank]
+        self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(mine["position"])
+        self.best, self.records, self.acc = state["best"], state["records"], mine["acc"]
         if "selection" in state:
             self.selection = Selection.from_dict(state["selection"])
         elif self.best.get("epoch"):  # a resumable checkpoint from before model selection: only `best`
             self.selection.update(self.best["epoch"], self.best[self.task.best_metric])
-        self.skipped, self.ignored = Counter(state["skipped"]), Counter(state["ignored"])
-        set_rng_state(state["rng"][self.env.rank])
+        self.skipped, self.ignored = Counter(mine["skipped"]), Counter(mine["ignored"])
+        set_rng_state(mine["rng"])
         self.echo(f"mmfuse: resuming {self.out} at epoch {self.epoch}, step {t.step}")
         return state["log_lines"]
 
@@ -203,23 +219,25 @@ class FinetuneRun:
         if info.get("cursor") is not None:
             worker, cursor = info["cursor"]
             self.position.advance(worker, cursor, self.train_workers)
-        if not info["size"]:
+        self.stop_everywhere |= info.get("stop", False)  # the same on every rank at the same step
+        if info["size"]:
+            self.acc["loss_sum"] += info["loss"]  # a device tensor: summed without a host sync
+            self.acc["batches"] += 1
+            self.acc["samples"] += info["size"]
+        elif not info.get("padding"):  # a batch whose samples were all skipped: no step was taken
             return False
-        self.acc["loss_sum"] += info["loss"]  # a device tensor: summed without a host sync
-        self.acc["batches"] += 1
-        self.acc["samples"] += info["size"]
         if t.micro_step % train.grad_accum:
             return False
-        if self.env.is_main and t.step % train.log_every == 0:
+        if self.env.is_main and t.step % train.log_every == 0 and info["size"]:
             self.log.write({"epoch": self.epoch, "step": t.step, "loss": float(info["loss"]),
                             "lr": t.scheduler.get_last_lr()[-1]})
         done = train.max_steps is not None and t.step >= train.max_steps
-        if not self.env.distributed:  # mid-epoch checkpoints need every rank in step: single process only
-            if self.stop_requested:
-                self._save("resume", train_state=True)
-                raise Preempted
-            if train.checkpoint_every and t.step % train.checkpoint_every == 0 and not done:
-                self._save("resume", train_state=True)
+        # every rank is at this step (`Trainer.train_epoch`), so the checkpoint's collectives may run here
+        if self.stop_everywhere:
+            self._save("resume", train_state=True)
+            raise Preempted
+        if train.checkpoint_every and t.step % train.checkpoint_every == 0 and not done:
+            self._save("resume", train_state=True)
         return done
 
     def _epoch(self) -> None:
@@ -231,7 +249,8 @@ class FinetuneRun:
         bar = tqdm(total=rank_batches, initial=self.acc["batches"], leave=False,
                    desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
                    dynamic_ncols=True)
-        stats = self.trainer.train_epoch(self._tally(loader), self._after_step, bar)
+        stats = self.trainer.train_epoch(self._tally(loader), self._after_step, bar, padding=self._padding_batch,
+                                         stop=lambda: self.stop_requested)
         bar.close()
         self.acc["data_s"] += stats["data_s"]
         self.acc["compute_s"] += stats["compute_s"]
@@ -278,10 +297,19 @@ class FinetuneRun:
     def _loader(self, split: str, batch_size: int, **kwargs: Any):
         """The loader of `split`; cached towers' modalities are looked up by key instead of decoded."""
         if self.cache is None:
-            return make_loader(self.info, split, self.preprocessors, batch_size, **self.loader_kwargs, **kwargs)
+            return make_loader(self.info, split, self.preprocessors, batch_size, **{**self.loader_kwargs, **kwargs})
         preprocessors = self.cache.preprocessors(split, self.preprocessors)
         return self.cache.attach(split, make_loader(self.info, split, preprocessors, batch_size,
-                                                    **self.loader_kwargs, **self.cache.source(split), **kwargs))
+                                                    **{**self.loader_kwargs, **self.cache.source(split), **kwargs}))
+
+    def _padding_batch(self) -> dict[str, Any]:
+        """A batch for the zero-weight steps of a rank whose share of the epoch has run out: the first of the
+        train split (read whole by this rank, unshuffled)."""
+        split = self.config.data.train_split
+        for batch in self._loader(split, self.rank_batch, every_rank=True, num_workers=0):
+            if len(batch["key"]):
+                return batch
+        raise DataError(f"split '{split}' of {self.info.root} has no readable sample")
 
     def _tally(self, loader):
         """Count the shard members the loader ignored (pickle), reported beside the skipped samples."""

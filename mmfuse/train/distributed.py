@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,3 +118,24 @@ def lockstep(loader: Iterable[dict[str, Any]], env: DistEnv) -> Iterator[dict[st
                 yield {"key": [], "skipped": dict(left["skipped"]), "ignored": dict(left["ignored"])}
             return
         yield batch
+
+
+def in_step(loader: Iterable[dict[str, Any]], env: DistEnv, stop: Callable[[], bool] = lambda: False
+            ) -> Iterator[tuple[dict[str, Any] | None, bool]]:
+    """Every rank takes part in every step while any rank still has data: yields (this rank's next batch, or None
+    once its share has run out, `stop` on any rank) per step, and ends when every rank has run out.
+
+    The trainer runs a rank without data (None, or a batch whose samples were all skipped) through a zero-weight
+    padding step, so every rank takes the same optimizer steps: optimizers, schedules and step counters stay equal
+    (DDP's `Join` would keep a finished rank out of the steps, and its optimizer and schedule behind), and a
+    collective (a checkpoint's gather, the stop decision) may run at any step. One small all-reduce per step.
+    """
+    it = iter(loader)
+    while True:
+        batch = next(it, None)
+        flags = torch.tensor([float(batch is not None), float(stop())], device=env.device)
+        if env.distributed:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if not flags[0]:
+            return
+        yield batch, bool(flags[1])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
@@ -21,7 +19,7 @@ from ..data.batch import batch_size, to_device
 from ..model import FusionModel
 from ..tasks.classification import ClassificationTask
 from . import fsdp
-from .distributed import DistEnv, lockstep, sum_counters
+from .distributed import DistEnv, in_step, lockstep, sum_counters
 from .optim import build_optimizer, warmup_cosine
 from .precision import autocast, choose_precision
 
@@ -70,8 +68,9 @@ class Trainer:
             outputs = self.engine(batch, outputs=True)  # head (B, C), pooled, present, alignment
         return self.task.loss(outputs, batch)
 
-    def train_step(self, batch: dict[str, Any]) -> torch.Tensor:
-        """One micro-batch (already on the device). Returns the detached loss."""
+    def train_step(self, batch: dict[str, Any], weight: float = 1.0) -> torch.Tensor:
+        """One micro-batch (already on the device), its loss scaled by `weight` (0: a padding step that only takes
+        part in the gradient reduction and the optimizer step). Returns the detached loss."""
         self.micro_step += 1
         boundary = self.micro_step % self.cfg.grad_accum == 0
         if self.fsdp:
@@ -79,7 +78,7 @@ class Trainer:
         sync = nullcontext() if boundary or not self.env.distributed or self.fsdp else self.engine.no_sync()
         with sync:
             loss = self.loss(batch)
-            self.scaler.scale(loss / self.cfg.grad_accum).backward()
+            self.scaler.scale(loss * (weight / self.cfg.grad_accum)).backward()
         if boundary:
             if self.cfg.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
@@ -108,30 +107,41 @@ class Trainer:
                 metrics.update(outputs, batch)
         return {**metrics.compute(self.env), "skipped": sum_counters(skipped, self.env)}
 
+    def padding_step(self, batch: dict[str, Any]) -> None:
+        """A zero-weight step on `batch` (device) for a rank without data while others train (see `in_step`):
+        eval mode, so no dropout draws from this rank's RNG and no normalisation statistics move."""
+        self.model.eval()
+        try:
+            self.train_step(batch, weight=0.0)
+        finally:
+            self.model.train()
+
     def train_epoch(self, loader: Iterable[dict[str, Any]], after_step: Callable[[dict[str, Any]], bool],
-                    progress: Any = None) -> dict[str, Any]:
+                    progress: Any = None, padding: Callable[[], dict[str, Any]] | None = None,
+                    stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
         """One pass over this rank's share of `loader`.
 
         `after_step(batch_info)` runs after every micro-batch with its loss (a float64 tensor on the device: read
-        it only when needed, each read of a CUDA tensor waits for the GPU), size, skipped counts and data cursor;
-        returning True stops the epoch early (max_steps, a signal). Uneven shares across ranks are handled by DDP's
-        `Join`. Returns samples seen, mean loss and the data-wait / compute split.
+        it only when needed, each read of a CUDA tensor waits for the GPU), size, skipped counts, data cursor and
+        `stop` (True on every rank once `stop()` was True on any); returning True ends the epoch (max_steps, a
+        signal). Under several processes every rank takes every step (`in_step`): a rank without a batch runs a
+        padding step on `padding()` (info `padding`: True) -- except with a contrastive alignment, whose negatives
+        must be real samples: there the epoch ends when the first rank runs out (`lockstep`). Returns samples seen,
+        mean loss and the data-wait / compute split.
         """
         self.model.train()
         seen, loss_sum, batches = 0, 0.0, 0
         data_time = compute_time = 0.0
-        join = Join([self.engine]) if self.env.distributed and not self.fsdp else nullcontext()
-        if self.env.distributed and (self.fsdp or self.model.alignment is not None):
-            # FSDP has no Join, and the alignment's all_gather needs every rank in every step
-            loader = lockstep(loader, self.env)
-        # torch's Join.__exit__ calls warnings.simplefilter("once"), which overrides every filter set before it
-        # (e.g. the image decoders' deprecation filter): keep the filters as they were
-        with warnings.catch_warnings(), join:
-            tick = time.perf_counter()
-            for batch in loader:
-                if not batch_size(batch):
-                    after_step({"skipped": batch["skipped"], "size": 0, "cursor": batch.get("cursor")})
-                    continue
+        if not self.env.distributed:
+            steps = ((batch, stop()) for batch in loader)
+        elif self.model.alignment is None:
+            steps = in_step(loader, self.env, stop)
+        else:  # a rank's own stop() may differ: a signal is acted on at the epoch's end
+            steps = ((batch, False) for batch in lockstep(loader, self.env))
+        pad_batch = None
+        tick = time.perf_counter()
+        for batch, stopping in steps:
+            if batch is not None and batch_size(batch):
                 batch = to_device(batch, self.device)
                 loaded = time.perf_counter()
                 loss = self.train_step(batch).double()  # stays on the device: no host sync per step
@@ -142,10 +152,22 @@ class Trainer:
                     progress.update(1)
                     if batches % PROGRESS_EVERY == 1:
                         progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-                stop = after_step({"loss": loss, "size": batch_size(batch), "skipped": batch["skipped"],
-                                   "cursor": batch.get("cursor")})
-                if stop:
-                    break
+                info = {"loss": loss, "size": batch_size(batch), "skipped": batch["skipped"],
+                        "cursor": batch.get("cursor"), "stop": stopping}
+            else:
+                if batch is not None:  # every sample skipped: only counts
+                    after_step({"skipped": batch["skipped"], "size": 0, "cursor": batch.get("cursor")})
+                if not self.env.distributed or self.model.alignment is not None:
+                    continue
+                if pad_batch is None:
+                    if padding is None:
+                        raise RuntimeError("train_epoch under several processes needs `padding` (a batch for "
+                                           "the steps of a rank whose share has run out)")
+                    pad_batch = to_device(padding(), self.device)
+                self.padding_step(pad_batch)
+                info = {"size": 0, "skipped": {}, "cursor": None, "padding": True, "stop": stopping}
+            if after_step(info):
+                break
         return {"samples": seen, "loss_sum": float(loss_sum), "batches": batches,
                 "data_s": round(data_time, 3), "compute_s": round(compute_time, 3)}
 
