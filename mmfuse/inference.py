@@ -40,7 +40,8 @@ class Predictor:
     """`embed` sorts records by text length within windows of this many batches (then restores the order)."""
 
     def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128,
-                 source: str = "", trained: bool = True, backend: str = "fp32") -> None:
+                 source: str = "", trained: bool = True, backend: str = "fp32",
+                 onnx_file: str | Path | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         check_backend(backend, device)
@@ -57,9 +58,14 @@ class Predictor:
         self._collate = Collator(self.preprocessors)
         self._lock = threading.Lock()  # Hugging Face fast tokenizers must not be called from two threads at once
         self._fingerprint: str | None = None
+        self._onnx: Any = None
         if backend == "int8":
             self.fingerprint()  # of the fp32 weights: the model's identity, whatever the backend
             self.model = quantize_int8(self.model)
+        elif backend == "onnx":
+            self._onnx = onnx_session(self, onnx_file)
+        elif onnx_file is not None:
+            raise ConfigError("onnx_file is read by backend='onnx' only")
 
     @property
     def modalities(self) -> list[str]:
@@ -150,6 +156,8 @@ class Predictor:
     def embed_samples(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
         """Prepared samples -> {'fused': (B, D), <m>: (B, D) projected pooled vector (zeros where absent),
         'present_<m>': (B,) bool} on the CPU. Encoders of modalities no sample has are not run."""
+        if self._onnx is not None:
+            return self._onnx_embed(samples, modalities)
         with self._lock:
             batch = Collator({m: self.preprocessors[m] for m in modalities})(samples)
         batch = to_device(batch, self.device)
@@ -162,6 +170,20 @@ class Predictor:
             vectors = features[m].pooled.float() * present[:, None] if m in features else \
                 torch.zeros(len(samples), self.dim)
             out[m] = vectors.cpu()
+        return out
+
+    def _onnx_run(self, samples: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        with self._lock:
+            batch = self._collate(samples)  # the graph reads every modality's inputs; unselected ones are absent
+        return batch, self._onnx.run(batch)
+
+    def _onnx_embed(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+        batch, outputs = self._onnx_run(samples)
+        out = {"fused": outputs["fused"]}  # (B, D)
+        for m in modalities:
+            present = batch[f"present_{m}"]
+            out[f"present_{m}"] = present
+            out[m] = outputs[f"{m}_projected"] * present[:, None]  # (B, D), zeros where absent
         return out
 
     def embed(self, records: Iterable[dict[str, Any]], normalize: bool = False,
@@ -213,6 +235,9 @@ class Predictor:
 
     @torch.inference_mode()
     def _pooled(self, samples: list[dict[str, Any]], modality: str) -> torch.Tensor:
+        if self._onnx is not None:
+            batch, outputs = self._onnx_run(samples)
+            return outputs[f"{modality}_pooled"] * batch[f"present_{modality}"][:, None]  # (B, W)
         with self._lock:
             batch = Collator({modality: self.preprocessors[modality]})(samples)
         batch = to_device(batch, self.device)
@@ -235,12 +260,27 @@ class Predictor:
         return out
 
 
+def onnx_session(predictor: Predictor, onnx_file: str | Path | None) -> Any:
+    """The onnxruntime session of `predictor`'s weights: `onnx_file` (an `mmfuse export-onnx` output) or the cached
+    export (made on first use)."""
+    try:
+        from .onnx_export import OnnxSession, cached_export
+    except ImportError as err:
+        raise ConfigError(f"the onnx backend needs onnxruntime, onnx and onnxscript ({err.name} is missing): "
+                          f"pip install 'mmfuse[onnx]'") from None
+    path = cached_export(predictor) if onnx_file is None else Path(onnx_file)
+    return OnnxSession(path, predictor.fingerprint(), predictor.modalities)
+
+
 def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128,
-         backend: str = "fp32") -> Predictor:
+         backend: str = "fp32", onnx_file: str | Path | None = None) -> Predictor:
     """A finished run (`run_dir/checkpoints/<checkpoint>`), a checkpoint directory, or a model preset name.
 
     `backend='int8'` (CPU) quantises the encoders' attention projections to int8 (`mmfuse.serving`); check its
     vectors against fp32 with `mmfuse.serving.cosine_parity` on a sample of your items.
+    `backend='onnx'` (CPU, needs the `onnx` extra) embeds and encodes with onnxruntime: the graph `onnx_file` (from
+    `mmfuse export-onnx`, checked against the weights' fingerprint), else one exported on first use into
+    `<mmfuse cache>/onnx/<fingerprint>/` ($MMFUSE_CACHE). `predict` still runs in PyTorch.
 
     A preset (`mmfuse list`; or a preset .json file) builds its encoders -- pretrained where the preset says so --
     with projections and fusion initialised from seed 0: the frozen, untuned baseline embedder.
@@ -249,7 +289,8 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
     if path.is_dir():
         ckpt = path if (path / "config.json").exists() else path / "checkpoints" / checkpoint
         model, config, _ = load_checkpoint(ckpt)
-        return Predictor(model, config, resolve_device(device), batch_size, source=str(source), backend=backend)
+        return Predictor(model, config, resolve_device(device), batch_size, source=str(source), backend=backend,
+                         onnx_file=onnx_file)
     from .presets import list_presets, load_preset
 
     if str(source) not in list_presets() and not (str(source).endswith(".json") and path.is_file()):
@@ -260,4 +301,4 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
         torch.manual_seed(0)
         model = build_model(config)
     return Predictor(model, config, resolve_device(device), batch_size, source=str(source), trained=False,
-                     backend=backend)
+                     backend=backend, onnx_file=onnx_file)
