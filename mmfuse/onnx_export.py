@@ -3,8 +3,8 @@
 `onnxruntime` (the `onnx` extra).
 
 The graph takes the collated batch's tensors (sorted by key) and returns `fused` (B, D) and, per modality m,
-`m_projected` (B, D) -- its pooled vector projected to D -- and `m_pooled` (B, W) -- its encoder's own pooled vector. The model's
-fingerprint is stored in the file's metadata, so a graph is only ever run for the weights it was exported from.
+`m_projected` (B, D) -- its pooled vector projected to D -- and `m_pooled` (B, W) -- its encoder's own pooled vector.
+The model's fingerprint is stored in the file's metadata, so a graph is only ever run for the weights it was exported from.
 
     path = export_onnx(mmfuse.load("runs/mine"), "embedder.onnx")
     mmfuse.load("runs/mine", backend="onnx", onnx_file=path).embed(records)   # or let backend="onnx" export it
@@ -98,7 +98,8 @@ def _dynamic(key: str, shape: torch.Size) -> dict[int, Any]:
 
 
 def export_onnx(predictor: Predictor, path: str | Path) -> Path:
-    """Write the embedder of `predictor` (its fp32 PyTorch model) to `path` as ONNX, its fingerprint in the metadata; returns the path.
+    """Write the embedder of `predictor` (its fp32 PyTorch model) to `path` as ONNX, with its fingerprint in the
+    metadata; returns the path.
 
     Large models keep their weights beside the graph in `<path>.data`.
     """
