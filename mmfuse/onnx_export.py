@@ -4,7 +4,7 @@
 
 The graph takes the collated batch's tensors (sorted by key) and returns `fused` (B, D) and, per modality m,
 `m_projected` (B, D) -- its pooled vector projected to D -- and `m_pooled` (B, W) -- its encoder's own pooled vector.
-The model's fingerprint is stored in the file's metadata, so a graph is only ever run for the weights it was exported from.
+The model's fingerprint is stored in the file's metadata: a graph only ever runs for the weights it came from.
 
     path = export_onnx(mmfuse.load("runs/mine"), "embedder.onnx")
     mmfuse.load("runs/mine", backend="onnx", onnx_file=path).embed(records)   # or let backend="onnx" export it
