@@ -266,7 +266,7 @@ def onnx_session(predictor: Predictor, onnx_file: str | Path | None) -> Any:
     try:
         from .onnx_export import OnnxSession, cached_export
     except ImportError as err:
-        raise ConfigError(f"the onnx backend needs onnxruntime, onnx and onnxscript ({err.name} is missing): "
+        raise ConfigError(f"the onnx backend needs onnxruntime and onnx ({err.name} is missing): "
                           f"pip install 'mmfuse[onnx]'") from None
     path = cached_export(predictor) if onnx_file is None else Path(onnx_file)
     return OnnxSession(path, predictor.fingerprint(), predictor.modalities)

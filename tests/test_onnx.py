@@ -28,7 +28,6 @@ PRESET = "tiny_bottleneck"
 def onnx_cache(tmp_path_factory):
     """MMFUSE_CACHE in a temp dir holding the cached export of PRESET (made once, by the first onnx load)."""
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     cache = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MMFUSE_CACHE", str(cache))
@@ -50,6 +49,7 @@ def test_onnx_backend_embeds_like_pytorch_and_caches_its_export(onnx_cache):
     stamp = graphs[0].stat().st_mtime_ns
     fp32, onnx = mmfuse.load(PRESET, batch_size=5), mmfuse.load(PRESET, batch_size=5, backend="onnx")
     assert onnx.backend == "onnx" and onnx.fingerprint() == fp32.fingerprint()
+    assert onnx._onnx.fused_ops["Attention"] >= 1 and onnx._onnx.fused_ops["SkipLayerNormalization"] >= 1
     assert graphs[0].stat().st_mtime_ns == stamp and graphs[0].parent.name == fp32.fingerprint()[:32]  # reused
     records = sample_records(fp32.modalities)
     ours, theirs = fp32.embed(records, per_modality=True), onnx.embed(records, per_modality=True)
@@ -87,7 +87,6 @@ def test_embed_cli_onnx_backend(onnx_cache, demo_shards, tmp_path):
 @pytest.mark.parametrize("preset", ["text_image", PRESET])
 def test_exported_graph_matches_pytorch(tmp_path, capsys, preset):
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
     other = PRESET
     if preset == "text_image":
         preset = str(tmp_path / "text_image.json")
@@ -120,6 +119,6 @@ def test_onnx_backend_errors(tmp_path, monkeypatch):
             mmfuse.load(PRESET, backend="onnx", onnx_file=tmp_path / "x.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the optional extra were not installed
     monkeypatch.delitem(sys.modules, "mmfuse.onnx_export", raising=False)
-    with pytest.raises(ConfigError, match=r"the onnx backend needs onnxruntime, onnx and onnxscript \(onnxruntime "
+    with pytest.raises(ConfigError, match=r"the onnx backend needs onnxruntime and onnx \(onnxruntime "
                                           r"is missing\): pip install 'mmfuse\[onnx\]'"):
         mmfuse.load(PRESET, backend="onnx")

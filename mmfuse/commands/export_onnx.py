@@ -9,7 +9,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-onnx", help="export a run's fused embedder to ONNX and check it against PyTorch",
                        description="Export the fused embedder (batch, token and audio-frame axes dynamic) with "
                                    "torch.onnx.export, then embed sample records with onnxruntime and PyTorch and "
-                                   "print their cosine. Needs onnx, onnxscript and onnxruntime.",
+                                   "print their cosine. Needs onnx and onnxruntime.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="run directory, checkpoint directory or model preset name")
     p.add_argument("--checkpoint", default="best", help="checkpoint of a run directory")
@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ..onnx_export import export_onnx, parity_records
     except ImportError as err:
-        raise ConfigError(f"ONNX export needs onnx, onnxscript and onnxruntime ({err.name} is missing): "
-                          f"pip install onnx onnxscript onnxruntime") from None
+        raise ConfigError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): "
+                          f"pip install onnx onnxruntime") from None
     predictor = load(args.run, checkpoint=args.checkpoint)
     path = export_onnx(predictor, args.out)
     records = parity_records(predictor.modalities)
