@@ -73,6 +73,11 @@ class Predictor:
         return self.model.modalities
 
     @property
+    def session(self) -> Any:
+        """The onnxruntime session (`onnx_export.OnnxSession`) of the onnx backend; None for the others."""
+        return self._onnx
+
+    @property
     def dim(self) -> int:
         """Width D of the fused and the per-modality embeddings."""
         return self.model.fusion.dim
