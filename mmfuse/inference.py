@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ class Predictor:
 
     sort_window_batches = 64
     """`embed` sorts records by text length within windows of this many batches (then restores the order)."""
+    decode_threads = 2
+    """Threads decoding records (JPEG, audio files) in `embed` and `encode`: a window is decoded in parallel, and
+    the next window while the model runs on this one. 1 decodes in the calling thread."""
 
     def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128,
                  source: str = "", trained: bool = True, backend: str = "fp32",
@@ -208,10 +212,7 @@ class Predictor:
                 raise ConfigError(f"the model has no modality '{modality}' (has: {', '.join(self.modalities)})")
             return self.embed(records, normalize, [modality], per_modality=True)[modality]
         selected = self.select(modalities)
-        parts = []
-        for start, window in windows(records, self.batch_size * self.sort_window_batches):
-            samples = [self.prepare(r, start + i, selected) for i, r in enumerate(window)]
-            parts.append(self.embed_prepared(samples, selected))
+        parts = [self.embed_prepared(samples, selected) for samples in self._prepared(records, selected)]
         if parts:
             out = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         else:
@@ -222,6 +223,24 @@ class Predictor:
                    for k, v in out.items()}
         return {k: v.numpy() for k, v in out.items()} if per_modality else out["fused"].numpy()
 
+    def _prepared(self, records: Iterable[dict[str, Any]], selected: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
+        """Windows of prepared samples, in input order. With `decode_threads` > 1 a pool decodes each window's
+        records in parallel and starts on the next window before this one is handed back (to the model)."""
+        size = self.batch_size * self.sort_window_batches
+        if self.decode_threads <= 1:
+            for start, window in windows(records, size):
+                yield [self.prepare(r, start + i, selected) for i, r in enumerate(window)]
+            return
+        with ThreadPoolExecutor(self.decode_threads, thread_name_prefix="mmfuse-decode") as pool:
+            pending: list[Future] = []
+            for start, window in windows(records, size):
+                submitted = [pool.submit(self.prepare, r, start + i, selected) for i, r in enumerate(window)]
+                if pending:
+                    yield [f.result() for f in pending]  # the first failing record, in input order, raises
+                pending = submitted
+            if pending:
+                yield [f.result() for f in pending]
+
     def embed_prepared(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
         """`embed_samples` over prepared samples of any number, in batches of similar text length; input order."""
         return self._in_order(samples, lambda batch: self.embed_samples(batch, modalities))
@@ -231,10 +250,8 @@ class Predictor:
         sentence encoder such as all-MiniLM-L6-v2 with mean pooling: its sentence embedding). Zeros where absent."""
         selected = self.select([modality])
         width = self.model.encoders[modality].width
-        parts = []
-        for start, window in windows(records, self.batch_size * self.sort_window_batches):
-            samples = [self.prepare(r, start + i, selected) for i, r in enumerate(window)]
-            parts.append(self._in_order(samples, lambda batch: {"pooled": self._pooled(batch, modality)})["pooled"])
+        parts = [self._in_order(samples, lambda batch: {"pooled": self._pooled(batch, modality)})["pooled"]
+                 for samples in self._prepared(records, selected)]
         out = torch.cat(parts) if parts else torch.zeros(0, width)
         return (torch.nn.functional.normalize(out, dim=-1) if normalize else out).numpy()
 
