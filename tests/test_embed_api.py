@@ -98,9 +98,9 @@ def test_decoding_threads_and_windows_change_nothing(media, monkeypatch, tmp_pat
     recs = [dict(r, key=f"{r['key']}-{n}") for n in range(5) for r in records(media)]  # 40 records
     threaded = mmfuse.load("tiny_bottleneck", batch_size=3)
     threaded.sort_window_batches = 2  # windows of 6 records: 7 windows, each decoded while the previous one runs
+    threaded.decode_threads = 3
     serial = mmfuse.load("tiny_bottleneck", batch_size=3)
-    serial.decode_threads = 1
-    assert threaded.decode_threads == 2
+    assert serial.decode_threads == 1
     pooled = threaded.embed(recs, per_modality=True)
     plain = serial.embed(recs, per_modality=True)
     for name in plain:
