@@ -1,4 +1,5 @@
-"""CPU serving backends for `mmfuse.load(..., backend=...)`: int8 dynamic quantisation, and the parity check.
+"""CPU serving backends for `mmfuse.load(..., backend=...)`: int8 dynamic quantisation, and the parity check (the
+onnx backend, onnxruntime on an exported graph, lives in `onnx_export.py`).
 
 int8 quantises the attention projections of the encoders (`torch.ao.quantization.quantize_dynamic`: int8 weights,
 activations quantised per batch). Feed-forward layers, projections, fusion and head stay fp32: on CPUs without
@@ -16,7 +17,7 @@ import torch
 
 from .errors import ConfigError
 
-BACKENDS = ("fp32", "int8")
+BACKENDS = ("fp32", "int8", "onnx")
 
 
 def attention_linears(model: torch.nn.Module) -> set[str]:
@@ -42,8 +43,8 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
 def check_backend(backend: str, device: torch.device) -> None:
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
-    if backend == "int8" and device.type != "cpu":
-        raise ConfigError("the int8 backend runs on the CPU only; use device='cpu'")
+    if backend in ("int8", "onnx") and device.type != "cpu":
+        raise ConfigError(f"the {backend} backend runs on the CPU only; use device='cpu'")
 
 
 def cosine_parity(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:

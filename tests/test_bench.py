@@ -170,8 +170,27 @@ def test_text_embed_case_compares_with_sentence_transformers(demo_shards, tmp_pa
     assert main(["bench", *FAST, "--cases", "text-embed", "--data", str(demo_shards), "--out", str(out)]) == 0
     report = load_report(out / "report.json")
     (case,) = report["cases"]
-    assert case["name"] == "text-embed/tiny/text" and set(case["series"]) == {"mmfuse", "baseline", "int8"}
+    assert case["name"] == "text-embed/tiny/text"
+    assert set(case["series"]) == {"mmfuse", "baseline", "int8", "onnx"}
     assert case["parity"]["mmfuse_vs_baseline"]["min"] > 0.9999 and case["parity"]["mmfuse_vs_baseline"]["n"] == 64
     assert case["parity"]["int8_vs_mmfuse"]["min"] >= 0.99
+    assert case["parity"]["onnx_vs_mmfuse"]["min"] > 0.9999 and case["parity"]["onnx_vs_baseline"]["min"] > 0.9999
     assert case["ratio"]["median"] > 0 and case["ratios"]["int8/mmfuse"]["median"] > 0
-    assert "Text embedding vs sentence-transformers" in (out / "report.md").read_text()
+    assert set(case["ratios"]) == {"int8/mmfuse", "int8/baseline", "onnx/mmfuse", "onnx/baseline"}
+    assert case["backends"]["onnx_fused_ops"]["Attention"] == 2 and case["baseline_batch_size"] == 32
+    md = (out / "report.md").read_text()
+    assert "## Serving backends" in md and "| `text-embed/tiny/text` | tiny random-init BERT | onnx |" in md
+
+
+@pytest.mark.slow
+def test_embed_backends_case_times_fp32_int8_and_onnx_with_parity(demo_shards, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "backends"
+    assert main(["bench", *FAST, "--cases", "embed-backends", "--data", str(demo_shards), "--out", str(out)]) == 0
+    (case,) = load_report(out / "report.json")["cases"]
+    assert case["name"] == "embed-backends/tiny/text+image/concat-mlp"
+    assert set(case["series"]) == {"mmfuse", "int8", "onnx"} and case["ratio"] is None
+    assert case["parity"]["onnx_vs_mmfuse"]["min"] > 0.9999 and case["parity"]["int8_vs_mmfuse"]["min"] >= 0.99
+    assert case["parity"]["onnx_vs_mmfuse"]["n"] == 64 and case["ratios"]["onnx/mmfuse"]["median"] > 0
+    assert "| `embed-backends/tiny/text+image/concat-mlp` | random-init tiny towers | int8 |" in (
+        out / "report.md").read_text()

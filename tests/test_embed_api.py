@@ -92,6 +92,26 @@ def test_threads_give_identical_results(embedder, media):
         np.testing.assert_array_equal(result, expected)
 
 
+def test_decoding_threads_and_windows_change_nothing(media, monkeypatch, tmp_path):
+    """Records decode in a thread pool, the next window while the model runs: same vectors, same order, same
+    first error as decoding one record after another in the calling thread."""
+    recs = [dict(r, key=f"{r['key']}-{n}") for n in range(5) for r in records(media)]  # 40 records
+    threaded = mmfuse.load("tiny_bottleneck", batch_size=3)
+    threaded.sort_window_batches = 2  # windows of 6 records: 7 windows, each decoded while the previous one runs
+    threaded.decode_threads = 3
+    serial = mmfuse.load("tiny_bottleneck", batch_size=3)
+    assert serial.decode_threads == 1
+    pooled = threaded.embed(recs, per_modality=True)
+    plain = serial.embed(recs, per_modality=True)
+    for name in plain:
+        np.testing.assert_allclose(pooled[name], plain[name], atol=1e-6)
+    np.testing.assert_allclose(threaded.encode(recs, "audio"), serial.encode(recs, "audio"), atol=1e-6)
+    bad = recs[:9] + [{"key": "first", "image": str(tmp_path / "a.jpg")}] + recs[9:20] + [{"image": b"x"}]
+    for predictor in (threaded, serial):
+        with pytest.raises(DataError, match="record 'first': image: "):
+            predictor.embed(bad)
+
+
 def test_missing_modalities_give_finite_vectors_and_zero_per_modality_rows(embedder, media):
     recs = [{"text": "oak"}, {"image": str(media["png"])}, {"audio": str(media["wav"])}, {}, {"text": "  "}]
     out = embedder.embed(recs, per_modality=True, normalize=True)

@@ -11,14 +11,18 @@ import pytest
 
 import mmfuse
 from mmfuse.cli import main
+from mmfuse.data.demo import LABELS
 from mmfuse.data.demo_manifest import write_demo_manifest
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import read_records
 from mmfuse.export import ExportOptions, ManifestSource, export_embeddings
 
 PRESET = "tiny_bottleneck"
-BAD = {"bad-missing-image": "image: missing file", "bad-truncated-jpeg": "image: cannot decode",
-       "bad-corrupt-wav": "audio: cannot decode", "item-000000": "id: duplicate id"}
+BAD = {"bad-missing-image": "image: missing file", "bad-truncated-jpeg": "image: unreadable or truncated JPEG image",
+       "bad-corrupt-wav": "audio: unreadable audio", "bad-empty-text": "text: empty text",
+       "item-000000": "id: duplicate id", "bad-truncated-wav": "audio: truncated WAV audio",
+       "bad-silent-audio": "audio: silent audio"}
+"""The demo faults `mmfuse embed` refuses, as `mmfuse shard` does (the unknown-label row is a label fault only)."""
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +68,17 @@ def manifest_records(catalogue) -> list[dict]:
 def test_export_writes_parts_mmrec_files_and_metadata(exported, catalogue, capsys):
     ids = load_ids(exported)
     records = manifest_records(catalogue)
-    # 60 items + the empty-text, unknown-label, truncated-WAV (decodes short) and silent-audio rows
-    assert ids == [r["key"] for r in records] and len(ids) == 64
+    # 60 items + the unknown-label row (embed reads no labels)
+    assert ids == [r["key"] for r in records] and len(ids) == 61
     fused = np.load(exported / "fused_feat.npy")
-    assert fused.shape == (64, 16) and fused.dtype == np.float32 and np.isfinite(fused).all()
+    assert fused.shape == (61, 16) and fused.dtype == np.float32 and np.isfinite(fused).all()
     expected = mmfuse.load(PRESET).embed(records, per_modality=True)
     np.testing.assert_allclose(fused, expected["fused"], atol=1e-5)
     for m in ("text", "image", "audio"):
         matrix = np.load(exported / f"{m}_feat.npy")
         np.testing.assert_allclose(matrix, expected[m], atol=1e-5)
         assert ((np.abs(matrix).sum(1) > 0) == expected[f"present_{m}"]).all()
-    assert not expected["present_audio"].all() and not expected["present_text"].all()
+    assert not expected["present_audio"].all()
 
     table = pq.read_table(sorted((exported / "parts").glob("part-*.parquet"))[0])
     assert table.column_names == ["id", "fused", "audio", "image", "text"]
@@ -84,12 +88,14 @@ def test_export_writes_parts_mmrec_files_and_metadata(exported, catalogue, capsy
     meta = json.loads((exported / "metadata.json").read_text())
     assert meta["model"]["fingerprint"] == mmfuse.load(PRESET).fingerprint()
     assert meta["dims"] == {"fused": 16, "audio": 16, "image": 16, "text": 16} and meta["normalize"] is False
-    assert meta["counts"]["input_rows"] == 68 and meta["counts"]["exported"] == 64
+    assert meta["counts"]["input_rows"] == 68 and meta["counts"]["exported"] == 61
+    assert meta["counts"]["rejected"] == len(BAD) == 7
     assert meta["counts"]["present"] == {m: int(expected[f"present_{m}"].sum()) for m in ("audio", "image", "text")}
     assert meta["counts"]["reasons"] == {reason: 1 for reason in BAD.values()}
     assert meta["parts"] == {"count": 5, "resumed": 0} and "missing_modalities" in meta
     rejects = [json.loads(line) for line in (exported / "rejects.jsonl").read_text().splitlines()]
     assert {r["id"]: r["reason"].startswith(BAD[r["id"]]) for r in rejects} == {k: True for k in BAD}
+    assert {r["id"]: r["field"] for r in rejects} == {k: v.split(":")[0] for k, v in BAD.items()}
     assert rejects[0]["where"] == "items.jsonl:61"
 
 
@@ -125,7 +131,7 @@ def test_bad_media_absent_keeps_the_rows_and_reports_them(catalogue, tmp_path, c
     out = tmp_path / "absent"
     assert embed_cli(catalogue, out, "--bad-media", "absent", "--normalize", "--modalities", "text,image") == 0
     printed = capsys.readouterr().out
-    assert "67 of 68 items" in printed and "2 exported with a bad modality left out" in printed
+    assert "67 of 68 items" in printed and "3 exported with a bad modality left out" in printed
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["modalities"] == ["image", "text"] and not (out / "audio_feat.npy").exists()
     ids = load_ids(out)
@@ -135,7 +141,7 @@ def test_bad_media_absent_keeps_the_rows_and_reports_them(catalogue, tmp_path, c
         assert not image[ids.index(key)].any()
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert [(r["id"], r["exported"]) for r in rejects] == [("item-000000", False), ("bad-missing-image", True),
-                                                            ("bad-truncated-jpeg", True)]
+                                                            ("bad-truncated-jpeg", True), ("bad-empty-text", True)]
 
 
 def test_strict_stops_at_the_first_bad_row(catalogue, tmp_path, capsys):
@@ -182,5 +188,25 @@ def test_csv_manifest_with_two_text_columns_and_an_empty_image_cell(catalogue, t
     np.testing.assert_allclose(np.load(out / "fused_feat.npy"), expected["fused"], atol=1e-5)
     assert not np.load(out / "image_feat.npy")[1].any()
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
-    assert rejects == [{"row": 2, "where": "items.csv:4", "id": "C3", "reason": "no audio, image, text",
-                        "exported": False}]
+    assert rejects == [{"row": 2, "where": "items.csv:4", "id": "C3", "field": "text", "reason": "text: empty text",
+                        "exported": False}]  # blank cells in the text columns, as mmfuse shard refuses them
+
+
+def test_embed_and_shard_refuse_the_same_demo_faults(tmp_path, capsys):
+    from mmfuse.data.demo_manifest import FAULTS
+
+    assert main(["demo-data", "--manifest", str(tmp_path / "cat"), "--count", "20", "--faults"]) == 0
+    manifest = str(tmp_path / "cat" / "items.jsonl")
+    assert main(["shard", "--manifest", manifest, "--out", str(tmp_path / "data"), "--text", "title",
+                 "--labels", ",".join(LABELS), "--no-progress"]) == 0
+    assert main(["embed", "--run", PRESET, "--manifest", manifest, "--text", "title", "--out", str(tmp_path / "emb"),
+                 "--no-progress"]) == 0
+    assert "refused 7 rows" in capsys.readouterr().out.splitlines()[-1]
+    sharded = {r["key"]: r for r in map(json.loads, (tmp_path / "data" / "rejects.jsonl").read_text().splitlines())}
+    embedded = {r["id"]: r for r in map(json.loads, (tmp_path / "emb" / "rejects.jsonl").read_text().splitlines())}
+    assert set(sharded) == set(FAULTS) and set(embedded) == set(FAULTS) - {"bad-unknown-label"}
+    for key in ("bad-truncated-jpeg", "bad-corrupt-wav", "bad-truncated-wav", "bad-silent-audio"):
+        assert embedded[key]["reason"] == f"{sharded[key]['field']}: {sharded[key]['reason']}"
+    meta = json.loads((tmp_path / "emb" / "metadata.json").read_text())
+    assert meta["counts"]["rejected"] == 7 and meta["counts"]["exported"] == 21  # + the unknown-label row
+    assert meta["counts"]["reasons"]["audio: truncated WAV audio"] == 1

@@ -76,3 +76,17 @@ def test_embed_cli_int8_backend_is_recorded(tmp_path, demo_shards):
                  "--modalities", "text", "--backend", "int8", "--out", str(out), "--no-progress"]) == 0
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["model"]["backend"] == "int8" and meta["counts"]["exported"] == 32
+
+
+@pytest.mark.slow
+def test_minilm_onnx_backend_matches_sentence_transformers(tmp_path, monkeypatch):
+    st_module = pytest.importorskip("sentence_transformers")
+    pytest.importorskip("onnxruntime")
+    from test_pretrained import minilm_dir
+
+    monkeypatch.setenv("MMFUSE_CACHE", str(tmp_path / "cache"))
+    onnx = mmfuse.load(minilm_preset(tmp_path), batch_size=3, backend="onnx")
+    assert onnx._onnx.fused_ops["Attention"] == 6 and onnx._onnx.fused_ops["EmbedLayerNormalization"] == 1
+    ours = onnx.encode([{"text": t} for t in SENTENCES], normalize=True)
+    theirs = st_module.SentenceTransformer(str(minilm_dir()), device="cpu").encode(SENTENCES, batch_size=3)
+    assert cosine_parity(ours, theirs)["min"] > 0.9999

@@ -7,7 +7,8 @@ calibration after the cases is known.
             identical copy of the model and the same batch, interleaved; then a loader-fed pass through
             `Trainer.train_epoch` for the data-wait vs compute split
     embed   `Predictor.embed` on raw records vs `FusionModel.embed` on the same, already collated batches
-    text-embed  `Predictor.encode` (fp32 and int8) vs sentence-transformers on the same weights (`textembed.py`)
+    text-embed  `Predictor.encode` (fp32, int8, onnx) vs sentence-transformers on the same weights (`textembed.py`)
+    embed-backends  `Predictor.embed` fp32 vs int8 vs onnx on raw records, with cosine parity (`backends.py`)
 """
 
 from __future__ import annotations
@@ -245,5 +246,11 @@ def _run_text_embed(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     return run_text_embed(ctx, spec)
 
 
+def _run_embed_backends(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
+    from .backends import run_embed_backends
+
+    return run_embed_backends(ctx, spec)
+
+
 RUNNERS = {"loader": run_loader, "encode": run_encode, "train": run_train, "embed": run_embed,
-           "text-embed": _run_text_embed}
+           "text-embed": _run_text_embed, "embed-backends": _run_embed_backends}

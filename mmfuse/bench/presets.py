@@ -13,10 +13,11 @@ from typing import Any
 
 from ..errors import ConfigError
 
-CASE_KINDS = ("loader", "encode", "train", "embed", "lever", "text-embed")
+CASE_KINDS = ("loader", "encode", "train", "embed", "lever", "text-embed", "embed-backends")
 DEFAULT_KINDS = ("loader", "encode", "train", "embed")
-"""What runs without --cases; `lever` (one speed lever on vs off, see `levers.py`) and `text-embed` (mmfuse vs
-sentence-transformers on all-MiniLM-L6-v2, fp32 and int8, see `textembed.py`) are asked for by name."""
+"""What runs without --cases; `lever` (one speed lever on vs off, see `levers.py`), `text-embed` (mmfuse vs
+sentence-transformers on all-MiniLM-L6-v2, fp32, int8 and onnx, see `textembed.py`) and `embed-backends` (the demo
+model's `Predictor.embed`, fp32 vs int8 vs onnx, see `backends.py`) are asked for by name."""
 PRESETS = ("default", "tiny")
 
 TOWERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -44,7 +45,7 @@ class BenchConfig:
     """Options of a bench run (the CLI maps its flags onto these fields)."""
 
     cases: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
-    """Case kinds to run, from loader, encode, train, embed, lever, text-embed."""
+    """Case kinds to run, from loader, encode, train, embed, lever, text-embed, embed-backends."""
     preset: str = "default"
     """default | tiny (see the module docstring)."""
     device: str = "auto"
@@ -109,7 +110,7 @@ class CaseSpec:
     @property
     def name(self) -> str:
         parts = [self.kind, *([self.lever] if self.lever else []), self.towers, "+".join(self.modalities)]
-        if self.kind in ("train", "embed"):
+        if self.kind in ("train", "embed", "embed-backends"):
             parts.append(self.fusion)
         return "/".join(parts) + (f"@{self.text_tokens}tok" if self.text_tokens else "") + (
             f"@{self.split}" if self.split else "")
@@ -129,7 +130,8 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
                 CaseSpec("embed", "tiny", ["text", "image"], 16),
                 *(CaseSpec("lever", "tiny", ["text", "image"], 16, lever=lever)
                   for lever in ("cache", "grad-ckpt", "fused-adamw")),
-                CaseSpec("text-embed", "tiny", ["text"], 16)]
+                CaseSpec("text-embed", "tiny", ["text"], 16),
+                CaseSpec("embed-backends", "tiny", ["text", "image"], 16)]
     return [CaseSpec("loader", "demo", ["text", "image"], 64),
             CaseSpec("loader", "demo", ["text", "image", "audio"], 64, split="val"),
             CaseSpec("encode", "demo", ["text"], 64), CaseSpec("encode", "demo", ["image"], 64),
@@ -147,7 +149,8 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
             *(CaseSpec("lever", "demo", ["text", "image"], 64, lever=lever)
               for lever in ("cache", "compile", "grad-ckpt", "fused-adamw")),
             CaseSpec("lever", "bert-small+vit-s", ["text", "image"], 32, lever="cache", split="val", max_repeats=3),
-            CaseSpec("text-embed", "minilm", ["text"], 64)]
+            CaseSpec("text-embed", "minilm", ["text"], 32),
+            CaseSpec("embed-backends", "demo", ["text", "image"], 128)]
 
 
 def build_cases(cfg: BenchConfig) -> list[CaseSpec]:
@@ -161,7 +164,7 @@ def build_cases(cfg: BenchConfig) -> list[CaseSpec]:
                               f"choose from {', '.join(TOWERS[small])}")
         seen, kept = set(), []
         for c in cases:
-            if c.towers == small and c.kind in ("train", "embed"):
+            if c.towers == small and c.kind in ("train", "embed", "embed-backends"):
                 c = replace(c, modalities=list(cfg.modalities or c.modalities), fusion=cfg.fusion or c.fusion)
                 if c.name in seen:
                     continue

@@ -42,22 +42,37 @@ def _case_rows(report: dict[str, Any]) -> list[str]:
     return rows
 
 
-def _text_embed_rows(report: dict[str, Any]) -> list[str]:
+def _ratio(r: dict[str, Any] | None) -> str:
+    return f"{r['median']:.3f} [{r['q1']:.3f}, {r['q3']:.3f}]" if r else ""
+
+
+def _cosine(p: dict[str, Any] | None) -> str:
+    return f"{p['min']:.5f} / {p['mean']:.5f}" if p else ""
+
+
+def _backend_rows(report: dict[str, Any]) -> list[str]:
+    """One row per series of the cases that compare serving backends (text-embed, embed-backends)."""
     cases = [c for c in report["cases"] if c.get("parity")]
     if not cases:
         return []
-    rows = ["## Text embedding vs sentence-transformers (same weights, texts, batch size)", "",
-            "| case | weights | mmfuse fp32 / ST | int8 / ST | int8 / fp32 | int8 texts/s | cosine fp32 vs ST (min) "
-            "| cosine int8 vs fp32 (min / mean) |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["## Serving backends (fp32 = mmfuse in PyTorch; ST = sentence-transformers' encode, its defaults)", "",
+            "| case | weights | series | samples/s [IQR] | / fp32 | / ST | cosine to fp32 (min / mean) "
+            "| cosine to ST (min / mean) |", "|---|---|---|---|---|---|---|---|"]
     for c in cases:
         ratios, parity = c.get("ratios") or {}, c["parity"]
-        ratio = {k: f"{v['median']:.3f} [{v['q1']:.3f}, {v['q3']:.3f}]" for k, v in ratios.items()}
-        q = parity.get("int8_vs_mmfuse")
-        int8_parity = f"{q['min']:.4f} / {q['mean']:.4f}" if q else ""
-        rows.append(f"| `{c['name']}` | {c.get('weights', '')} | **{c['ratio']['median']:.3f}** | "
-                    f"{ratio.get('int8/baseline', '')} | {ratio.get('int8/mmfuse', '')} | "
-                    f"{_series(c['series'].get('int8'))} | {parity['mmfuse_vs_baseline']['min']:.5f} | "
-                    f"{int8_parity} |")
+        for name, series in c["series"].items():
+            label = {"mmfuse": "fp32", "baseline": "ST"}.get(name, name)
+            to_fp32 = ratios.get(f"{name}/mmfuse") if name not in ("mmfuse", "baseline") else None
+            to_st = c["ratio"] if name == "mmfuse" else ratios.get(f"{name}/baseline")
+            cos_fp32 = parity.get(f"{name}_vs_mmfuse") or (parity.get("mmfuse_vs_baseline")
+                                                           if name == "baseline" else None)
+            cos_st = parity.get(f"{name}_vs_baseline") or (parity.get("mmfuse_vs_baseline")
+                                                           if name == "mmfuse" else None)
+            rows.append(f"| `{c['name']}` | {c.get('weights', '')} | {label} | {_series(series)} | {_ratio(to_fp32)} "
+                        f"| {_ratio(to_st)} | {_cosine(cos_fp32)} | {_cosine(cos_st)} |")
+        skipped = (c.get("backends") or {}).get("skipped")
+        if skipped:
+            rows.append(f"| `{c['name']}` | | skipped: {skipped} | | | | | |")
     return rows + [""]
 
 
@@ -84,7 +99,7 @@ def markdown(report: dict[str, Any]) -> str:
               "train = "
               "hand-written loop (fused AdamW) on an identical model copy and the same batch; embed = "
               "`FusionModel.embed` on already collated batches.", ""] + _case_rows(report) + [""]
-    lines += _text_embed_rows(report)
+    lines += _backend_rows(report)
     split_rows = [c for c in report["cases"] if c["split"]]
     if split_rows:
         lines += ["## Train: data wait vs compute (loader-fed `Trainer.train_epoch`)", "",

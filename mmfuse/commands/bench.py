@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cases", default="loader,encode,train,embed",
                    help="comma-separated case kinds: loader, encode, train, embed, lever (speed levers on vs off), "
-                        "text-embed (mmfuse vs sentence-transformers on all-MiniLM-L6-v2, fp32 and int8)")
+                        "text-embed (mmfuse fp32, int8 and onnx vs sentence-transformers on all-MiniLM-L6-v2), "
+                        "embed-backends (Predictor.embed fp32 vs int8 vs onnx on the demo model)")
     p.add_argument("--preset", default="default", help="default (demo, BERT-small, ViT-S towers) or tiny (smoke)")
     p.add_argument("--modalities", help="replace the demo model's train/embed modality set, e.g. text,image")
     p.add_argument("--fusion", help="replace the demo model's train/embed fusion, e.g. gated")

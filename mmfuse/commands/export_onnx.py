@@ -9,11 +9,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-onnx", help="export a run's fused embedder to ONNX and check it against PyTorch",
                        description="Export the fused embedder (batch, token and audio-frame axes dynamic) with "
                                    "torch.onnx.export, then embed sample records with onnxruntime and PyTorch and "
-                                   "print their cosine. Needs onnx, onnxscript and onnxruntime.",
+                                   "print their cosine. Needs onnx and onnxruntime.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="run directory, checkpoint directory or model preset name")
     p.add_argument("--checkpoint", default="best", help="checkpoint of a run directory")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--out", required=True, help="the .onnx file to write (serve it with mmfuse.load(run, "
+                                                "backend='onnx', onnx_file=OUT) or mmfuse embed --backend onnx "
+                                                "--onnx-file OUT)")
     p.set_defaults(func=run)
 
 
@@ -23,14 +25,15 @@ def run(args: argparse.Namespace) -> int:
     from ..serving import cosine_parity
 
     try:
-        from ..onnx_export import OnnxEmbedder, export_onnx, parity_records
+        from ..onnx_export import export_onnx, parity_records
     except ImportError as err:
-        raise ConfigError(f"ONNX export needs onnx, onnxscript and onnxruntime ({err.name} is missing): "
-                          f"pip install onnx onnxscript onnxruntime") from None
+        raise ConfigError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): "
+                          f"pip install onnx onnxruntime") from None
     predictor = load(args.run, checkpoint=args.checkpoint)
     path = export_onnx(predictor, args.out)
     records = parity_records(predictor.modalities)
-    parity = cosine_parity(predictor.embed(records), OnnxEmbedder(predictor, path).embed(records))
+    onnx = load(args.run, checkpoint=args.checkpoint, backend="onnx", onnx_file=path)
+    parity = cosine_parity(predictor.embed(records), onnx.embed(records))
     print(f"mmfuse export-onnx: wrote {path}; cosine to PyTorch on {parity['n']} sample records: "
           f"min {parity['min']:.6f}, mean {parity['mean']:.6f}")
     return 0

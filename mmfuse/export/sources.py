@@ -1,7 +1,9 @@
 """Where `mmfuse embed` reads items from: a JSONL/CSV manifest with media paths, or shards with a dataset.json.
 
-Each row becomes an `Item`: its id, a record for `Predictor.prepare` (text str; image / audio path or bytes), and
-what is already known to be wrong with it (an unparsable row, a missing key, a media file that does not exist).
+Each row becomes an `Item`: its id, a record for `Predictor.prepare` (text str; image / audio bytes), and what is
+already known to be wrong with it (an unparsable row, a missing key, a missing, corrupt, truncated or silent media
+file, an empty text). Manifest media go through the checks `mmfuse shard` runs (`mmfuse.data.checks`), so both
+commands refuse the same rows for the same reasons.
 """
 
 from __future__ import annotations
@@ -75,20 +77,32 @@ class ManifestSource:
             yield self._item(str(key).strip(), row, where, root)
 
     def _item(self, key: str, row: dict[str, Any], where: str, root: Path) -> Item:
+        """The row's record; a field `mmfuse shard` would refuse goes to `item.failed` with the shard's reason."""
+        from ..data.checks import Refused, check_audio, check_image
+
         item = Item(key, {"key": key}, where)
         texts = [str(row[c]).strip() for c in self.text if row.get(c) is not None and str(row[c]).strip()]
         if texts:
             item.record["text"] = self.join.join(texts)
-        for modality, column in (("image", self.image), ("audio", self.audio)):
+        elif any(row.get(c) is not None for c in self.text):
+            item.failed["text"] = "empty text"
+        for modality, column, check in (("image", self.image, check_image), ("audio", self.audio, check_audio)):
             value = row.get(column) if column else None
             if value is None or not str(value).strip():
                 continue
             path = Path(str(value).strip())
             path = path if path.is_absolute() else root / path
-            if path.is_file():
-                item.record[modality] = str(path)
-            else:
+            if not path.is_file():
                 item.failed[modality] = f"missing file {path}"
+                continue
+            try:
+                data = path.read_bytes()
+                check(data, path.suffix.lower().lstrip("."), modality)  # decodes it in full, as the shard writer does
+                item.record[modality] = data
+            except OSError as err:
+                item.failed[modality] = f"unreadable file {path}: {err.strerror}"
+            except Refused as refused:
+                item.failed[modality] = refused.reason
         return item
 
 

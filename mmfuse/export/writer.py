@@ -119,7 +119,7 @@ def _write_part(predictor: Predictor, chunk: list[Item], first: int, index: int,
                 options: ExportOptions, seen: set[str]) -> None:
     rejected, degraded, ids, samples = [], [], [], []
     for row, item in enumerate(chunk, first):
-        failed = dict(item.failed)
+        failed = {m: r for m, r in item.failed.items() if m in selected}  # an unread modality cannot fail
         reason = item.error or (f"id: duplicate id (an earlier row has '{item.id}')" if item.id in seen else "")
         sample = None
         if not reason:
@@ -133,7 +133,8 @@ def _write_part(predictor: Predictor, chunk: list[Item], first: int, index: int,
         if reason and options.strict:
             raise DataError(f"{item.where}: item '{item.id}': {reason}")
         if reason:
-            rejected.append({"row": row, "where": item.where, "id": item.id, "reason": reason})
+            field = ",".join(part.partition(": ")[0] for part in reason.split("; "))
+            rejected.append({"row": row, "where": item.where, "id": item.id, "field": field, "reason": reason})
             continue
         if failed:
             degraded.append({"row": row, "where": item.where, "id": item.id, "absent": failed})
