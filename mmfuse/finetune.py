@@ -85,7 +85,9 @@ class FinetuneRun:
         self.echo = echo if self.env.is_main else (lambda *_: None)
         data, train = config.data, config.train
         # the contrastive demo paints each shape in the colour its text names: something for retrieval to find
-        demo = DemoSpec(caption_colour=config.model.task == "contrastive")
+        # the interactions demo adds users who like (shape, material) combinations
+        demo = DemoSpec(caption_colour=config.model.task == "contrastive",
+                        interactions=config.model.task == "interactions")
         self.info = DatasetInfo.load(data.path or demo_dataset(demo), verify=data.verify_shards)
         self.info.require_modalities(config.model.modalities)
         for split in (data.train_split, data.val_split, data.test_split):
@@ -270,7 +272,9 @@ class FinetuneRun:
 
     def evaluate(self, split: str) -> dict[str, Any]:
         loader = self._loader(split, self.config.data.eval_batch_size)
-        metrics = self.trainer.evaluate(self._tally(loader))
+        reference = self._loader(self.config.data.train_split, self.config.data.eval_batch_size) \
+            if self.task.needs_reference else None
+        metrics = self.trainer.evaluate(self._tally(loader), reference=reference)
         self.skipped.update(metrics["skipped"])
         return metrics
 
@@ -334,6 +338,8 @@ class FinetuneRun:
         mc, outputs = self.model_config, len(self.model_config.labels)
         if self.task.name == "classification":
             text = f"{outputs} labels"
+        elif self.task.name == "interactions":
+            text = f"interactions of {outputs} users, in-batch {self.task.kwargs['loss']}"
         elif self.task.name == "contrastive":
             text = f"contrastive {mc.contrastive_loss} alignment of {'+'.join(mc.modalities)}"
         else:

@@ -86,12 +86,19 @@ class Trainer:
         return loss.detach()
 
     @torch.inference_mode()
-    def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int | None = None) -> dict[str, Any]:
+    def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int | None = None,
+                 reference: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The task's metrics over every rank's share of the split (reduced over ranks), the sample count and the
-        skipped-sample counts. (`num_classes` is unused: the task knows its outputs.)"""
+        skipped-sample counts. `reference` (the train split, for a task with `needs_reference`) is passed through
+        the model first; its skipped samples are not counted here. (`num_classes` is unused.)"""
         self.model.eval()
         metrics, skipped = self.task.metrics(), Counter()
         with fsdp.gathered(self.model) if self.fsdp else nullcontext():  # no collective per batch under FSDP
+            for batch in reference if reference is not None else ():
+                if batch_size(batch):
+                    batch = to_device(batch, self.device)
+                    with autocast(self.device, self.precision):
+                        metrics.reference(self.model(batch, outputs=True), batch)
             for batch in loader:
                 skipped.update(batch["skipped"])
                 if not batch_size(batch):
@@ -114,8 +121,8 @@ class Trainer:
         seen, loss_sum, batches = 0, 0.0, 0
         data_time = compute_time = 0.0
         join = Join([self.engine]) if self.env.distributed and not self.fsdp else nullcontext()
-        if self.env.distributed and (self.fsdp or self.model.alignment is not None):
-            # FSDP has no Join, and the alignment's all_gather needs every rank in every step
+        if self.env.distributed and (self.fsdp or self.model.alignment is not None or self.task.gathers):
+            # FSDP has no Join, and the alignment's (or the task's) all_gather needs every rank in every step
             loader = lockstep(loader, self.env)
         with join:
             tick = time.perf_counter()
