@@ -9,7 +9,7 @@
 
 `dataset.json` records the kind (`task`), the label vocabulary (`labels`) or the target names (`targets`) with the
 train split's mean and std per target (`target_stats`), which a regression head uses to standardise. An interactions
-dataset records the user vocabulary (`users`): each item carries the users that interacted with it (`mmfuse.data.pairs`).
+dataset records the user vocabulary (`users`); each item carries the users that interacted with it (`data.pairs`).
 """
 
 from __future__ import annotations
