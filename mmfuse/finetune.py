@@ -361,10 +361,13 @@ class FinetuneRun:
         ignored = sum_counters(self.ignored, self.env)
         summary = {
             "modalities": self.model_config.modalities, "fusion": self.model_config.fusion,
-            "labels": self.model_config.labels, "best_epoch": self.best["epoch"],
+            # an interactions model's labels are its users (maybe millions): the count only
+            "labels": self.model_config.labels if self.task.name != "interactions" else len(self.model_config.labels),
+            "best_epoch": self.best["epoch"],
             "val": {k: v for k, v in self.best.items() if k != "epoch"},
             "test": {**{k: test[k] for k in self.task.metric_names}, **scalar_metrics(test),
-                     **{k: test[k] for k in ("per_target", "pairs") if k in test}, "count": test["count"]},
+                     **{k: test[k] for k in ("per_target", "pairs", "users", "items") if k in test},
+                     "count": test["count"]},
             "task": self.task.name,
             "skipped": skipped, "skipped_total": sum(skipped.values()), "ignored_members": ignored,
             "epochs": self.records, "stopped_early": self.stopped_early,

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 LOSSES = ("softmax", "bpr")
 KS = (5, 10, 20)
+Chunks = list[tuple[torch.Tensor, torch.Tensor]]
+"""Item embeddings (b, D) with their users (b, L) int64, -1 padded, batch by batch."""
 
 
 class UserTower(nn.Module):
@@ -125,43 +127,53 @@ class InteractionAccumulator(Accumulator):
     def reference(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
         self._add("reference", outputs, batch)
 
-    def _gathered(self, part: str, env: DistEnv) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _gathered(self, part: str, env: DistEnv) -> Chunks:
         return [chunk for rank in gather_objects(self.rows[part], env) for chunk in rank]
 
     def compute(self, env: DistEnv) -> dict[str, Any]:
-        evaluated = self._gathered("eval", env)  # chunks of (b, D) embeddings, (b, L) users
         table = self.tower.users.weight.detach().float().cpu()  # (U, D)
-        items = torch.cat([e for e, _ in evaluated]) if evaluated else torch.zeros(0, table.shape[1])  # (N, D)
-        profiles = user_profiles(self._gathered("reference", env), table.shape)  # (U, D), 0 rows: no training item
-        relevance = relevance_matrix(evaluated, table.shape[0])  # (U, N)
-        queries = (profiles.abs().sum(1) > 0) & relevance.any(1)
-        count = sum(gather_objects(self.count, env))
-        out: dict[str, Any] = {"users": int(queries.sum()), "items": len(items), "count": count}
-        rel = relevance[queries].float()
-        for prefix, vectors in (("", profiles), ("user_", F.normalize(table, dim=-1))):
-            scores = vectors[queries] @ items.T  # (Q, N)
-            for k in self.ks:
-                out[f"{prefix}recall@{k}"] = recall_at_k(scores, rel, k) if len(rel) else 0.0
-                out[f"{prefix}ndcg@{k}"] = ndcg_at_k(scores, rel, k) if len(rel) else 0.0
-        relevant = rel.sum(1)
-        for k in self.ks:  # a random ranking: expected hits k * relevant / N, over min(k, relevant)
-            chance = (k * relevant / max(len(items), 1) / relevant.clamp(max=k)).mean().item() if len(rel) else 0.0
-            out[f"chance_recall@{k}"] = min(chance, 1.0)
-        return out
+        out = cold_start_metrics(self._gathered("reference", env), self._gathered("eval", env), table.shape[0],
+                                 table, self.ks)
+        return {**out, "count": sum(gather_objects(self.count, env))}
 
 
-def user_profiles(chunks: list[tuple[torch.Tensor, torch.Tensor]], shape: tuple[int, int]) -> torch.Tensor:
+def cold_start_metrics(reference: Chunks, evaluated: Chunks, users: int, table: torch.Tensor | None = None,
+                       ks: tuple[int, ...] = KS) -> dict[str, Any]:
+    """recall@K / NDCG@K of ranking the `evaluated` items for each user whose profile (the mean of their
+    `reference` items' embeddings) exists and who has an evaluated item; with `table` (U, D) the same with the
+    learned user vectors (`user_` prefix); `chance_recall@K` of a random ranking; `users` and `items` counted."""
+    dim = (reference or evaluated)[0][0].shape[1] if (reference or evaluated) else 0
+    items = F.normalize(torch.cat([e for e, _ in evaluated]).float(), dim=-1) if evaluated else torch.zeros(0, dim)
+    profiles = user_profiles(reference, (users, dim))  # (U, D), zero rows: no reference item
+    relevance = relevance_matrix(evaluated, users)  # (U, N)
+    queries = (profiles.abs().sum(1) > 0) & relevance.any(1)
+    out: dict[str, Any] = {"users": int(queries.sum()), "items": len(items)}
+    rel = relevance[queries].float()
+    sides = [("", profiles)] + ([("user_", F.normalize(table.float(), dim=-1))] if table is not None else [])
+    for prefix, vectors in sides:
+        scores = vectors[queries] @ items.T  # (Q, N)
+        for k in ks:
+            out[f"{prefix}recall@{k}"] = recall_at_k(scores, rel, k) if len(rel) else 0.0
+            out[f"{prefix}ndcg@{k}"] = ndcg_at_k(scores, rel, k) if len(rel) else 0.0
+    relevant = rel.sum(1)
+    for k in ks:  # a random ranking: expected hits k * relevant / N, over min(k, relevant)
+        chance = (k * relevant / max(len(items), 1) / relevant.clamp(max=k)).mean().item() if len(rel) else 0.0
+        out[f"chance_recall@{k}"] = min(chance, 1.0)
+    return out
+
+
+def user_profiles(chunks: Chunks, shape: tuple[int, int]) -> torch.Tensor:
     """Each user's mean of the (L2-normalised) embeddings of the items they interacted with, L2-normalised again.
     Inputs: chunks of (b, D) item embeddings with their (b, L) user indices (-1 padded); shape (U, D).
     Returns: (U, D), zero rows for users without items."""
     sums = torch.zeros(shape)
     for embeddings, users in chunks:
         rows, cols = (users >= 0).nonzero(as_tuple=True)
-        sums.index_add_(0, users[rows, cols], embeddings[rows])
+        sums.index_add_(0, users[rows, cols], F.normalize(embeddings.float(), dim=-1)[rows])
     return F.normalize(sums, dim=-1)
 
 
-def relevance_matrix(chunks: list[tuple[torch.Tensor, torch.Tensor]], count: int) -> torch.Tensor:
+def relevance_matrix(chunks: Chunks, count: int) -> torch.Tensor:
     """(count, N) bool over the chunks' N items: user u interacted with item j."""
     total = sum(len(users) for _, users in chunks)
     relevance = torch.zeros(count, total, dtype=torch.bool)
