@@ -53,7 +53,7 @@ def _cell(row: dict[str, Any], column: str, path: Path, line: int) -> str:
     value = row.get(column)
     text = "" if value is None else str(value).strip()
     if not text:
-        raise DataError(f"{path}:{line}: {column}: missing value (each pair needs a '{column}' column)")
+        raise DataError(f"{path}:{line}: {column}: missing value (each pair needs a value in column '{column}')")
     return text
 
 
