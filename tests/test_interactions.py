@@ -237,7 +237,8 @@ def test_two_process_gloo_interactions_run(tmp_path):
     import subprocess
     import sys
 
-    data = build_demo(tmp_path / "demo", DemoSpec(train=160, val=64, test=64, image_size=32, shard_size=32,
+    # 4 train shards of 40: the ranks train in lock-step, an even share keeps every sample in the epoch
+    data = build_demo(tmp_path / "demo", DemoSpec(train=160, val=64, test=64, image_size=32, shard_size=40,
                                                   interactions=True, users=24))
     flags = ["finetune", "--task", "interactions", "--data", str(data), "--epochs", "2", *TINY_FLAGS]
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
@@ -300,3 +301,36 @@ def test_frozen_towers_with_the_feature_cache_still_carry_the_users(interaction_
                  "--epochs", "1", "--freeze", "text,image", "--set", "model.task_kwargs.loss=bpr", *TINY_FLAGS]) == 0
     test = json.loads((run / "metrics.json").read_text())["test"]
     assert test["items"] == 40 and test["users"] > 0 and "test recall@10" in capsys.readouterr().out
+
+
+def _rank_loss(rank: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    users, items, u, drawn = _global_batch()
+    rows = slice(2 * rank, 2 * rank + 2)
+    out[rank] = interaction_loss(u[rows], items[rows], users[rows], drawn[rows], 0.5).item()
+    dist.destroy_process_group()
+
+
+def _global_batch():
+    g = torch.Generator().manual_seed(3)
+    items, u = F.normalize(torch.randn(4, 8, generator=g), dim=-1), F.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    users = torch.tensor([[0, 1], [2, -1], [1, -1], [3, 0]])  # user 1 liked items 0 and 2: across the ranks
+    return users, items, u, torch.tensor([1, 2, 1, 0])
+
+
+@pytest.mark.slow
+def test_under_ddp_each_rank_scores_against_the_global_batch_with_cross_rank_masking():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.get_context("spawn").Manager().dict()
+    mp.spawn(_rank_loss, args=(port, out), nprocs=2)
+    users, items, u, drawn = _global_batch()
+    whole = interaction_loss(u, items, users, drawn, 0.5).item()
+    assert (out[0] + out[1]) / 2 == pytest.approx(whole, rel=1e-5)
