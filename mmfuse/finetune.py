@@ -160,7 +160,8 @@ class FinetuneRun:
                 "optimizer": t.optimizer_state(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
                 "selection": self.selection.to_dict(),
-                "skipped": dict(self.skipped), "ignored": dict(self.ignored), "acc": dict(self.acc),
+                "skipped": dict(self.skipped), "ignored": dict(self.ignored),
+                "acc": {**self.acc, "loss_sum": float(self.acc["loss_sum"])},  # a device tensor mid-epoch
                 "log_lines": self.log.lines if self.env.is_main else 0}
 
     def _save(self, kind: str, train_state: bool = False) -> None:
@@ -206,13 +207,13 @@ class FinetuneRun:
             self.position.advance(worker, cursor, self.train_workers)
         if not info["size"]:
             return False
-        self.acc["loss_sum"] += info["loss"]
+        self.acc["loss_sum"] += info["loss"]  # a device tensor: summed without a host sync
         self.acc["batches"] += 1
         self.acc["samples"] += info["size"]
         if t.micro_step % train.grad_accum:
             return False
         if self.env.is_main and t.step % train.log_every == 0:
-            self.log.write({"epoch": self.epoch, "step": t.step, "loss": info["loss"],
+            self.log.write({"epoch": self.epoch, "step": t.step, "loss": float(info["loss"]),
                             "lr": t.scheduler.get_last_lr()[-1]})
         done = train.max_steps is not None and t.step >= train.max_steps
         if not self.env.distributed:  # mid-epoch checkpoints need every rank in step: single process only

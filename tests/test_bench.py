@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -75,6 +76,8 @@ def test_lever_cases_pair_each_lever_on_with_it_off(demo_shards, tmp_path):
         assert case["ratio"]["median"] > 0 and case["series"]["baseline"]["median"] > 0
     assert cases["cache"]["cache_build_s"] > 0
     assert cases["cache"]["samples_per_repeat"] == DatasetInfo.load(demo_shards).count("train")
+    losses = cases["cache"]["losses"]  # one epoch from the same start through either path: the same training
+    assert losses["mmfuse"] == pytest.approx(losses["baseline"], rel=1e-4) and math.isfinite(losses["mmfuse"])
     assert "lever/cache/tiny/text+image" in (out / "report.md").read_text()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +14,11 @@ from conftest import TINY_MODEL
 
 from mmfuse.cli import main
 from mmfuse.config import resolve
+from mmfuse.data.demo_manifest import write_demo_manifest
 from mmfuse.data.info import DatasetInfo
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
+from mmfuse.inference import load
 from mmfuse.train.checkpoint import load_checkpoint
 from mmfuse.train.init_from import init_from_run
 
@@ -85,3 +88,98 @@ def test_different_modalities_or_encoders_are_clear_errors(source_run, tiny_laye
         finetune(resolve(wider), echo=lambda *_: None)
     assert main(["finetune", "--init-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "no checkpoint there" in capsys.readouterr().err
+
+
+TINY_FLAGS = ["--no-progress", "--batch-size", "16", "--set", "model.dim=32", "--set", "train.weight_decay=0",
+              "--set", "model.encoders.text.kwargs.width=16", "--set", "model.encoders.text.kwargs.layers=1",
+              "--set", "model.encoders.image.kwargs.width=16", "--set", "model.encoders.image.kwargs.layers=1",
+              "--set", "model.encoders.image.kwargs.image_size=32"]
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory) -> dict[str, Path]:
+    """The demo catalogue (96 items, with an extra `rank` column) sharded as multilabel tags and as regression
+    targets `price,rank` (source) and `stock,price` (new data: one target new, one the data lacks)."""
+    root = tmp_path_factory.mktemp("init-tasks")
+    manifest = write_demo_manifest(root / "catalogue", 96, seed=5)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["rank"], row["stock"] = float(i % 7), float(3 * (i % 5) + 1)
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = ["shard", "--manifest", str(manifest), "--text", "title", "--no-progress",
+              "--fractions", "train=0.6,val=0.2,test=0.2"]
+    out = {}
+    for name, extra in (("multilabel", ["--task", "multilabel", "--label", "tags"]),
+                        ("regression", ["--task", "regression", "--targets", "price,rank"]),
+                        ("regression-new", ["--task", "regression", "--targets", "stock,price"])):
+        out[name] = root / name
+        assert main([*common, "--out", str(out[name]), *extra]) == 0
+    return out
+
+
+def _finetune(data: Path, out: Path, task: str, *extra: str) -> dict:
+    assert main(["finetune", "--data", str(data), "--task", task, "--out", str(out), "--epochs", "1",
+                 "--max-steps", "3", *TINY_FLAGS, *extra]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _head(run: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    model, config, _ = load_checkpoint(run / "checkpoints" / "last")
+    return model.head.linear.weight.detach(), model.head.linear.bias.detach(), config.labels
+
+
+def test_multilabel_init_from_keeps_untrained_rows_of_labels_the_data_lacks(task_data, tmp_path):
+    source = tmp_path / "source"
+    _finetune(task_data["multilabel"], source, "multilabel")
+    relabelled = shutil.copytree(task_data["multilabel"], tmp_path / "relabelled")
+    meta = json.loads((relabelled / "dataset.json").read_text())
+    gone, meta["labels"][0] = meta["labels"][0], "lacquered"  # index 0 now means a new label
+    (relabelled / "dataset.json").write_text(json.dumps(meta))
+    metrics = _finetune(relabelled, tmp_path / "next", "multilabel", "--init-from", str(source))
+    assert metrics["labels"] == [*meta["labels"], gone]
+    w0, b0, old_labels = _head(source)
+    w1, b1, labels = _head(tmp_path / "next")
+    row, old_row = labels.index(gone), old_labels.index(gone)
+    # the data has no column for it: its row is carried over and not trained (no weight decay in this run)
+    assert torch.equal(w1[row], w0[old_row]) and torch.equal(b1[row], b0[old_row])
+    kept = labels.index(meta["labels"][1])
+    assert not torch.equal(w1[kept], w0[old_labels.index(meta["labels"][1])])  # the data's labels did train
+    assert metrics["test"]["count"] == DatasetInfo.load(relabelled).count("test")
+
+
+def test_regression_init_from_merges_targets_and_their_standardisation(task_data, tmp_path):
+    source = tmp_path / "source"
+    _finetune(task_data["regression"], source, "regression")
+    metrics = _finetune(task_data["regression-new"], tmp_path / "next", "regression", "--init-from", str(source))
+    assert metrics["labels"] == ["stock", "price", "rank"]
+    old, new = DatasetInfo.load(task_data["regression"]), DatasetInfo.load(task_data["regression-new"])
+    _, config, _ = load_checkpoint(tmp_path / "next" / "checkpoints" / "best")
+    # the run's units for the targets it knew, the data's for the new one
+    assert config.task_kwargs["target_mean"] == [new.target_stats["mean"][0], old.target_stats["mean"][0],
+                                                 old.target_stats["mean"][1]]
+    assert config.task_kwargs["target_std"][2] == old.target_stats["std"][1]
+    w0, b0, _ = _head(source)
+    w1, b1, _ = _head(tmp_path / "next")
+    assert torch.equal(w1[2], w0[1]) and torch.equal(b1[2], b0[1])  # 'rank': not in the data, not trained
+    assert not torch.equal(w1[1], w0[0])  # 'price' trained on
+    assert set(metrics["test"]["per_target"]) == {"stock", "price"}  # scored on the data's targets only
+    predicted = load(tmp_path / "next").predict([{"text": "an oak toy"}])
+    assert list(predicted[0]) == ["stock", "price", "rank"]
+
+
+def test_contrastive_init_from_loads_every_weight(demo_shards, tmp_path):
+    source = tmp_path / "source"
+    assert main(["finetune", "--data", str(demo_shards), "--task", "contrastive", "--out", str(source),
+                 "--epochs", "1", "--max-steps", "2", *TINY_FLAGS]) == 0
+    old, old_config, _ = load_checkpoint(source / "checkpoints" / "last")
+    config = replace(old_config, dropout=0.0)
+    model, new_config, summary = init_from_run(source, config)
+    assert new_config.task == "contrastive" and model.head is None and summary["new"] == []
+    for name, value in old.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, msg=name)
+
+
+def test_a_different_task_is_a_clear_error(source_run, tiny_config):
+    with pytest.raises(ConfigError, match="model.task differs: this run has 'multilabel', the checkpoint "
+                                          "'classification'"):
+        init_from_run(source_run, replace(tiny_config.model, task="multilabel"))

@@ -2,7 +2,8 @@
 
     cache        an epoch over the split with every tower frozen: cached encoder outputs (no decode, no encode, no
                  tar reading; `FeatureCache`) vs decoding and encoding each batch. The one-time cache build is
-                 reported as `cache_build_s`.
+                 reported as `cache_build_s`, and both epochs' mean losses from the same start (`losses`): frozen
+                 towers in eval mode give the same features, so the two must agree.
     compile      `Trainer.train_step` on a `torch.compile`d model vs eager (compile time in `compile_s`)
     grad-ckpt    `Trainer.train_step` with encoder gradient checkpointing vs without (a memory lever: ratio < 1)
     fused-adamw  `Trainer.train_step` with AdamW(fused=True) (the trainer's default) vs AdamW(foreach=True)
@@ -42,27 +43,36 @@ def _lever_cache(ctx: Context, spec: CaseSpec) -> tuple[Callable[[], int], Calla
     model = _model(ctx, spec)
     apply_freeze(model, list(spec.modalities))
     trainer = _trainer(model, ctx)
+    split = spec.split or ctx.split
     base = model.preprocessors()
     tick = time.perf_counter()
     cache = FeatureCache(model, _specs(spec), ctx.info, ctx.device, ctx.precision, spec.batch_size,
                          echo=lambda *_: None)
-    cached = cache.preprocessors(ctx.split, base)
-    source = cache.source(ctx.split)
+    cached = cache.preprocessors(split, base)
+    source = cache.source(split)
     build_s = time.perf_counter() - tick
 
-    def epoch(loader: Any) -> int:
-        return trainer.train_epoch(loader, after_step=lambda info: False)["samples"]
+    def epoch(loader: Any) -> tuple[int, float]:
+        stats = trainer.train_epoch(loader, after_step=lambda info: False)
+        return stats["samples"], stats["loss_sum"] / max(1, stats["batches"])
 
-    def with_cache() -> int:
-        loader = make_loader(ctx.info, ctx.split, cached, spec.batch_size, drop_last=True, **source)
-        return epoch(cache.attach(ctx.split, loader))
+    def cached_loader() -> Any:
+        return cache.attach(split, make_loader(ctx.info, split, cached, spec.batch_size, drop_last=True, **source))
 
-    def recompute() -> int:
-        return epoch(make_loader(ctx.info, ctx.split, base, spec.batch_size, num_workers=ctx.cfg.workers,
-                                 drop_last=True))
+    def recompute_loader() -> Any:
+        return make_loader(ctx.info, split, base, spec.batch_size, num_workers=ctx.cfg.workers, drop_last=True)
 
-    return with_cache, recompute, {"cache_build_s": round(build_s, 3), "samples_per_repeat": ctx.info.count(
-        ctx.split), "baseline": "an epoch decoding and encoding every batch (towers frozen, in eval mode)"}
+    # the same start state through both paths: the mean losses must agree (frozen towers give the same features)
+    start = [copy.deepcopy(x.state_dict()) for x in (trainer.model, trainer.optimizer, trainer.scheduler)]
+    losses = {}
+    for name, loader in (("mmfuse", cached_loader), ("baseline", recompute_loader)):
+        for x, state in zip((trainer.model, trainer.optimizer, trainer.scheduler), start, strict=True):
+            x.load_state_dict(state)
+        torch.manual_seed(0)  # the same dropout masks
+        losses[name] = round(epoch(loader())[1], 6)
+    return (lambda: epoch(cached_loader())[0], lambda: epoch(recompute_loader())[0],
+            {"cache_build_s": round(build_s, 3), "samples_per_repeat": ctx.info.count(split), "losses": losses,
+             "baseline": "an epoch decoding and encoding every batch (towers frozen, in eval mode)"})
 
 
 def _specs(spec: CaseSpec) -> dict[str, EncoderSpec]:
@@ -111,10 +121,10 @@ STEP_LEVERS = {"compile": _compile, "grad-ckpt": _grad_ckpt, "fused-adamw": _for
 
 def run_lever(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     """Lever on vs off, interleaved; the ratio is on / off throughput."""
+    repeats = min(ctx.cfg.repeats, spec.max_repeats or ctx.cfg.repeats)
     if spec.lever == "cache":
-        on, off, extra = _lever_cache(ctx, spec)
-        steps = 1
-        warmup = min(ctx.cfg.warmup, 1)
+        on, off, extra = _lever_cache(ctx, spec)  # its loss check ran each path once: no further warm-up
+        steps, warmup = 1, 0
     else:
         on, off, extra = _step_pair(ctx, spec, STEP_LEVERS[spec.lever])
         for _ in range(ctx.cfg.warmup):
@@ -122,6 +132,6 @@ def run_lever(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
         steps = _steps(timed(off, ctx.device)[0], ctx.cfg.min_time)
         warmup = 0
     with PeakMemory(ctx.device) as memory:
-        rates = interleaved({"mmfuse": on, "baseline": off}, ctx.device, ctx.cfg.repeats, warmup, group=steps)
+        rates = interleaved({"mmfuse": on, "baseline": off}, ctx.device, repeats, warmup, group=steps)
     return _result(spec, rates, steps, lever=spec.lever, memory={"kind": memory.kind, "bytes": memory.bytes},
                    **extra)

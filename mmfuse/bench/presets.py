@@ -33,8 +33,10 @@ TOWERS: dict[str, dict[str, dict[str, Any]]] = {
              "audio": {"name": "tiny-audio", "kwargs": {"width": 16, "layers": 1, "heads": 2, "n_mels": 16,
                                                         "patch_size": 8, "max_seconds": 1.0}}},
 }
+TOWERS["bert-small+vit-s"] = {**TOWERS["bert-small"], **TOWERS["vit-s"]}
 """Tower sets (random-init, nothing downloads): `bert-small` is Google's BERT-small shape (4 layers, width 512,
-8 heads) over the packaged vocabulary; `vit-s` is timm's ViT-S/16 (12 layers, width 384) at 224 px."""
+8 heads) over the packaged vocabulary; `vit-s` is timm's ViT-S/16 (12 layers, width 384) at 224 px;
+`bert-small+vit-s` is both (the frozen-cache lever at a realistic tower cost)."""
 
 
 @dataclass
@@ -99,7 +101,10 @@ class CaseSpec:
     """Time the text tower on `text_tokens`-long sequences of random ids instead of the demo's short titles
     (encode and train cases; compute does not depend on the ids)."""
     split: str | None = None
-    """Loader cases: the split to read (default: the suite's, train); the audio case reads the smaller val split."""
+    """Loader cases: the split to read (default: the suite's, train); the audio case reads the smaller val split.
+    Also the cache lever's split."""
+    max_repeats: int | None = None
+    """Cap on the suite's repeats for a slow case (the cache lever with ViT-S recomputes a split per repeat)."""
 
     @property
     def name(self) -> str:
@@ -141,6 +146,7 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
             CaseSpec("embed", "demo", ["text", "image"], 128),
             *(CaseSpec("lever", "demo", ["text", "image"], 64, lever=lever)
               for lever in ("cache", "compile", "grad-ckpt", "fused-adamw")),
+            CaseSpec("lever", "bert-small+vit-s", ["text", "image"], 32, lever="cache", split="val", max_repeats=3),
             CaseSpec("text-embed", "minilm", ["text"], 64)]
 
 

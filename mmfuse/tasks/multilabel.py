@@ -28,8 +28,9 @@ class MultilabelAccumulator(Accumulator):
         self.targets: list[torch.Tensor] = []
 
     def update(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        self.scores.append(torch.sigmoid(outputs["head"].float()).cpu())
-        self.targets.append(batch["label"].cpu())
+        labels = batch["label"]  # (B, C): the data's labels, the head's first C columns
+        self.scores.append(torch.sigmoid(outputs["head"][:, : labels.shape[1]].float()).cpu())
+        self.targets.append(labels.cpu())
 
     def compute(self, env: DistEnv) -> dict[str, Any]:
         parts = gather_objects((torch.cat(self.scores) if self.scores else None,
@@ -60,6 +61,8 @@ class MultilabelTask(Task):
             raise ConfigError("model.task_kwargs.pos_weight must be a number > 0 (weight of positive labels)")
 
     def supervised_loss(self, head: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        # a model extended by --init-from has the data's labels first, then labels the data lacks: not trained here
+        head = head[:, : batch["label"].shape[1]]
         weight = self.kwargs["pos_weight"]
         pos_weight = None if weight is None else torch.full_like(head[0], float(weight))
         return F.binary_cross_entropy_with_logits(head, batch["label"].to(head.dtype), pos_weight=pos_weight)

@@ -30,10 +30,14 @@ class RegressionAccumulator(Accumulator):
         self.sums = torch.zeros(5, len(task.labels), dtype=torch.float64)
 
     def update(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        self.sums += regression_sums(self.task.values(outputs["head"]).cpu(), batch["target"].cpu())
+        width = batch["target"].shape[1]  # the data's targets: the head's first columns
+        self.sums[:, :width] += regression_sums(self.task.values(outputs["head"])[:, :width].cpu(),
+                                                batch["target"].cpu())
 
     def compute(self, env: DistEnv) -> dict[str, Any]:
-        return regression_metrics(all_reduce_sum(self.sums.to(env.device), env).cpu(), self.task.labels)
+        sums = all_reduce_sum(self.sums.to(env.device), env).cpu()
+        width = int((sums[0] > 0).sum()) or len(self.task.labels)  # targets the data scored
+        return regression_metrics(sums[:, :width], self.task.labels[:width])
 
 
 @register_task("regression")
@@ -68,7 +72,10 @@ class RegressionTask(Task):
         return head.float() * self.std.to(head.device) + self.mean.to(head.device)
 
     def supervised_loss(self, head: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        target = (batch["target"] - self.mean.to(head.device)) / self.std.to(head.device)
+        # a model extended by --init-from has the data's targets first, then targets the data lacks: not trained
+        width = batch["target"].shape[1]
+        head = head[:, :width]
+        target = (batch["target"] - self.mean[:width].to(head.device)) / self.std[:width].to(head.device)
         if self.kwargs["loss"] == "huber":
             return F.huber_loss(head, target, delta=self.kwargs["huber_delta"])
         return F.mse_loss(head, target)

@@ -1,9 +1,15 @@
 """`train.init_from` / `--init-from RUN_DIR`: start a new run from a finished run's weights.
 
 The new model has the finished run's architecture (its saved config and encoder assets, so nothing downloads) and
-the label vocabulary `new labels of the data, in dataset.json order, then the run's labels the data lacks`: the
-dataset's label indices stay valid, every label the run knew keeps its trained head row (moved by name), and a label
-new to the model gets a freshly initialised row. Modalities, encoders, fusion and width must match the run's.
+task. Modalities, encoders, fusion and width must match the run's.
+
+Tasks with a head row per name (classification and multilabel labels, regression targets) get the vocabulary
+`the data's names, in dataset.json order, then the run's names the data lacks`: the dataset's indices stay valid,
+every name the run knew keeps its trained head row (moved by name), and a name new to the model gets a freshly
+initialised row. Rows of names the data lacks are kept but, for multilabel and regression, neither trained nor
+scored (the tasks read the head's first columns, the data's). A regression target the run knew keeps the run's
+standardisation (its row predicts in those units); a new one takes the data's. Other tasks (contrastive: no head)
+load every weight as it is.
 """
 
 from __future__ import annotations
@@ -35,9 +41,8 @@ def check_compatible(new: ModelConfig, old: ModelConfig, asset_keys: dict[str, l
     def differ(what: str, mine: Any, theirs: Any) -> ConfigError:
         return ConfigError(f"--init-from {source}: {what} differs: this run has {mine!r}, the checkpoint {theirs!r}")
 
-    if new.task != "classification" or old.task != "classification":
-        raise ConfigError(f"--init-from {source}: only classification runs can be extended (this run's task is "
-                          f"'{new.task}', the checkpoint's '{old.task}')")
+    if new.task != old.task:
+        raise differ("model.task", new.task, old.task)
     if sorted(new.modalities) != sorted(old.modalities):
         raise differ("model.modalities", sorted(new.modalities), sorted(old.modalities))
     for field in ("fusion", "dim", "fusion_kwargs", "adapters"):
@@ -70,20 +75,39 @@ def init_from_run(run_dir: str | Path, config: ModelConfig) -> tuple[FusionModel
     asset_keys = json.loads((source / CONFIG).read_text()).get("asset_kwargs", {})
     check_compatible(config, old_config, asset_keys, source)
     labels = merged_labels(config.labels, old_config.labels)
-    new_config = replace(old_config, labels=labels, dropout=config.dropout, modality_dropout=config.modality_dropout)
-    model = build_model(new_config)  # fresh head rows for new labels come from here
+    task_kwargs = merged_task_kwargs(config, old_config, labels)
+    new_config = replace(old_config, labels=labels, task_kwargs=task_kwargs, dropout=config.dropout,
+                         modality_dropout=config.modality_dropout)
+    model = build_model(new_config)  # fresh head rows for new names come from here
     old_model, _, _ = load_checkpoint(source)
     state = old_model.state_dict()
-    head_w, head_b = state.pop("head.linear.weight"), state.pop("head.linear.bias")
+    rows = {name: state.pop(name) for name in HEAD if name in state}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != {"head.linear.weight", "head.linear.bias"}:
+    if unexpected or set(missing) != set(rows):
         raise ConfigError(f"--init-from {source}: weights do not fit the model: missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}")
     kept = [label for label in labels if label in old_config.labels]
     with torch.no_grad():
-        for label in kept:
+        for label in kept if rows else []:
             row, old_row = labels.index(label), old_config.labels.index(label)
-            model.head.linear.weight[row] = head_w[old_row]
-            model.head.linear.bias[row] = head_b[old_row]
+            model.head.linear.weight[row] = rows["head.linear.weight"][old_row]
+            model.head.linear.bias[row] = rows["head.linear.bias"][old_row]
     summary = {"source": str(source), "kept": kept, "new": [label for label in labels if label not in kept]}
     return model, new_config, summary
+
+
+HEAD = ("head.linear.weight", "head.linear.bias")
+"""The head's per-name rows (a task without a head, e.g. contrastive, has none)."""
+
+
+def merged_task_kwargs(new: ModelConfig, old: ModelConfig, labels: list[str]) -> dict[str, Any]:
+    """The run's task options; a regression's per-target standardisation follows the merged targets (`labels`):
+    the run's mean / std for a target it knew, the data's for a new one."""
+    kwargs = dict(old.task_kwargs)
+    for key in ("target_mean", "target_std"):
+        theirs, mine = old.task_kwargs.get(key), new.task_kwargs.get(key)
+        if theirs is None or mine is None:
+            continue
+        kwargs[key] = [theirs[old.labels.index(name)] if name in old.labels else mine[new.labels.index(name)]
+                       for name in labels]
+    return kwargs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -23,6 +24,9 @@ from . import fsdp
 from .distributed import DistEnv, lockstep, sum_counters
 from .optim import build_optimizer, warmup_cosine
 from .precision import autocast, choose_precision
+
+PROGRESS_EVERY = 10
+"""The progress bar shows the loss of every this many micro-batches (reading it synchronises with the device)."""
 
 
 class Trainer:
@@ -53,6 +57,8 @@ class Trainer:
             self.model.compile()  # in place: parameter names and checkpoints stay those of the eager model
         self.precision = choose_precision(device, cfg.precision)
         self.optimizer = build_optimizer(self.model, cfg, device)
+        # clip what the optimizer steps: walking every (frozen) parameter each step costs more than the clipping
+        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.total_steps = total_steps
@@ -77,7 +83,7 @@ class Trainer:
         if boundary:
             if self.cfg.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -113,7 +119,8 @@ class Trainer:
                     progress: Any = None) -> dict[str, Any]:
         """One pass over this rank's share of `loader`.
 
-        `after_step(batch_info)` runs after every micro-batch with its loss, size, skipped counts and data cursor;
+        `after_step(batch_info)` runs after every micro-batch with its loss (a float64 tensor on the device: read
+        it only when needed, each read of a CUDA tensor waits for the GPU), size, skipped counts and data cursor;
         returning True stops the epoch early (max_steps, a signal). Uneven shares across ranks are handled by DDP's
         `Join`. Returns samples seen, mean loss and the data-wait / compute split.
         """
@@ -124,7 +131,9 @@ class Trainer:
         if self.env.distributed and (self.fsdp or self.model.alignment is not None or self.task.gathers):
             # FSDP has no Join, and the alignment's (or the task's) all_gather needs every rank in every step
             loader = lockstep(loader, self.env)
-        with join:
+        # torch's Join.__exit__ calls warnings.simplefilter("once"), which overrides every filter set before it
+        # (e.g. the image decoders' deprecation filter): keep the filters as they were
+        with warnings.catch_warnings(), join:
             tick = time.perf_counter()
             for batch in loader:
                 if not batch_size(batch):
@@ -132,18 +141,19 @@ class Trainer:
                     continue
                 batch = to_device(batch, self.device)
                 loaded = time.perf_counter()
-                loss = self.train_step(batch).item()
+                loss = self.train_step(batch).double()  # stays on the device: no host sync per step
                 done = time.perf_counter()
                 data_time, compute_time, tick = data_time + loaded - tick, compute_time + done - loaded, done
                 seen, loss_sum, batches = seen + batch_size(batch), loss_sum + loss, batches + 1
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                    if batches % PROGRESS_EVERY == 1:
+                        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
                 stop = after_step({"loss": loss, "size": batch_size(batch), "skipped": batch["skipped"],
                                    "cursor": batch.get("cursor")})
                 if stop:
                     break
-        return {"samples": seen, "loss_sum": loss_sum, "batches": batches,
+        return {"samples": seen, "loss_sum": float(loss_sum), "batches": batches,
                 "data_s": round(data_time, 3), "compute_s": round(compute_time, 3)}
 
     # -- state for checkpoints (collectives under FSDP: every rank calls them) ------------------------------------
@@ -167,8 +177,8 @@ class Trainer:
             self.optimizer.load_state_dict(state)
 
 
-def mean_loss(loss_sum: float, batches: int) -> float:
-    return loss_sum / batches if batches else math.nan
+def mean_loss(loss_sum: float | torch.Tensor, batches: int) -> float:
+    return float(loss_sum) / batches if batches else math.nan
 
 
 class MetricsLog:
