@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -334,3 +335,20 @@ def test_under_ddp_each_rank_scores_against_the_global_batch_with_cross_rank_mas
     users, items, u, drawn = _global_batch()
     whole = interaction_loss(u, items, users, drawn, 0.5).item()
     assert (out[0] + out[1]) / 2 == pytest.approx(whole, rel=1e-5)
+
+
+def test_init_from_an_interactions_run_keeps_user_vectors_by_name(interaction_shards, tmp_path):
+    first = tmp_path / "first"
+    assert main(["finetune", "--task", "interactions", "--data", str(interaction_shards), "--out", str(first),
+                 "--max-steps", "2", *TINY_FLAGS]) == 0
+    from mmfuse.train.checkpoint import load_checkpoint
+    from mmfuse.train.init_from import init_from_run
+
+    old, old_config, _ = load_checkpoint(first / "checkpoints" / "best")
+    config = replace(old_config, labels=["user-new", *old_config.labels[::-1]])
+    model, new_config, summary = init_from_run(first, config)
+    assert summary["new"] == ["user-new"] and sorted(summary["kept"]) == sorted(old_config.labels)
+    table, old_table = model.head.users.weight, old.head.users.weight
+    for name in old_config.labels:
+        assert torch.equal(table[new_config.labels.index(name)], old_table[old_config.labels.index(name)])
+    assert new_config.labels[0] == "user-new" and table.shape[0] == len(old_config.labels) + 1
