@@ -352,3 +352,19 @@ def test_init_from_an_interactions_run_keeps_user_vectors_by_name(interaction_sh
     for name in old_config.labels:
         assert torch.equal(table[new_config.labels.index(name)], old_table[old_config.labels.index(name)])
     assert new_config.labels[0] == "user-new" and table.shape[0] == len(old_config.labels) + 1
+
+
+def test_fsdp_is_refused_with_a_config_error(interaction_shards):
+    from conftest import TINY_MODEL
+
+    from mmfuse.config import TrainConfig, resolve
+    from mmfuse.data.info import DatasetInfo as Info
+    from mmfuse.model import build_model
+    from mmfuse.tasks import task_class
+    from mmfuse.train.distributed import DistEnv
+    from mmfuse.train.trainer import Trainer
+
+    config = resolve({"model": {**TINY_MODEL, "task": "interactions"}}).model
+    model = build_model(task_class("interactions").prepare(config, Info.load(interaction_shards)))
+    with pytest.raises(ConfigError, match="does not train under train.strategy=fsdp"):
+        Trainer(model, TrainConfig(strategy="fsdp"), torch.device("cpu"), 1, DistEnv(world_size=2))

@@ -75,6 +75,8 @@ class Task:
     (interactions: a user's training items make the user's profile)."""
     gathers: ClassVar[bool] = False
     """The loss gathers the batch over DDP ranks, so every rank must take part in every step."""
+    shards: ClassVar[bool] = True
+    """The task trains under `train.strategy: fsdp`."""
 
     def __init__(self, config: ModelConfig) -> None:
         unknown = sorted(set(config.task_kwargs) - set(self.kwargs_defaults))

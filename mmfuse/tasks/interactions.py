@@ -82,6 +82,16 @@ def _gather_users(users: torch.Tensor) -> torch.Tensor:
     return torch.cat([F.pad(p, (0, width - p.shape[1]), value=-1) for p in parts]).to(users.device)
 
 
+def liked_by(drawn: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    """(M, N) bool: drawn user i interacted with item j. Inputs: drawn (M,), users (N, L) -1 padded. Compares
+    against the P valid (item, user) pairs only, so an item with many users costs P, not N x its user count."""
+    items, slots = (users >= 0).nonzero(as_tuple=True)  # (P,) each
+    rows, pairs = (users[items, slots][None, :] == drawn[:, None]).nonzero(as_tuple=True)
+    out = torch.zeros(len(drawn), users.shape[0], dtype=torch.bool, device=users.device)
+    out[rows, items[pairs]] = True
+    return out
+
+
 def interaction_loss(user_vecs: torch.Tensor, items: torch.Tensor, users: torch.Tensor, sampled: torch.Tensor,
                      temperature: float, loss: str = "softmax") -> torch.Tensor:
     """In-batch softmax or BPR of each drawn user against the global batch's items (see the module doc).
@@ -96,7 +106,7 @@ def interaction_loss(user_vecs: torch.Tensor, items: torch.Tensor, users: torch.
         return (all_items.sum() + user_vecs.sum()) * 0.0
     logits = mine @ all_items.T / temperature  # (M, N)
     target = torch.arange(len(mine), device=items.device) + offset
-    also_liked = (all_users[None, :, :] == drawn[:, None, None]).any(-1)  # (M, N)
+    also_liked = liked_by(drawn, all_users)  # (M, N)
     also_liked[torch.arange(len(mine)), target] = False
     if loss == "bpr":
         positive = logits.gather(1, target[:, None])  # (M, 1)
@@ -194,6 +204,7 @@ class InteractionsTask(Task):
     kwargs_defaults = {"loss": "softmax", "temperature": 0.1}
     needs_reference = True
     gathers = True
+    shards = False  # the loss reads the user table outside the model's forward: FSDP would hand it sharded
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
 from ..data.batch import batch_size, to_device
+from ..errors import ConfigError
 from ..model import FusionModel
 from ..tasks.classification import ClassificationTask
 from . import fsdp
@@ -46,6 +47,8 @@ class Trainer:
         self.task = model.task if model.task is not None else ClassificationTask.for_head(model)
         self.engine: torch.nn.Module = self.model
         self.fsdp = self.env.distributed and cfg.strategy == "fsdp"
+        if self.fsdp and not self.task.shards:
+            raise ConfigError(f"task '{self.task.name}' does not train under train.strategy=fsdp; use ddp")
         if self.fsdp:
             fsdp.shard_model(self.model)  # in place: self.model is now the FSDP root module
         elif self.env.distributed:
