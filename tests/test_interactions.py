@@ -220,6 +220,8 @@ def test_finetune_interactions_cli_reports_recall_and_the_run_embeds(interaction
     assert predictor.embed(records, normalize=True).shape == (5, 32)
     with pytest.raises(ConfigError, match="predicts no labels"):
         predictor.predict(records)
+    with pytest.raises(ConfigError, match="predicts no labels"):
+        predictor.predict_proba(records)
     out = tmp_path / "vectors"
     assert main(["embed", "--run", str(run), "--shards", str(interaction_shards), "--splits", "test",
                  "--out", str(out), "--no-progress"]) == 0

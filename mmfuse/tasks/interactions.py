@@ -243,6 +243,9 @@ class InteractionsTask(Task):
                 f"user-vector recall@10 {metrics['user_recall@10']:.4f}  (chance {metrics['chance_recall@10']:.4f}, "
                 f"{metrics['users']} users x {metrics['items']} held-out items)")
 
+    def proba(self, head: torch.Tensor) -> torch.Tensor:
+        return self.predict(head)
+
     def predict(self, head: torch.Tensor) -> list[Any]:
         raise ConfigError("an interactions model predicts no labels: embed items with Predictor.embed(records) or "
                           "`mmfuse embed`, and rank them for a user by cosine similarity")
