@@ -144,18 +144,25 @@ def test_shard_with_interactions_attaches_users_and_reports_rejects(tmp_path, ca
     lonely = "item-000007"
     kept = [line for line in lines if not line.endswith(f",{lonely}")]
     pairs.write_text("\n".join([*kept, "user-00001,no-such-item", kept[1]]) + "\n")
+    broken = manifest.parent / "media" / "item-000003.png"  # an item refused for its media: its pairs are counted
+    broken.write_bytes(b"not an image")
+    dropped = [line for line in kept[1:] if line.endswith(",item-000003")]
+    kept = [line for line in kept if line not in dropped]
+    assert dropped
     out = tmp_path / "shards"
     assert main(["shard", "--manifest", str(manifest), "--text", "title", "--interactions", str(pairs),
                  "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     attached = len(kept) - 1
-    assert f"{attached} of {attached + 2} interaction pairs attached" in printed
-    assert "unknown item x1, duplicate pair x1" in printed and "users: no interactions in the pair file x1" in printed
+    assert f"{attached} of {attached + 2 + len(dropped)} interaction pairs attached" in printed
+    assert f"unknown item x1, duplicate pair x1, pair of a refused item x{len(dropped)}" in printed
+    assert "users: no interactions in the pair file x1" in printed
     info = DatasetInfo.load(out)
-    assert info.task == "interactions" and info.users == sorted({line.split(",")[0] for line in kept[1:]})
+    assert info.task == "interactions" and info.users == sorted({line.split(",")[0] for line in kept[1:] + dropped})
     assert [r["reason"] for r in map(json.loads, (out / "pair_rejects.jsonl").read_text().splitlines())] == [
         "unknown item", "duplicate pair (first on line 2)"]
-    assert json.loads((out / "rejects.jsonl").read_text())["key"] == lonely
+    assert [r["key"] for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())] == [
+        "item-000003", lonely]
     expected = {}
     for line in kept[1:]:
         user, item = line.split(",")

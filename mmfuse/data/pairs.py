@@ -38,9 +38,14 @@ class PairReport:
     attached: int = 0
     """Pairs attached to an item (unique per user and item)."""
     rejected: dict[str, int] = field(default_factory=dict)
-    """Pairs left out, per reason ('unknown item', 'duplicate pair')."""
+    """Pairs left out, per reason ('unknown item', 'duplicate pair', 'pair of a refused item')."""
     users: int = 0
     """Distinct users of the attached pairs."""
+
+    def drop(self, reason: str, count: int) -> None:
+        """`count` attached pairs left out after all (their item was refused)."""
+        self.attached -= count
+        self.rejected[reason] = self.rejected.get(reason, 0) + count
 
     def summary(self) -> str:
         text = f"{self.attached} of {self.read} interaction pairs attached ({self.users} users)"

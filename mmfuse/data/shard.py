@@ -228,6 +228,8 @@ def write_shards(config: ShardConfig) -> ShardReport:
                 rejects.before(task.line)
                 if sample is None:
                     rejects.add(task.line, task.key, *refused)
+                    if pairs is not None:  # its pairs go with it, counted
+                        pairs.drop("pair of a refused item", len(task.labels))
                     continue
                 if task.split not in writers:
                     writers[task.split] = SplitWriter(tmp, task.split, config.shard_size, config.shard_bytes)
