@@ -95,7 +95,9 @@ class FinetuneRun:
         self.echo = echo if self.env.is_main else (lambda *_: None)
         data, train = config.data, config.train
         # the contrastive demo paints each shape in the colour its text names: something for retrieval to find
-        demo = DemoSpec(caption_colour=config.model.task == "contrastive")
+        # the interactions demo adds users who like (shape, material) combinations
+        demo = DemoSpec(caption_colour=config.model.task == "contrastive",
+                        interactions=config.model.task == "interactions")
         self.info = DatasetInfo.load(data.path or demo_dataset(demo), verify=data.verify_shards)
         self.info.require_modalities(config.model.modalities)
         for split in (data.train_split, data.val_split, data.test_split):
@@ -290,7 +292,9 @@ class FinetuneRun:
 
     def evaluate(self, split: str) -> dict[str, Any]:
         loader = self._loader(split, self.config.data.eval_batch_size)
-        metrics = self.trainer.evaluate(self._tally(loader))
+        reference = self._loader(self.config.data.train_split, self.config.data.eval_batch_size) \
+            if self.task.needs_reference else None
+        metrics = self.trainer.evaluate(self._tally(loader), reference=reference)
         self.skipped.update(metrics["skipped"])
         return metrics
 
@@ -363,6 +367,8 @@ class FinetuneRun:
         mc, outputs = self.model_config, len(self.model_config.labels)
         if self.task.name == "classification":
             text = f"{outputs} labels"
+        elif self.task.name == "interactions":
+            text = f"interactions of {outputs} users, in-batch {self.task.kwargs['loss']}"
         elif self.task.name == "contrastive":
             text = f"contrastive {mc.contrastive_loss} alignment of {'+'.join(mc.modalities)}"
         else:
@@ -384,10 +390,13 @@ class FinetuneRun:
         ignored = sum_counters(self.ignored, self.env)
         summary = {
             "modalities": self.model_config.modalities, "fusion": self.model_config.fusion,
-            "labels": self.model_config.labels, "best_epoch": self.best["epoch"],
+            # an interactions model's labels are its users (maybe millions): the count only
+            "labels": self.model_config.labels if self.task.name != "interactions" else len(self.model_config.labels),
+            "best_epoch": self.best["epoch"],
             "val": {k: v for k, v in self.best.items() if k != "epoch"},
             "test": {**{k: test[k] for k in self.task.metric_names}, **scalar_metrics(test),
-                     **{k: test[k] for k in ("per_target", "pairs") if k in test}, "count": test["count"]},
+                     **{k: test[k] for k in ("per_target", "pairs", "users", "items") if k in test},
+                     "count": test["count"]},
             "task": self.task.name,
             "skipped": skipped, "skipped_total": sum(skipped.values()), "ignored_members": ignored,
             "epochs": self.records, "stopped_early": self.stopped_early,

@@ -43,7 +43,7 @@ def task_shards(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_tasks_are_registered():
-    assert list_tasks() == ["classification", "contrastive", "multilabel", "regression"]
+    assert list_tasks() == ["classification", "contrastive", "interactions", "multilabel", "regression"]
 
 
 def test_multilabel_finetune_and_predict(task_shards, tmp_path, capsys):

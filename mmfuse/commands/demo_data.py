@@ -16,6 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="instead write the demo catalogue as DIR/items.jsonl + DIR/media/ (input of `mmfuse shard`)")
     p.add_argument("--count", type=int, default=2000, help="with --manifest: number of items")
     p.add_argument("--faults", action="store_true", help="with --manifest: append one row of each known fault")
+    p.add_argument("--interactions", action="store_true",
+                   help="add users who like one or two (shape, material) combinations and their user-item pairs "
+                        "(pairs.csv beside the shards or the manifest; the interactions task's demo data)")
+    p.add_argument("--users", type=int, default=100, help="with --interactions: number of users")
     p.set_defaults(func=run)
 
 
@@ -25,10 +29,12 @@ def run(args: argparse.Namespace) -> int:
     if args.manifest:
         from ..data.demo_manifest import write_demo_manifest
 
-        print(write_demo_manifest(args.manifest, args.count, seed=args.seed, faults=args.faults))
+        print(write_demo_manifest(args.manifest, args.count, seed=args.seed, faults=args.faults,
+                                  users=args.users if args.interactions else 0))
         return 0
 
-    spec = DemoSpec(seed=args.seed, caption_colour=args.caption_colour)
+    spec = DemoSpec(seed=args.seed, caption_colour=args.caption_colour, interactions=args.interactions,
+                    users=args.users)
     path = build_demo(args.out, spec) if args.out else demo_dataset(spec)
     print(path)
     return 0

@@ -19,8 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory for checkpoints and metrics (default: runs/<time>-<modalities>)")
     p.add_argument("--epochs", type=int, help="passes over the training split")
     p.add_argument("--fusion", help="fusion name, see `mmfuse list` (default: concat-mlp)")
-    p.add_argument("--task", help="classification, multilabel, regression or contrastive (= model.task; default "
-                                  "classification); the dataset must hold that kind of target (`mmfuse shard --task`)")
+    p.add_argument("--task", help="classification, multilabel, regression, contrastive or interactions (= model.task; "
+                                  "default classification); the dataset must hold that kind of target "
+                                  "(`mmfuse shard --task`)")
     p.add_argument("--text-encoder", help="text encoder, e.g. tiny-text, hf-text:bert-base-uncased, "
                                           "hf-text:/path/to/model")
     p.add_argument("--image-encoder", help="image encoder, e.g. tiny-image, timm-image:vit_small_patch16_224")

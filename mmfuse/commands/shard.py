@@ -18,9 +18,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_manifest_options(p, key_help="key column (unique per row)")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--task", default="classification",
-                   choices=["classification", "multilabel", "regression", "none"],
+                   choices=["classification", "multilabel", "regression", "interactions", "none"],
                    help="what each row is labelled with: one label, a list of labels (JSON list or names joined by "
-                        "--label-sep), numbers in the --targets columns, or nothing (contrastive alignment)")
+                        "--label-sep), numbers in the --targets columns, the users that interacted with it (pairs "
+                        "from --interactions), or nothing (contrastive alignment)")
+    p.add_argument("--interactions", metavar="PAIRS",
+                   help="interactions: user-item pair file (.csv with a header, or .jsonl) with --user-column and "
+                        "--item-column (the item's key); sets --task interactions")
+    p.add_argument("--user-column", default="user", help="interactions: the pair file's user column")
+    p.add_argument("--item-column", default="item", help="interactions: the pair file's item column")
     p.add_argument("--label", default="label", help="label column")
     p.add_argument("--label-sep", default="|", help="multilabel: separator of label names in a string cell")
     p.add_argument("--targets", default="", help="regression: target column(s), comma-separated")
@@ -64,10 +70,12 @@ def run(args: argparse.Namespace) -> int:
     from ..data.manifest import ShardConfig, parse_fractions
     from ..data.shard import write_shards
 
+    task = "interactions" if args.interactions else args.task
     config = ShardConfig(
         manifest=args.manifest, out=args.out, root=args.root, key=args.key, text=args.text,
         image=args.image or None, audio=args.audio or None, label=args.label, labels=labels, split=args.split,
-        task=args.task, label_sep=args.label_sep, targets=args.targets,
+        task=task, interactions=args.interactions, user_column=args.user_column, item_column=args.item_column,
+        label_sep=args.label_sep, targets=args.targets,
         fractions=parse_fractions(args.fractions), shard_size=args.shard_size,
         shard_bytes=int(args.shard_mb * 1024 * 1024), workers=args.workers, strict=args.strict,
         empty_text=args.empty_text, silent_audio=args.silent_audio, progress=not args.no_progress)

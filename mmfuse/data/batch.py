@@ -4,6 +4,8 @@
     label           (B,) int64         class index into the dataset's label vocabulary (classification), or
                     (B, C) float       multi-hot label set (multilabel); see `mmfuse.data.targets`
     target          (B, T) float       regression targets, in the dataset's `targets` order
+    users           (B, L) int64       interactions: indices into the dataset's `users` of the users that
+                                       interacted with each item, padded with -1
     text_ids        (B, T) int64       token ids, padded to the longest text in the batch
     text_mask       (B, T) bool        True for real tokens
     image           (B, 3, S, S) float resized and normalised by the image encoder's preprocessor

@@ -21,7 +21,7 @@ import webdataset as wds
 
 from ..encoders.base import Preprocessor
 from .info import PICKLE_EXTENSIONS, DatasetInfo
-from .targets import TARGET_MEMBER
+from .targets import TARGET_MEMBER, USERS_MEMBER
 from .tario import tar_samples
 
 
@@ -52,7 +52,7 @@ def index_split(info: DatasetInfo, split: str) -> dict[str, list[dict[str, Any]]
         index[url] = []
         for raw in wds.DataPipeline(wds.SimpleShardList([url]), tar_samples(handler=wds.warn_and_continue)):
             kept = {"__key__": raw["__key__"], **{ext: b"" for ext in raw if ext in PICKLE_EXTENSIONS}}
-            for member in (info.label_field, TARGET_MEMBER):  # what `decode_target` reads
+            for member in (info.label_field, TARGET_MEMBER, USERS_MEMBER):  # what `decode_target` reads
                 if member in raw:
                     kept[member] = raw[member]
             index[url].append(kept)

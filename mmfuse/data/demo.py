@@ -14,6 +14,10 @@ adjectives and templates are random distractors shared by all classes.
 `DemoSpec(caption_colour=True)` paints each shape in the colour its text names, so text and image share
 something an item-level retrieval can find (the contrastive task's demo); by default the two colours are drawn
 independently and text and image share nothing but the label's correlation.
+
+`DemoSpec(interactions=True)` adds users who like one or two (shape, material) combinations
+(`mmfuse.data.demo_users`): each item carries its users (`.usr`), `dataset.json` is an interactions dataset with
+the user vocabulary, and `pairs.csv` (user,item) lists every pair (the interactions task's demo).
 """
 
 from __future__ import annotations
@@ -73,9 +77,18 @@ class DemoSpec:
     version: int = 2
     caption_colour: bool = False
     """Paint the shape in the colour the text names (text and image then share the colour)."""
+    interactions: bool = False
+    """Add users and their user-item interactions (an interactions dataset, see the module doc)."""
+    users: int = 100
+    users_per_item: float = 4.0
+    """Mean number of users per item (at least 1)."""
+    interaction_noise: float = 0.1
+    """Probability that one of an item's users is a random user instead of a fan of its combination."""
 
     def cache_name(self) -> str:
         name = f"demo-v{self.version}-s{self.seed}-{self.train}-{self.val}-{self.test}-{self.image_size}px"
+        if self.interactions:
+            name += f"-users{self.users}x{self.users_per_item:g}n{self.interaction_noise:g}"
         return name + ("-captioned" if self.caption_colour else "")
 
 
@@ -148,6 +161,11 @@ def make_samples(spec: DemoSpec, split: str, count: int, offset: int):
     """Yield `count` webdataset samples of `split` (dicts of member extension -> bytes/str)."""
     rng = np.random.default_rng([spec.seed, offset])
     materials = list(MATERIALS)
+    users = None
+    if spec.interactions:
+        from .demo_users import UserDraw
+
+        users = UserDraw(spec.seed, offset, spec.users, spec.users_per_item, spec.interaction_noise)
     for i in range(count):
         shape = SHAPES[rng.integers(len(SHAPES))]
         material = materials[rng.integers(len(materials))]
@@ -165,6 +183,17 @@ def make_samples(spec: DemoSpec, split: str, count: int, offset: int):
         if rng.random() >= spec.audio_missing:
             sample["flac"] = _encode_flac(wave)
         sample["json"] = json.dumps({"shape": shape, "material": material, "audio_material": heard}).encode()
+        if users is not None:
+            sample["usr"] = ",".join(map(str, users.draw(LABELS.index(f"{shape}-{material}"))))
+        yield sample
+
+
+def _recording_pairs(samples, pairs: list[str]):
+    """Pass samples through, noting each (user, item) pair as a CSV line."""
+    from .demo_users import user_name
+
+    for sample in samples:
+        pairs += [f"{user_name(int(u))},{sample['__key__']}\n" for u in sample.get("usr", "").split(",") if u]
         yield sample
 
 
@@ -174,9 +203,10 @@ def build_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
     try:
-        splits, offset = {}, 0
+        splits, offset, pairs = {}, 0, ["user,item\n"]
         for split, count in (("train", spec.train), ("val", spec.val), ("test", spec.test)):
-            splits[split] = write_split(tmp, split, make_samples(spec, split, count, offset), spec.shard_size)
+            samples = _recording_pairs(make_samples(spec, split, count, offset), pairs)
+            splits[split] = write_split(tmp, split, samples, spec.shard_size)
             offset += count
         meta = {
             "format": "mmfuse-shards/1",
@@ -187,6 +217,11 @@ def build_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
             "splits": splits,
             "generator": {"module": __name__, "spec": asdict(spec)},
         }
+        if spec.interactions:
+            from .demo_users import user_name
+
+            meta.update(task="interactions", users=[user_name(u) for u in range(spec.users)])
+            (tmp / "pairs.csv").write_text("".join(pairs))
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
         if out.exists():
             shutil.rmtree(out)

@@ -6,6 +6,8 @@ and its material, as a list) and `price` (a regression target: a base price per 
 plus noise; like the label, only text + image know it). With `faults=True` a handful of known-bad rows are appended
 (missing image file, truncated JPEG, corrupt WAV, empty text, unknown label, duplicate key, WAV cut short behind a
 valid header, silent clip), one of each, keys starting with `bad-` (the duplicate reuses the first item's key).
+With `users > 0`, `pairs.csv` (user,item) beside the manifest holds the demo users' interactions
+(`mmfuse.data.demo_users`), the input of `mmfuse shard --interactions`.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ PRICE_NOISE = 1.0
 
 
 def write_demo_manifest(out: str | Path, count: int = 200, *, seed: int = 0, image_size: int = 32,
-                        audio_missing: float = 0.1, faults: bool = False) -> Path:
-    """Write `out/items.jsonl` and `out/media/*` for `count` demo items (+ the known faults). Returns the manifest."""
+                        audio_missing: float = 0.1, faults: bool = False, users: int = 0,
+                        users_per_item: float = 4.0, interaction_noise: float = 0.1) -> Path:
+    """Write `out/items.jsonl` and `out/media/*` for `count` demo items (+ the known faults), and with `users`
+    `out/pairs.csv`. Returns the manifest."""
     out = Path(out)
     (out / "media").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -70,11 +74,23 @@ def write_demo_manifest(out: str | Path, count: int = 200, *, seed: int = 0, ima
             _save_audio(wave, out / audio)
             row["audio"] = str(audio)
         rows.append(row)
+    if users:
+        _write_pairs(out / "pairs.csv", rows, seed, users, users_per_item, interaction_noise)
     if faults:
         rows += _fault_rows(out, rows[0], rng, image_size)
     manifest = out / "items.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+def _write_pairs(path: Path, rows: list[dict], seed: int, users: int, per_item: float, noise: float) -> None:
+    from .demo_users import UserDraw, user_name
+
+    draw = UserDraw(seed, 0, users, per_item, noise)
+    lines = ["user,item\n"]
+    for row in rows:
+        lines += [f"{user_name(u)},{row['key']}\n" for u in draw.draw(LABELS.index(row["label"]))]
+    path.write_text("".join(lines))
 
 
 def _fault_rows(out: Path, first: dict, rng: np.random.Generator, image_size: int) -> list[dict]:

@@ -44,6 +44,8 @@ class DatasetInfo:
     """Regression target names, in the order of each sample's `.tgt` values."""
     target_stats: dict[str, list[float]] = field(default_factory=dict)
     """Regression only: {'mean': [...], 'std': [...]} per target over the train split."""
+    users: list[str] = field(default_factory=list)
+    """Interactions only: the user vocabulary; each item's `.usr` member holds indices into it."""
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = False) -> DatasetInfo:
@@ -70,13 +72,16 @@ class DatasetInfo:
         info = cls(root=file.parent, modalities=meta["modalities"], labels=list(meta["labels"]),
                    label_field=meta.get("label_field", "cls"), splits=meta["splits"],
                    label_encoding=meta.get("label_encoding", "index"), task=meta.get("task", "classification"),
-                   targets=list(meta.get("targets", [])), target_stats=dict(meta.get("target_stats", {})))
+                   targets=list(meta.get("targets", [])), target_stats=dict(meta.get("target_stats", {})),
+                   users=list(meta.get("users", [])))
         if info.label_encoding not in ("index", "name"):
             raise DataError(f"{file}: label_encoding must be 'index' or 'name', got '{info.label_encoding}'")
         if info.task not in KINDS:
             raise DataError(f"{file}: task must be one of {', '.join(KINDS)}, got '{info.task}'")
         if info.task == "regression" and not info.targets:
             raise DataError(f"{file}: a regression dataset needs its target names in 'targets'")
+        if info.task == "interactions" and not info.users:
+            raise DataError(f"{file}: an interactions dataset needs its user vocabulary in 'users'")
         for split in info.splits:
             for shard in info.splits[split]["shards"]:
                 info._check_shard(file, split, shard, verify)

@@ -39,8 +39,14 @@ class ShardConfig:
     """Audio path column (WAV, FLAC, Ogg, ...); None: no audio modality."""
     task: str = "classification"
     """The supervision each record carries: classification (one label), multilabel (a list of labels, or names
-    joined by `label_sep`), regression (numbers in the `targets` columns) or none (unlabelled, for contrastive
-    alignment). Recorded in dataset.json; see `mmfuse.data.targets`."""
+    joined by `label_sep`), regression (numbers in the `targets` columns), interactions (the users of each item,
+    from the `interactions` pair file) or none (unlabelled, for contrastive alignment). Recorded in dataset.json;
+    see `mmfuse.data.targets`."""
+    interactions: str | None = None
+    """Interactions: the user-item pair file (`mmfuse.data.pairs`), JSONL or CSV with `user` and `item` columns."""
+    user_column: str = "user"
+    item_column: str = "item"
+    """Interactions: the pair file's user and item columns (item: the manifest's key)."""
     label: str = "label"
     """Label column (classification, multilabel)."""
     labels: list[str] | None = None
@@ -87,6 +93,8 @@ class ShardConfig:
             self.targets = [c for c in self.targets.split(",") if c]
         if self.task not in KINDS:
             raise DataError(f"task must be one of {', '.join(KINDS)}, got '{self.task}'")
+        if (self.task == "interactions") != bool(self.interactions):
+            raise DataError("an interactions manifest needs --interactions PAIRS.csv|jsonl; other tasks take none")
         if (self.task == "regression") != bool(self.targets):
             raise DataError("a regression manifest needs --targets COLUMN[,COLUMN...]; other tasks take none")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):

@@ -26,7 +26,8 @@ from ..errors import DataError
 from .checks import Refused, check_row
 from .info import FORMAT
 from .manifest import ShardConfig, hash_split, read_manifest
-from .targets import TARGET_MEMBER, FieldError, parse_label_list, parse_number
+from .pairs import PairReport, attach_pairs, read_pairs
+from .targets import TARGET_MEMBER, USERS_MEMBER, FieldError, parse_label_list, parse_number
 from .writer import SplitWriter
 
 MODALITY_OF = {"txt": "text", "jpg": "image", "png": "image", "webp": "image", "gif": "image",
@@ -41,6 +42,8 @@ class ShardReport:
     counts: dict[str, int]
     rejected: int
     reasons: dict[str, int] = field(default_factory=dict)
+    pairs: PairReport | None = None
+    """Interactions: what attaching the pair file did."""
 
     def summary(self) -> str:
         splits = ", ".join(f"{s} {n}" for s, n in self.counts.items())
@@ -48,6 +51,10 @@ class ShardReport:
         if self.rejected:
             reasons = ", ".join(f"{r} x{n}" for r, n in sorted(self.reasons.items(), key=lambda x: -x[1]))
             text += f"; refused {self.rejected} rows, listed in {self.out / 'rejects.jsonl'}: {reasons}"
+        if self.pairs is not None:
+            text += f"; {self.pairs.summary()}"
+            if self.pairs.rejected:
+                text += f", listed in {self.out / 'pair_rejects.jsonl'}"
         return text
 
 
@@ -66,7 +73,7 @@ class _Task:
 def _supervision(config: ShardConfig, row: dict[str, Any], vocabulary: set[str] | None
                  ) -> tuple[list[str], list[float]]:
     """A row's label names and target values for `config.task`; raises `FieldError` naming the column."""
-    if config.task == "none":
+    if config.task in ("none", "interactions"):
         return [], []
     if config.task == "regression":
         return [], [parse_number(row.get(column), column) for column in config.targets]
@@ -144,7 +151,24 @@ def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
     return tasks
 
 
+def _attach_users(config: ShardConfig, tasks: list[_Task], rejects: _Rejects
+                  ) -> tuple[list[_Task], list[dict[str, Any]], PairReport]:
+    """Interactions: each planned item's users from the pair file (in `task.labels`); items without any refused."""
+    users, pair_rejects, report = attach_pairs(
+        read_pairs(config.interactions, config.user_column, config.item_column), {t.key for t in tasks})
+    kept = []
+    for task in tasks:
+        if task.key in users:
+            task.labels = users[task.key]
+            kept.append(task)
+        else:
+            rejects.add(task.line, task.key, "users", "no interactions in the pair file", hold=True)
+    return kept, pair_rejects, report
+
+
 def _target_members(config: ShardConfig, labels: dict[str, int], task: _Task) -> dict[str, str]:
+    if config.task == "interactions":
+        return {USERS_MEMBER: ",".join(str(labels[u]) for u in task.labels)}
     if config.task == "regression":
         return {TARGET_MEMBER: json.dumps(task.values)}
     if config.task == "none":
@@ -183,7 +207,13 @@ def write_shards(config: ShardConfig) -> ShardReport:
         raise DataError(f"output directory {out} is not empty (remove it or choose another --out)")
     rejects = _Rejects(config)
     tasks = _plan(config, rejects)
-    names = config.labels if config.labels is not None else sorted({n for t in tasks for n in t.labels})
+    pair_rejects, pairs = [], None
+    if config.task == "interactions":  # the labels are then the users, the vocabulary every user
+        tasks, pair_rejects, pairs = _attach_users(config, tasks, rejects)
+    if config.labels is not None and config.task != "interactions":
+        names = config.labels
+    else:
+        names = sorted({n for t in tasks for n in t.labels})
     labels = {name: index for index, name in enumerate(names)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -198,6 +228,8 @@ def write_shards(config: ShardConfig) -> ShardReport:
                 rejects.before(task.line)
                 if sample is None:
                     rejects.add(task.line, task.key, *refused)
+                    if pairs is not None:  # its pairs go with it, counted
+                        pairs.drop("pair of a refused item", len(task.labels))
                     continue
                 if task.split not in writers:
                     writers[task.split] = SplitWriter(tmp, task.split, config.shard_size, config.shard_bytes)
@@ -217,6 +249,7 @@ def write_shards(config: ShardConfig) -> ShardReport:
                 "formats": {m: dict(c) for m, c in formats.items()}, "task": config.task,
                 "label_field": TARGET_MEMBER if config.task == "regression" else "cls",
                 "labels": names if config.task in ("classification", "multilabel") else [],
+                **({"users": names, "interactions": asdict(pairs)} if pairs is not None else {}),
                 **({"targets": list(config.targets), "target_stats": stats.result()} if config.targets else {}),
                 "splits": splits, "rejected": len(rejects.rows),
                 "source": {"manifest": str(Path(config.manifest).resolve()), "config": asdict(config)}}
@@ -224,13 +257,15 @@ def write_shards(config: ShardConfig) -> ShardReport:
         with open(tmp / "rejects.jsonl", "w") as f:
             for row in sorted(rejects.rows, key=lambda r: r["line"]):
                 f.write(json.dumps(row) + "\n")
+        if pairs is not None:
+            (tmp / "pair_rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_rejects))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ShardReport(out, {s: e["count"] for s, e in splits.items()}, len(rejects.rows), rejects.reasons())
+    return ShardReport(out, {s: e["count"] for s, e in splits.items()}, len(rejects.rows), rejects.reasons(), pairs)
 
 
 class _TargetStats:

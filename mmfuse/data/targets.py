@@ -4,10 +4,12 @@
     classification  label column: one name of the vocabulary   .cls "3" (index)      label  (B,) int64
     multilabel      label column: a list, or 'a|b' names       .cls "0,3" ("": none) label  (B, C) float 0/1
     regression      target columns: numbers                    .tgt "[1.5, -2.0]"    target (B, T) float32
+    interactions    a pair file (user, item) beside it         .usr "0,7" (indices)  users  (B, L) int64, -1 pad
     none            (no supervision: contrastive alignment)    -                     -
 
 `dataset.json` records the kind (`task`), the label vocabulary (`labels`) or the target names (`targets`) with the
-train split's mean and std per target (`target_stats`), which a regression head uses to standardise.
+train split's mean and std per target (`target_stats`), which a regression head uses to standardise. An interactions
+dataset records the user vocabulary (`users`); each item carries the users that interacted with it (`data.pairs`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import torch
 if TYPE_CHECKING:
     from .info import DatasetInfo
 
-KINDS = ("classification", "multilabel", "regression", "none")
+KINDS = ("classification", "multilabel", "regression", "interactions", "none")
 TARGET_MEMBER = "tgt"
+USERS_MEMBER = "usr"
 
 
 class FieldError(Exception):
@@ -77,10 +80,27 @@ def _label_indices(raw: bytes, info: DatasetInfo) -> list[int]:
         raise FieldError("label", f"not an integer: {text[:20]!r}") from None
 
 
+def _user_indices(raw: dict[str, Any], info: DatasetInfo) -> torch.Tensor:
+    data = raw.get(USERS_MEMBER)
+    if data is None:
+        raise FieldError("users", f"no '.{USERS_MEMBER}' member")
+    text = data.decode("utf-8", "replace").strip()
+    try:
+        indices = [int(p) for p in text.split(",")] if text else []
+    except ValueError:
+        raise FieldError("users", f"not a list of integers: {text[:20]!r}") from None
+    bad = [i for i in indices if not 0 <= i < len(info.users)]
+    if bad:
+        raise FieldError("users", f"index {bad[0]} outside the {len(info.users)} users")
+    return torch.tensor(indices, dtype=torch.long)
+
+
 def decode_target(kind: str, raw: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
     """The target entries of one decoded sample (`label` or `target`) from its raw tar members."""
     if kind == "none":
         return {}
+    if kind == "interactions":
+        return {"users": _user_indices(raw, info)}
     if kind == "regression":
         data = raw.get(TARGET_MEMBER)
         if data is None:
@@ -117,4 +137,15 @@ def collate_targets(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out["label"] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
     if "target" in first:
         out["target"] = torch.stack([s["target"] for s in samples])
+    if "users" in first:
+        out["users"] = pad_users([s["users"] for s in samples])
+    return out
+
+
+def pad_users(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Each item's user indices, padded with -1 to the longest list. Returns (B, L) int64 (L >= 1)."""
+    width = max([1, *(len(r) for r in rows)])
+    out = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
     return out

@@ -1,4 +1,4 @@
-"""Training tasks: classification, multilabel, regression and contrastive alignment (see `base.Task`).
+"""Training tasks: classification, multilabel, regression, contrastive alignment and interactions (see `base.Task`).
 
 `create_task(model_config)` builds the task a `ModelConfig` names (`model.task`); `list_tasks()` names them all.
 """
@@ -36,6 +36,6 @@ def list_tasks() -> list[str]:
     return TASKS.names()
 
 
-from . import classification, contrastive, multilabel, regression  # noqa: E402,F401 - register the tasks
+from . import classification, contrastive, interactions, multilabel, regression  # noqa: E402,F401 - register the tasks
 
 __all__ = ["Accumulator", "Task", "create_task", "list_tasks", "register_task", "task_class"]

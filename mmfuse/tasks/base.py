@@ -36,6 +36,9 @@ class Accumulator:
     def compute(self, env: DistEnv) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def reference(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
+        """A batch of the train split, for a task with `needs_reference`."""
+
 
 class Combined(Accumulator):
     """Several accumulators' metrics in one dict (a supervised task with auxiliary retrieval metrics)."""
@@ -67,6 +70,13 @@ class Task:
     higher_is_better: ClassVar[bool] = True
     kwargs_defaults: ClassVar[dict[str, Any]] = {}
     """The `model.task_kwargs` this task takes, with defaults; any other key is a `ConfigError`."""
+    needs_reference: ClassVar[bool] = False
+    """Evaluation also passes the train split through the model into the accumulator's `reference(outputs, batch)`
+    (interactions: a user's training items make the user's profile)."""
+    gathers: ClassVar[bool] = False
+    """The loss gathers the batch over DDP ranks, so every rank must take part in every step."""
+    shards: ClassVar[bool] = True
+    """The task trains under `train.strategy: fsdp`."""
 
     def __init__(self, config: ModelConfig) -> None:
         unknown = sorted(set(config.task_kwargs) - set(self.kwargs_defaults))

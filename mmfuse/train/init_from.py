@@ -8,7 +8,8 @@ Tasks with a head row per name (classification and multilabel labels, regression
 every name the run knew keeps its trained head row (moved by name), and a name new to the model gets a freshly
 initialised row. Rows of names the data lacks are kept but, for multilabel and regression, neither trained nor
 scored (the tasks read the head's first columns, the data's). A regression target the run knew keeps the run's
-standardisation (its row predicts in those units); a new one takes the data's. Other tasks (contrastive: no head)
+standardisation (its row predicts in those units); a new one takes the data's. An interactions model's user vectors
+are its rows (`labels` are the users): a user the run knew keeps its vector. Other tasks (contrastive: no head)
 load every weight as it is.
 """
 
@@ -90,14 +91,14 @@ def init_from_run(run_dir: str | Path, config: ModelConfig) -> tuple[FusionModel
     with torch.no_grad():
         for label in kept if rows else []:
             row, old_row = labels.index(label), old_config.labels.index(label)
-            model.head.linear.weight[row] = rows["head.linear.weight"][old_row]
-            model.head.linear.bias[row] = rows["head.linear.bias"][old_row]
+            for name, tensor in rows.items():
+                model.get_parameter(name)[row] = tensor[old_row]
     summary = {"source": str(source), "kept": kept, "new": [label for label in labels if label not in kept]}
     return model, new_config, summary
 
 
-HEAD = ("head.linear.weight", "head.linear.bias")
-"""The head's per-name rows (a task without a head, e.g. contrastive, has none)."""
+HEAD = ("head.linear.weight", "head.linear.bias", "head.users.weight")
+"""The head's per-name rows: a classifier's, or an interactions model's user vectors (contrastive has none)."""
 
 
 def merged_task_kwargs(new: ModelConfig, old: ModelConfig, labels: list[str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
 from ..data.batch import batch_size, to_device
+from ..errors import ConfigError
 from ..model import FusionModel
 from ..tasks.classification import ClassificationTask
 from . import fsdp
@@ -44,6 +45,8 @@ class Trainer:
         self.task = model.task if model.task is not None else ClassificationTask.for_head(model)
         self.engine: torch.nn.Module = self.model
         self.fsdp = self.env.distributed and cfg.strategy == "fsdp"
+        if self.fsdp and not self.task.shards:
+            raise ConfigError(f"task '{self.task.name}' does not train under train.strategy=fsdp; use ddp")
         if self.fsdp:
             fsdp.shard_model(self.model)  # in place: self.model is now the FSDP root module
         elif self.env.distributed:
@@ -91,12 +94,19 @@ class Trainer:
         return loss.detach()
 
     @torch.inference_mode()
-    def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int | None = None) -> dict[str, Any]:
+    def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int | None = None,
+                 reference: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The task's metrics over every rank's share of the split (reduced over ranks), the sample count and the
-        skipped-sample counts. (`num_classes` is unused: the task knows its outputs.)"""
+        skipped-sample counts. `reference` (the train split, for a task with `needs_reference`) is passed through
+        the model first; its skipped samples are not counted here. (`num_classes` is unused.)"""
         self.model.eval()
         metrics, skipped = self.task.metrics(), Counter()
         with fsdp.gathered(self.model) if self.fsdp else nullcontext():  # no collective per batch under FSDP
+            for batch in reference if reference is not None else ():
+                if batch_size(batch):
+                    batch = to_device(batch, self.device)
+                    with autocast(self.device, self.precision):
+                        metrics.reference(self.model(batch, outputs=True), batch)
             for batch in loader:
                 skipped.update(batch["skipped"])
                 if not batch_size(batch):
@@ -125,16 +135,19 @@ class Trainer:
         it only when needed, each read of a CUDA tensor waits for the GPU), size, skipped counts, data cursor and
         `stop` (True on every rank once `stop()` was True on any); returning True ends the epoch (max_steps, a
         signal). Under several processes every rank takes every step (`in_step`): a rank without a batch runs a
-        padding step on `padding()` (info `padding`: True) -- except with a contrastive alignment, whose negatives
-        must be real samples: there the epoch ends when the first rank runs out (`lockstep`). Returns samples seen,
+        padding step on `padding()` (info `padding`: True) -- except for a loss that all-gathers (a contrastive
+        alignment, the interactions task), whose negatives must be real samples: there the epoch ends when the first
+        rank runs out (`lockstep`). Returns samples seen,
         mean loss and the data-wait / compute split.
         """
         self.model.train()
         seen, loss_sum, batches = 0, 0.0, 0
         data_time = compute_time = 0.0
+        # a loss that all-gathers (the contrastive alignment, the interactions task) needs real samples on every rank
+        gathers = self.model.alignment is not None or self.task.gathers
         if not self.env.distributed:
             steps = ((batch, stop()) for batch in loader)
-        elif self.model.alignment is None:
+        elif not gathers:
             steps = in_step(loader, self.env, stop)
         else:  # a rank's own stop() may differ: a signal is acted on at the epoch's end
             steps = ((batch, False) for batch in lockstep(loader, self.env))
@@ -157,7 +170,7 @@ class Trainer:
             else:
                 if batch is not None:  # every sample skipped: only counts
                     after_step({"skipped": batch["skipped"], "size": 0, "cursor": batch.get("cursor")})
-                if not self.env.distributed or self.model.alignment is not None:
+                if not self.env.distributed or gathers:
                     continue
                 if pad_batch is None:
                     if padding is None:
