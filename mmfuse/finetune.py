@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import time
@@ -24,8 +23,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig, dump_yaml
@@ -42,7 +39,7 @@ from .train.feature_cache import FeatureCache
 from .train.freeze import apply_freeze, count_parameters
 from .train.init_from import init_from_run
 from .train.selection import Selection
-from .train.state import read_state, rng_state, set_rng_state
+from .train.state import read_state, rng_state, seed_everything, set_rng_state
 from .train.tensorboard import open_tensorboard
 from .train.trainer import MetricsLog, Trainer, mean_loss
 
@@ -50,12 +47,6 @@ from .train.trainer import MetricsLog, Trainer, mean_loss
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numeric metrics of an evaluation (no counts, no per-target or skipped details)."""
     return {k: v for k, v in metrics.items() if isinstance(v, float)}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -70,16 +61,6 @@ def data_summary(skipped: Counter[str], ignored: Counter[str]) -> str:
     if ignored:
         line += "; ignored shard members: " + ", ".join(f"{kind} x{n}" for kind, n in ignored.most_common())
     return line
-
-
-def upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A train_state.pt from before per-rank parts (`positions` and `rng` lists, rank 0's counts) in today's form."""
-    if "ranks" in state:
-        return state
-    shared = {k: state.pop(k) for k in ("acc", "skipped", "ignored")}
-    state["ranks"] = [{"position": p, "rng": r, **shared} for p, r in zip(state.pop("positions"), state.pop("rng"),
-                                                                           strict=True)]
-    return state
 
 
 class Preempted(Exception):
@@ -193,7 +174,7 @@ class FinetuneRun:
             raise ConfigError(f"{self.out} has no resumable checkpoint (checkpoints/resume/train_state.pt)")
         model, _, _ = load_checkpoint(ckpt)
         self.trainer.load_model_state(model.state_dict())
-        state, t = upgrade_state(read_state(ckpt)), self.trainer
+        state, t = read_state(ckpt), self.trainer
         t.load_optimizer_state(state["optimizer"])
         t.scheduler.load_state_dict(state["scheduler"])
         t.scaler.load_state_dict(state["scaler"])
@@ -331,7 +312,7 @@ class FinetuneRun:
         try:
             self.echo(f"mmfuse: fine-tuning {'+'.join(self.model_config.modalities)} with "
                       f"'{self.model_config.fusion}' fusion on {self.info.root} "
-                      f"({self.info.count(self.config.data.train_split)} train samples, {self._task_summary()}), "
+                      f"({self.info.count(self.config.data.train_split)} train samples, {self.task.summary()}), "
                       f"{self.env.world_size} x {self.env.device} {self.trainer.precision}, "
                       f"{self.trainer.total_steps} steps, {self.params['trainable']:,} of {self.params['total']:,} "
                       f"parameters trained -> {self.out}")
@@ -361,22 +342,6 @@ class FinetuneRun:
             signal.signal(signal.SIGTERM, previous)
             if self.env.is_main and self.tensorboard is not None:
                 self.tensorboard.close()
-
-    def _task_summary(self) -> str:
-        """'6 labels' (classification), else the task with its outputs, e.g. 'regression of 1 target'."""
-        mc, outputs = self.model_config, len(self.model_config.labels)
-        if self.task.name == "classification":
-            text = f"{outputs} labels"
-        elif self.task.name == "interactions":
-            text = f"interactions of {outputs} users, in-batch {self.task.kwargs['loss']}"
-        elif self.task.name == "contrastive":
-            text = f"contrastive {mc.contrastive_loss} alignment of {'+'.join(mc.modalities)}"
-        else:
-            noun = "label" if self.task.name == "multilabel" else "target"
-            text = f"{self.task.name}: {outputs} {noun}{'s' if outputs != 1 else ''}"
-        if self.task.name != "contrastive" and mc.contrastive_weight > 0:
-            text += f" + {mc.contrastive_weight} x {mc.contrastive_loss} alignment"
-        return text
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True

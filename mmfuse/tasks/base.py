@@ -87,6 +87,7 @@ class Task:
         self.labels = list(config.labels)
         self.modalities = list(config.modalities)
         self.contrastive_weight = config.contrastive_weight
+        self.contrastive_loss = config.contrastive_loss
 
     # -- set-up --------------------------------------------------------------------------------------------------
     @classmethod
@@ -139,6 +140,19 @@ class Task:
         if best is None:
             return True
         return value > best if self.higher_is_better else value < best
+
+    output_noun: ClassVar[str] = "label"
+    """What a head output is called in `summary` (regression: target)."""
+
+    def summary(self) -> str:
+        """What the run trains, for its opening line, e.g. 'regression: 1 target + 0.5 x infonce alignment'."""
+        n = len(self.labels)
+        return f"{self.name}: {n} {self.output_noun}{'s' if n != 1 else ''}{self.alignment_summary()}"
+
+    def alignment_summary(self) -> str:
+        """' + 0.5 x infonce alignment' when the task carries an auxiliary contrastive loss, else ''."""
+        return f" + {self.contrastive_weight} x {self.contrastive_loss} alignment" if self.contrastive_weight > 0 \
+            else ""
 
     def describe(self, metrics: dict[str, Any]) -> str:
         """The metrics of a log line, e.g. 'accuracy 0.9000  macro-F1 0.8800'."""

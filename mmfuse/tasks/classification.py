@@ -56,6 +56,9 @@ class ClassificationTask(Task):
         return cls(SimpleNamespace(task_kwargs={}, labels=[str(i) for i in range(classes)],
                                    modalities=list(model.modalities), contrastive_weight=0.0))
 
+    def summary(self) -> str:
+        return f"{len(self.labels)} labels{self.alignment_summary()}"
+
     def supervised_loss(self, head: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         return F.cross_entropy(head, batch["label"], label_smoothing=self.kwargs["label_smoothing"])
 

@@ -168,6 +168,9 @@ class ContrastiveTask(Task):
     def aligns(self) -> bool:
         return True
 
+    def summary(self) -> str:
+        return f"contrastive {self.contrastive_loss} alignment of {'+'.join(self.modalities)}"
+
     def build_head(self, dim: int, dropout: float) -> None:
         return None
 

@@ -238,6 +238,9 @@ class InteractionsTask(Task):
     def metrics(self) -> Accumulator:
         return InteractionAccumulator(self.tower)
 
+    def summary(self) -> str:
+        return f"interactions of {len(self.labels)} users, in-batch {self.kwargs['loss']}{self.alignment_summary()}"
+
     def describe(self, metrics: dict[str, Any]) -> str:
         return (f"recall@10 {metrics['recall@10']:.4f}  NDCG@10 {metrics['ndcg@10']:.4f}  "
                 f"user-vector recall@10 {metrics['user_recall@10']:.4f}  (chance {metrics['chance_recall@10']:.4f}, "

@@ -47,6 +47,7 @@ class RegressionTask(Task):
     metric_names = ("rmse", "mae", "r2")
     best_metric = "rmse"
     higher_is_better = False
+    output_noun = "target"
     kwargs_defaults = {"loss": "mse", "huber_delta": 1.0, "target_mean": None, "target_std": None}
 
     def __init__(self, config: ModelConfig) -> None:

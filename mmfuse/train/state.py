@@ -16,6 +16,12 @@ import torch
 STATE = "train_state.pt"
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU (and CUDA) RNG states as weights_only-loadable values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -45,4 +51,15 @@ def write_state(directory: Path, state: dict[str, Any]) -> None:
 
 
 def read_state(directory: str | Path) -> dict[str, Any]:
-    return torch.load(Path(directory) / STATE, map_location="cpu", weights_only=True)
+    return upgrade_state(torch.load(Path(directory) / STATE, map_location="cpu", weights_only=True))
+
+
+def upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A train_state.pt from before per-rank parts (`positions` and `rng` lists, rank 0's counts) in today's form."""
+    if "ranks" in state:
+        return state
+    shared = {k: state.pop(k) for k in ("acc", "skipped", "ignored")}
+    state["ranks"] = [{"position": p, "rng": r, **shared} for p, r in zip(state.pop("positions"), state.pop("rng"),
+                                                                           strict=True)]
+    return state
+
