@@ -18,6 +18,7 @@ The model's fingerprint is stored in the file's metadata: a graph only ever runs
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from .model import FusionModel
 
 FINGERPRINT_KEY = "mmfuse_fingerprint"
+EXPORT_VERSION = 2
+"""Bump when `export_onnx` makes a different graph: cached graphs of older versions are then exported again."""
 FUSED_KEY = "mmfuse_fused_ops"
 GRAPH_FILE = "embedder.onnx"
 
@@ -161,11 +164,20 @@ def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     return path
 
 
+def export_key(predictor: Predictor) -> str:
+    """What a cached graph depends on, hashed: the weights' fingerprint and how the graph was made (this module's
+    `EXPORT_VERSION`, torch's exporter, onnxruntime's fusions)."""
+
+    made_by = f"{EXPORT_VERSION}:{torch.__version__}:{onnxruntime.__version__}"
+    return hashlib.sha256(f"{predictor.fingerprint()}:{made_by}".encode()).hexdigest()[:32]
+
+
 def cached_export(predictor: Predictor, cache: Path | None = None) -> Path:
-    """The ONNX graph of `predictor` in the cache (`<mmfuse cache>/onnx/<fingerprint>/`), exported on first use."""
+    """The ONNX graph of `predictor` in the cache (`<mmfuse cache>/onnx/<key>/`, keyed by its weights' fingerprint
+    and the exporter's versions), exported on first use."""
     from .data.demo import cache_dir
 
-    folder = (cache or cache_dir() / "onnx") / predictor.fingerprint()[:32]
+    folder = (cache or cache_dir() / "onnx") / export_key(predictor)
     if (folder / GRAPH_FILE).is_file():
         return folder / GRAPH_FILE
     try:
