@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import signal
 import time
 from collections import Counter
@@ -34,7 +32,16 @@ from .errors import ConfigError, DataError
 from .model import build_model
 from .tasks import task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
-from .train.distributed import DistEnv, any_rank, barrier, gather_objects, init_distributed, sum_counters
+from .train.distributed import (
+    DistEnv,
+    any_rank,
+    barrier,
+    gather_objects,
+    init_distributed,
+    is_initialized,
+    shutdown,
+    sum_counters,
+)
 from .train.feature_cache import FeatureCache
 from .train.freeze import apply_freeze, count_parameters
 from .train.init_from import init_from_run
@@ -259,17 +266,10 @@ class FinetuneRun:
 
     def _keep_top(self, dropped: list[int]) -> None:
         """checkpoints/top/epoch-NNNN for the `keep_best` best epochs, and index.json ranking them (rank 0)."""
-        top = self.out / "checkpoints" / "top"
         if self.selection.kept(self.epoch):
             self._save(f"top/epoch-{self.epoch:04d}")
         if self.env.is_main:
-            for epoch in dropped:
-                shutil.rmtree(top / f"epoch-{epoch:04d}", ignore_errors=True)
-            index = [{"epoch": int(e), self.task.best_metric: v, "path": f"epoch-{int(e):04d}"}
-                     for v, e in self.selection.top]
-            tmp = top / ".index.json.tmp"
-            tmp.write_text(json.dumps(index, indent=2))
-            os.replace(tmp, top / "index.json")
+            self.selection.write_index(self.out / "checkpoints" / "top", dropped)
 
     def evaluate(self, split: str) -> dict[str, Any]:
         loader = self._loader(split, self.config.data.eval_batch_size)
@@ -388,4 +388,9 @@ def finetune(config: RunConfig, echo: Any = print, resume: bool = False) -> dict
 
     `resume=True` continues the run in `config.out` from its `checkpoints/resume` exactly where it stopped.
     """
-    return FinetuneRun(config, echo, resume).run()
+    started_group = not is_initialized()  # a caller's own process group is left to the caller
+    run = FinetuneRun(config, echo, resume)
+    result = run.run()
+    if started_group:
+        shutdown(run.env)
+    return result

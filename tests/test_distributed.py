@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -61,48 +62,87 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
         assert min(a[split]["accuracy"], b[split]["accuracy"]) >= 0.25, (a[split], b[split])
 
 
-@pytest.mark.slow
-def test_torchrun_job_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path):
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "mmfuse",
+            "finetune", *args]
+
+
+UNEVEN_FLAGS = [*FLAGS[:2], "--epochs", "2", "--batch-size", "32", "--no-progress", "--set", "model.dim=32",
+                "--set", "model.encoders.text.kwargs.width=16", "--set", "train.checkpoint_every=5"]
+
+
+@pytest.fixture(scope="module")
+def uneven_reference(tmp_path_factory):
     """5 train shards of 64 over 2 ranks: one rank has 12 batches of 16 per epoch, the other only 8, then takes
-    padding steps. A mid-epoch checkpoint every 5 steps: at step 10 one rank is padding. The whole job (launcher and
-    ranks) is killed with SIGKILL once that checkpoint exists; `torchrun ... --resume` ends with exactly the
-    metrics of the uninterrupted job, and every sample was trained on once per epoch."""
-    data = build_demo(tmp_path / "demo", DemoSpec(train=320, val=64, test=64, image_size=32, shard_size=64))
-    flags = [*FLAGS[:2], "--epochs", "2", "--batch-size", "32", "--no-progress", "--set", "model.dim=32",
-             "--set", "model.encoders.text.kwargs.width=16", "--set", "train.checkpoint_every=5"]
-
-    def command(*args: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m",
-                "mmfuse", "finetune", *args]
-
-    ref = subprocess.run(command("--data", str(data), "--out", str(tmp_path / "ref"), *flags), capture_output=True,
-                         text=True)
+    padding steps; and the uninterrupted 2-epoch run on them."""
+    root = tmp_path_factory.mktemp("uneven")
+    data = build_demo(root / "demo", DemoSpec(train=320, val=64, test=64, image_size=32, shard_size=64))
+    ref = subprocess.run(_torchrun("--data", str(data), "--out", str(root / "ref"), *UNEVEN_FLAGS),
+                         capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    out = tmp_path / "run"
-    proc = subprocess.Popen(command("--data", str(data), "--out", str(out), *flags), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return data, json.loads((root / "ref" / "metrics.json").read_text())
+
+
+def _wait_for_checkpoint(out, proc: subprocess.Popen, step: int) -> None:
     state = out / "checkpoints" / "resume" / "train_state.pt"
-    deadline = time.time() + 300
-    step = None
+    deadline, seen = time.time() + 300, None
     while proc.poll() is None and time.time() < deadline:
         try:
-            step = torch.load(state, weights_only=True)["step"] if state.exists() else None
+            seen = torch.load(state, weights_only=True)["step"] if state.exists() else None
         except Exception:  # noqa: BLE001 - replaced between exists() and load(); look again
-            step = None
-        if step == 10:
-            break
+            seen = None
+        if seen == step:
+            return
         time.sleep(0.02)
-    assert step == 10, f"no mid-epoch checkpoint at step 10 appeared (last {step}, exit code {proc.poll()})"
-    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-        process.send_signal(signal.SIGKILL)  # torchrun starts each rank in a session of its own
-    proc.wait(timeout=60)
-    assert not (out / "metrics.json").exists()
-    resumed = subprocess.run(command("--resume", str(out), "--no-progress"), capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "at epoch 1, step 10" in resumed.stdout
-    got, want = (json.loads((d / "metrics.json").read_text()) for d in (out, tmp_path / "ref"))
+    pytest.fail(f"no resumable checkpoint at step {step} appeared (last {seen}, exit code {proc.poll()})")
+
+
+def _same_run(out, want: dict) -> None:
+    got = json.loads((out / "metrics.json").read_text())
     strip = lambda m: [{k: v for k, v in e.items() if k not in ("data_s", "compute_s")}  # noqa: E731
                        for e in m["epochs"]]
     assert strip(got) == strip(want)
     assert (got["val"], got["test"], got["skipped"]) == (want["val"], want["test"], want["skipped"])
-    assert [e["train_samples"] for e in got["epochs"]] == [320, 320]
+    assert [e["train_samples"] for e in got["epochs"]] == [320, 320]  # every sample once per epoch
+
+
+@pytest.mark.slow
+def test_torchrun_job_killed_mid_epoch_resumes_to_the_same_metrics(uneven_reference, tmp_path):
+    """A mid-epoch checkpoint every 5 steps: at step 10 one rank is padding. The whole job (launcher and ranks) is
+    killed with SIGKILL once that checkpoint exists; `torchrun ... --resume` ends with exactly the metrics of the
+    uninterrupted job."""
+    data, want = uneven_reference
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_torchrun("--data", str(data), "--out", str(out), *UNEVEN_FLAGS),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(out, proc, 10)
+    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        process.send_signal(signal.SIGKILL)  # torchrun starts each rank in a session of its own
+    proc.wait(timeout=60)
+    assert not (out / "metrics.json").exists()
+    resumed = subprocess.run(_torchrun("--resume", str(out), "--no-progress"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "at epoch 1, step 10" in resumed.stdout
+    _same_run(out, want)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_with_a_checkpoint(uneven_reference, tmp_path):
+    """SIGTERM to one rank only (as a scheduler pre-empting one node might): every rank sees the stop at the same
+    step, a resumable checkpoint is written, the job exits 0, and the resumed job ends as the uninterrupted one."""
+    data, want = uneven_reference
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_torchrun("--data", str(data), "--out", str(out), *UNEVEN_FLAGS),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(out, proc, 5)
+    psutil.Process(proc.pid).children()[-1].send_signal(signal.SIGTERM)  # one worker, not the launcher
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    stopped = re.search(r"stopped by SIGTERM at step (\d+)", stdout)
+    assert stopped, stdout[-2000:]
+    assert 5 < int(stopped.group(1)) < 12  # mid-epoch 1 (12 steps), at the step after the signal
+    assert not (out / "metrics.json").exists()
+    resumed = subprocess.run(_torchrun("--resume", str(out), "--no-progress"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"step {stopped.group(1)}" in resumed.stdout
+    _same_run(out, want)

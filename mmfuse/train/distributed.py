@@ -51,8 +51,15 @@ def init_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def shutdown(env: DistEnv) -> None:
+    """Leave the process group once every rank is done: without the barrier a rank that finishes first tears its
+    connections down while another still completes the last collective, which gloo answers with an abort."""
     if env.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -38,6 +42,15 @@ class Selection:
         ranked = sorted([*self.top, [value, epoch]], key=lambda item: (-self._key(item[0]), item[1]))
         self.top, dropped = ranked[: self.keep], ranked[self.keep:]
         return improved, [int(e) for _, e in dropped]
+
+    def write_index(self, top: Path, dropped: list[int]) -> None:
+        """Remove the `dropped` epochs' checkpoints from `top` and write `top/index.json` ranking the kept ones."""
+        for epoch in dropped:
+            shutil.rmtree(top / f"epoch-{epoch:04d}", ignore_errors=True)
+        index = [{"epoch": int(e), self.metric: v, "path": f"epoch-{int(e):04d}"} for v, e in self.top]
+        tmp = top / ".index.json.tmp"
+        tmp.write_text(json.dumps(index, indent=2))
+        os.replace(tmp, top / "index.json")
 
     def kept(self, epoch: int) -> bool:
         return any(int(e) == epoch for _, e in self.top)
