@@ -12,6 +12,7 @@ training mode when the model aligns modalities, alignment (a scalar contrastive 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -25,19 +26,22 @@ if TYPE_CHECKING:
     from ..train.distributed import DistEnv
 
 
-class Accumulator:
+class Accumulator(ABC):
     """Evaluation state summed over batches and reduced across ranks."""
 
     count = 0
 
-    def update(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def update(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
+        """Add one evaluation batch's outputs (the model's outputs dict) and targets."""
 
-    def compute(self, env: DistEnv) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def compute(self, env: DistEnv) -> dict[str, Any]:
+        """The metrics over every rank's batches (a collective under torchrun: every rank calls it)."""
 
     def reference(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        """A batch of the train split, for a task with `needs_reference`."""
+        """A batch of the train split, for a task with `needs_reference` (others ignore it)."""
+        return None
 
 
 class Combined(Accumulator):
@@ -57,8 +61,9 @@ class Combined(Accumulator):
         return out
 
 
-class Task:
-    """Base class; subclasses register with `@register_task(name)`."""
+class Task(ABC):
+    """Base class; subclasses register with `@register_task(name)` and define `supervised_loss` and
+    `supervised_metrics`, or override `loss` and `metrics` themselves (contrastive, interactions)."""
 
     name: ClassVar[str]
     data_kinds: ClassVar[tuple[str, ...]]
@@ -117,7 +122,7 @@ class Task:
 
     # -- training ------------------------------------------------------------------------------------------------
     def supervised_loss(self, head: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+        raise NotImplementedError(f"task '{self.name}' defines neither supervised_loss nor loss")
 
     def loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
         loss = self.supervised_loss(outputs["head"].float(), batch)
@@ -126,8 +131,8 @@ class Task:
         return loss
 
     # -- evaluation ----------------------------------------------------------------------------------------------
-    def supervised_metrics(self) -> Accumulator:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def supervised_metrics(self) -> Accumulator:  # pragma: no cover
+        raise NotImplementedError(f"task '{self.name}' defines neither supervised_metrics nor metrics")
 
     def metrics(self) -> Accumulator:
         if not self.aligns:
@@ -163,5 +168,6 @@ class Task:
     def proba(self, head: torch.Tensor) -> torch.Tensor:
         raise ConfigError(f"a {self.name} model has no class probabilities; use predict()")
 
-    def predict(self, head: torch.Tensor) -> list[Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def predict(self, head: torch.Tensor) -> list[Any]:
+        """Head outputs (B, C) -> one prediction per sample (what `Predictor.predict` returns)."""
