@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..registry import Registry
-from .base import Accumulator, Task
+from .base import Accumulator, SupervisedTask, Task
 
 if TYPE_CHECKING:
     from ..model import ModelConfig
@@ -38,4 +38,4 @@ def list_tasks() -> list[str]:
 
 from . import classification, contrastive, interactions, multilabel, regression  # noqa: E402,F401 - register the tasks
 
-__all__ = ["Accumulator", "Task", "create_task", "list_tasks", "register_task", "task_class"]
+__all__ = ["Accumulator", "SupervisedTask", "Task", "create_task", "list_tasks", "register_task", "task_class"]

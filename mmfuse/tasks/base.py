@@ -62,8 +62,8 @@ class Combined(Accumulator):
 
 
 class Task(ABC):
-    """Base class; subclasses register with `@register_task(name)` and define `supervised_loss` and
-    `supervised_metrics`, or override `loss` and `metrics` themselves (contrastive, interactions)."""
+    """Base class; subclasses register with `@register_task(name)` and define `loss`, `metrics` and `predict`
+    (contrastive, interactions), or derive from `SupervisedTask` for a head trained on targets."""
 
     name: ClassVar[str]
     data_kinds: ClassVar[tuple[str, ...]]
@@ -120,26 +120,13 @@ class Task(ABC):
         """Whether the model carries a contrastive alignment between its modalities."""
         return self.contrastive_weight > 0
 
-    # -- training ------------------------------------------------------------------------------------------------
-    def supervised_loss(self, head: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError(f"task '{self.name}' defines neither supervised_loss nor loss")
-
+    @abstractmethod
     def loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
-        loss = self.supervised_loss(outputs["head"].float(), batch)
-        if self.contrastive_weight > 0:
-            loss = loss + self.contrastive_weight * outputs["alignment"]
-        return loss
+        """A scalar from the model's outputs dict and the batch."""
 
-    # -- evaluation ----------------------------------------------------------------------------------------------
-    def supervised_metrics(self) -> Accumulator:  # pragma: no cover
-        raise NotImplementedError(f"task '{self.name}' defines neither supervised_metrics nor metrics")
-
+    @abstractmethod
     def metrics(self) -> Accumulator:
-        if not self.aligns:
-            return self.supervised_metrics()
-        from .contrastive import RetrievalAccumulator
-
-        return Combined(self.supervised_metrics(), RetrievalAccumulator(self.modalities[:2]))
+        """A fresh accumulator for one evaluation pass."""
 
     def better(self, value: float, best: float | None) -> bool:
         if best is None:
@@ -171,3 +158,29 @@ class Task(ABC):
     @abstractmethod
     def predict(self, head: torch.Tensor) -> list[Any]:
         """Head outputs (B, C) -> one prediction per sample (what `Predictor.predict` returns)."""
+
+
+class SupervisedTask(Task):
+    """A head trained on targets (classification, multilabel, regression): `supervised_loss` and `supervised_metrics`,
+    plus the contrastive alignment's loss and retrieval metrics when `model.contrastive_weight` > 0."""
+
+    @abstractmethod
+    def supervised_loss(self, head: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """A scalar from the head's outputs (B, C) float and the batch's targets."""
+
+    @abstractmethod
+    def supervised_metrics(self) -> Accumulator:
+        """A fresh accumulator of the head's metrics."""
+
+    def loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
+        loss = self.supervised_loss(outputs["head"].float(), batch)
+        if self.contrastive_weight > 0:
+            loss = loss + self.contrastive_weight * outputs["alignment"]
+        return loss
+
+    def metrics(self) -> Accumulator:
+        if not self.aligns:
+            return self.supervised_metrics()
+        from .contrastive import RetrievalAccumulator
+
+        return Combined(self.supervised_metrics(), RetrievalAccumulator(self.modalities[:2]))

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..metrics import confusion_matrix, metrics_from_confusion
 from ..train.distributed import all_reduce_sum
 from . import register_task
-from .base import Accumulator, Task
+from .base import Accumulator, SupervisedTask
 
 if TYPE_CHECKING:
     from ..model import ModelConfig
@@ -33,7 +33,7 @@ class ConfusionAccumulator(Accumulator):
 
 
 @register_task("classification")
-class ClassificationTask(Task):
+class ClassificationTask(SupervisedTask):
     data_kinds = ("classification",)
     target = "classification"
     metric_names = ("accuracy", "macro_f1")

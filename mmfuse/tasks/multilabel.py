@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..metrics import multilabel_metrics
 from ..train.distributed import gather_objects
 from . import register_task
-from .base import Accumulator, Task
+from .base import Accumulator, SupervisedTask
 
 if TYPE_CHECKING:
     from ..model import ModelConfig
@@ -43,7 +43,7 @@ class MultilabelAccumulator(Accumulator):
 
 
 @register_task("multilabel")
-class MultilabelTask(Task):
+class MultilabelTask(SupervisedTask):
     data_kinds = ("multilabel",)
     target = "multilabel"
     metric_names = ("map", "micro_f1", "macro_f1")

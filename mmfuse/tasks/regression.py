@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..metrics import regression_metrics, regression_sums
 from ..train.distributed import all_reduce_sum
 from . import register_task
-from .base import Accumulator, Task
+from .base import Accumulator, SupervisedTask
 
 if TYPE_CHECKING:
     from ..data.info import DatasetInfo
@@ -41,7 +41,7 @@ class RegressionAccumulator(Accumulator):
 
 
 @register_task("regression")
-class RegressionTask(Task):
+class RegressionTask(SupervisedTask):
     data_kinds = ("regression",)
     target = "regression"
     metric_names = ("rmse", "mae", "r2")
