@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
 
@@ -25,9 +26,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+#: Overrides the CPU check: "0" treats the CPU as without fast bf16 (fp32 under `auto`), "1" as with it.
+CPU_BF16_ENV = "MMFUSE_CPU_BF16"
+
+
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has avx512_bf16 or AMX, the only CPUs where bf16 matmul beats fp32."""
+    """True when the CPU has avx512_bf16 or AMX, the only CPUs where bf16 matmul beats fp32.
+
+    `MMFUSE_CPU_BF16=0|1` overrides the check (run the test suite both ways, see CONTRIBUTING)."""
+    override = os.environ.get(CPU_BF16_ENV, "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    if override:
+        raise ConfigError(f"{CPU_BF16_ENV} must be 0 or 1, got '{override}'")
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "").split()
