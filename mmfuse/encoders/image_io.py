@@ -1,0 +1,81 @@
+"""Image input shared by every image encoder and the shard check: decoding untrusted bytes safely.
+
+Every image is opened with PIL first (header only), so its format and size are known before any pixel is decoded:
+an image over `mmfuse.limits.max_image_pixels()` is refused there. JPEG is then decoded by `torchvision.io`
+(libjpeg-turbo, the fastest decoder here; it raises on corrupt data), every other format by PIL: libpng under
+`torchvision.io` kills the process with SIGSEGV on some corrupt PNGs (a flipped byte in the compressed data),
+PIL's decoders raise. Decoding never crashes the process; a bad image raises (`LimitExceeded` or a decoder error).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..limits import LimitExceeded, check_pixels, max_image_pixels, max_member_bytes, too_large
+
+# torchvision 0.29 deprecates its decoders in favour of torchcodec, which is not installable everywhere; its JPEG
+# decoder is still the fastest here, so keep it and silence the per-call warning.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+
+def read_media_file(path: str | Path) -> bytes:
+    """The bytes of a media file; raises `LimitExceeded` before reading one over `max_member_bytes()`."""
+    size = Path(path).stat().st_size
+    if size > max_member_bytes():
+        raise LimitExceeded(f"file {path} is {too_large(size)}")
+    return Path(path).read_bytes()
+
+
+def decode_image_bytes(data: bytes | bytearray | memoryview) -> torch.Tensor:
+    """Encoded image bytes (JPEG, PNG, WebP, GIF, any format PIL reads) -> (3, H, W) uint8, RGB.
+
+    Raises `LimitExceeded` for too many pixels, `PIL.UnidentifiedImageError` / `OSError` / `RuntimeError` for data
+    that is not a readable image.
+    """
+    from PIL import Image
+
+    data = bytes(data)
+    try:
+        opened = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as err:  # past PIL's own cap (2 x Image.MAX_IMAGE_PIXELS)
+        declared = re.search(r"\((\d+) pixels\)", str(err))
+        raise LimitExceeded(f"too many pixels ({declared.group(1) if declared else 'more than PIL allows'}; the limit "
+                            f"is {max_image_pixels()}, MMFUSE_MAX_IMAGE_PIXELS)") from None
+    with opened as image:
+        check_pixels(*image.size)
+        if image.format == "JPEG":
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        image.load()
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W)
+
+
+def decode_image(value: Any) -> torch.Tensor:
+    """Bytes, a file path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) uint8 tensor -> (3, H, W) uint8."""
+    if isinstance(value, (str, Path)):
+        return decode_image_bytes(read_media_file(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return decode_image_bytes(value)
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.uint8 or value.ndim != 3 or value.shape[0] != 3:
+            raise TypeError(f"an image tensor must be (3, H, W) uint8, got {tuple(value.shape)} {value.dtype}")
+        return value
+    if hasattr(value, "convert") and hasattr(value, "size"):  # PIL image
+        value = np.asarray(value.convert("RGB"))
+    if isinstance(value, np.ndarray):
+        if value.ndim == 2:
+            value = np.repeat(value[..., None], 3, axis=-1)
+        if value.ndim != 3 or value.shape[-1] != 3:
+            raise TypeError(f"an image array must be (H, W, 3), got {value.shape}")
+        return torch.from_numpy(np.array(value, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    raise TypeError(f"cannot read an image from {type(value).__name__}")
