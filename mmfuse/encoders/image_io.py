@@ -1,10 +1,10 @@
 """Image input shared by every image encoder and the shard check: decoding untrusted bytes safely.
 
-Every image is opened with PIL first (header only), so its format and size are known before any pixel is decoded:
-an image over `mmfuse.limits.max_image_pixels()` is refused there. JPEG is then decoded by `torchvision.io`
-(libjpeg-turbo, the fastest decoder here; it raises on corrupt data), every other format by PIL: libpng under
-`torchvision.io` kills the process with SIGSEGV on some corrupt PNGs (a flipped byte in the compressed data),
-PIL's decoders raise. Decoding never crashes the process; a bad image raises (`LimitExceeded` or a decoder error).
+Every image's size is read from its header before any pixel is decoded (JPEG's frame header directly, other formats
+through PIL's `Image.open`): an image over `mmfuse.limits.max_image_pixels()` is refused there. JPEG is then
+decoded by `torchvision.io` (libjpeg-turbo, the fastest decoder here; it raises on corrupt data), every other format
+by PIL: libpng under `torchvision.io` kills the process with SIGSEGV on some corrupt PNGs (a flipped byte in the
+compressed data), PIL's decoders raise. A bad image raises (`LimitExceeded` or a decoder error), never crashes.
 """
 
 from __future__ import annotations
@@ -34,6 +34,34 @@ def read_media_file(path: str | Path) -> bytes:
     return Path(path).read_bytes()
 
 
+# Start-of-frame markers (baseline, progressive, lossless ...); C4, C8 and CC are other segments.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's first start-of-frame segment, None if it has none before the scan.
+
+    A direct walk over the marker segments: PIL's `Image.open` parses every table in Python, a quarter of the
+    loader's time per sample on small JPEGs (benchmarks/README.md, "Safe decoding").
+    """
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        elif marker == 0xDA:  # start of scan: no frame header came first
+            return None
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def decode_image_bytes(data: bytes | bytearray | memoryview) -> torch.Tensor:
     """Encoded image bytes (JPEG, PNG, WebP, GIF, any format PIL reads) -> (3, H, W) uint8, RGB.
 
@@ -43,6 +71,10 @@ def decode_image_bytes(data: bytes | bytearray | memoryview) -> torch.Tensor:
     from PIL import Image
 
     data = bytes(data)
+    size = jpeg_size(data) if data[:3] == b"\xff\xd8\xff" else None
+    if size is not None:
+        check_pixels(*size)
+        return _decode_jpeg(data)
     try:
         opened = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as err:  # past PIL's own cap (2 x Image.MAX_IMAGE_PIXELS)
@@ -52,12 +84,16 @@ def decode_image_bytes(data: bytes | bytearray | memoryview) -> torch.Tensor:
     with opened as image:
         check_pixels(*image.size)
         if image.format == "JPEG":
-            from torchvision.io import ImageReadMode, decode_jpeg
-
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            return _decode_jpeg(data)
         image.load()
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W)
+
+
+def _decode_jpeg(data: bytes) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
 def decode_image(value: Any) -> torch.Tensor:
