@@ -43,7 +43,7 @@ def _read_media(config: ShardConfig, column: str, value: Any) -> tuple[bytes, st
     try:
         size = path.stat().st_size
         if size > max_member_bytes():
-            raise Refused(column, f"file {path} is {too_large(size)}")
+            raise Refused(column, f"file {too_large(size)}: {path}")
         return path.read_bytes(), path.suffix.lower().lstrip(".")
     except OSError as err:
         raise Refused(column, f"unreadable file {path}: {err.strerror}") from None

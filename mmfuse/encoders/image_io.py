@@ -30,7 +30,7 @@ def read_media_file(path: str | Path) -> bytes:
     """The bytes of a media file; raises `LimitExceeded` before reading one over `max_member_bytes()`."""
     size = Path(path).stat().st_size
     if size > max_member_bytes():
-        raise LimitExceeded(f"file {path} is {too_large(size)}")
+        raise LimitExceeded(f"file {too_large(size)}: {path}")
     return Path(path).read_bytes()
 
 
