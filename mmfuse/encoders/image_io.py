@@ -68,13 +68,13 @@ def decode_image_bytes(data: bytes | bytearray | memoryview) -> torch.Tensor:
     Raises `LimitExceeded` for too many pixels, `PIL.UnidentifiedImageError` / `OSError` / `RuntimeError` for data
     that is not a readable image.
     """
-    from PIL import Image
-
     data = bytes(data)
     size = jpeg_size(data) if data[:3] == b"\xff\xd8\xff" else None
     if size is not None:
         check_pixels(*size)
         return _decode_jpeg(data)
+    from PIL import Image
+
     try:
         opened = Image.open(io.BytesIO(data))  # reads the header only
     except Image.DecompressionBombError as err:  # past PIL's own cap (2 x Image.MAX_IMAGE_PIXELS)
