@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,17 @@ def test_corrupt_and_bomb_images_raise():
     assert jpeg_size(big) == (side, side)
     with pytest.raises(LimitExceeded, match="12000x12000"):
         decode_image(big)
+
+
+def test_only_the_four_image_formats_are_opened():
+    from PIL import UnidentifiedImageError
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"  # PIL would hand it to Ghostscript
+    with pytest.raises(UnidentifiedImageError):
+        decode_image(eps)
+    buf = io.BytesIO()
+    Image.fromarray(noise()).save(buf, format="WEBP")
+    assert decode_image(buf.getvalue()).shape == (3, 32, 32)
 
 
 def test_decoded_pixels_match_torchvision():
@@ -289,6 +301,44 @@ def test_loader_worker_that_dies_is_one_data_error(hostile_shards):
     loader = make_loader(DatasetInfo.load(hostile_shards), "train", {"text": KillOn()}, 2, num_workers=2)
     with pytest.raises(DataError, match=r"split 'train': a loader worker process died \(DataLoader worker"):
         list(loader)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_finetune_with_loader_workers_skips_and_counts_hostile_images(demo_shards, tmp_path, capsys):
+    """The flipped PNG and the bomb stored as `.jpg` members of an extra train shard (what once killed finetune)."""
+    from test_cli import TINY_FLAGS
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_shards, data)
+    write_tar(data / "hostile.tar", [("flipped", {"txt": b"an oak toy", "jpg": flipped_png(), "cls": b"0"}),
+                                     ("bomb", {"txt": b"a steel toy", "jpg": bomb_png(), "cls": b"1"})])
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["splits"]["train"]["shards"].append({"path": "hostile.tar", "count": 2})
+    meta["splits"]["train"]["count"] += 2
+    (data / "dataset.json").write_text(json.dumps(meta))
+    code = main(["finetune", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--workers", "2",
+                 *TINY_FLAGS])
+    assert code == 0, capsys.readouterr().err
+    summary = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mmfuse: skipped"))
+    assert summary.startswith("mmfuse: skipped 2 samples: ")
+    assert "image: cannot decode x1" in summary and "image: too many pixels x1" in summary
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["skipped_total"] == 2
+
+
+def test_cli_reports_a_dead_loader_worker_in_one_line(monkeypatch, capsys):
+    """torch's SIGCHLD handler raises wherever the main thread is (mid-step, say): still one line, exit 2."""
+    import mmfuse.commands.list as list_command
+
+    def crash(args):
+        raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Segmentation fault. ")
+
+    monkeypatch.setattr(list_command, "run", crash)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err]
+    assert err.startswith("mmfuse: error: a loader worker process died (DataLoader worker (pid 123) is killed")
 
 
 def test_embed_shards_lists_hostile_samples_in_rejects(hostile_shards, tmp_path, monkeypatch, capsys):

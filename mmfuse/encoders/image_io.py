@@ -34,6 +34,9 @@ def read_media_file(path: str | Path) -> bytes:
     return Path(path).read_bytes()
 
 
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+"""What PIL may open: the formats `mmfuse shard` accepts. Never every plugin PIL has (EPS would run Ghostscript)."""
+
 # Start-of-frame markers (baseline, progressive, lossless ...); C4, C8 and CC are other segments.
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -63,7 +66,7 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_image_bytes(data: bytes | bytearray | memoryview) -> torch.Tensor:
-    """Encoded image bytes (JPEG, PNG, WebP, GIF, any format PIL reads) -> (3, H, W) uint8, RGB.
+    """Encoded image bytes (JPEG, PNG, WebP or GIF) -> (3, H, W) uint8, RGB.
 
     Raises `LimitExceeded` for too many pixels, `PIL.UnidentifiedImageError` / `OSError` / `RuntimeError` for data
     that is not a readable image.
@@ -76,7 +79,7 @@ def decode_image_bytes(data: bytes | bytearray | memoryview) -> torch.Tensor:
     from PIL import Image
 
     try:
-        opened = Image.open(io.BytesIO(data))  # reads the header only
+        opened = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
     except Image.DecompressionBombError as err:  # past PIL's own cap (2 x Image.MAX_IMAGE_PIXELS)
         declared = re.search(r"\((\d+) pixels\)", str(err))
         raise LimitExceeded(f"too many pixels ({declared.group(1) if declared else 'more than PIL allows'}; the limit "
