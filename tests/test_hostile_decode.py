@@ -8,16 +8,19 @@ limit. Each must become a counted, named refusal or skip -- through `mmfuse shar
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +71,19 @@ def flipped_png() -> bytes:
     return bytes(data)
 
 
+@functools.cache
 def bomb_png(side: int = 15000) -> bytes:
-    """A side x side black PNG: a few hundred KB that decode to side^2 x 3 bytes."""
-    buf = io.BytesIO()
-    Image.new("L", (side, side)).save(buf, format="PNG")
-    return buf.getvalue()
+    """A side x side black greyscale PNG: a few hundred KB that decode to side^2 bytes (x3 as RGB), written row
+    block by row block so making it takes no memory either."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer, rows, blocks = zlib.compressobj(9), bytes(side + 1) * 500, []  # each row: filter byte 0, then pixels
+    for start in range(0, side, 500):
+        blocks.append(packer.compress(rows[: (side + 1) * min(500, side - start)]))
+    blocks.append(packer.flush())
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(blocks)) + chunk(b"IEND", b"")
 
 
 def run_python(code: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
