@@ -270,6 +270,22 @@ def hostile_shards(tmp_path) -> Path:
     return data
 
 
+def test_a_header_declaring_8_gb_is_never_allocated(tmp_path):
+    """A 10 KB tar whose header says 8 GB: read past in 1 MiB chunks, then 'cut short' (no 8 GB read() buffer)."""
+    from mmfuse.data.tario import iter_members
+    from mmfuse.limits import max_member_bytes
+
+    path = tmp_path / "liar.tar"
+    write_tar(path, [("a", {"txt": b"x" * 5000})])
+    header = bytearray(path.read_bytes())
+    header[124:136] = b"%011o\0" % (8 << 30)
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header[:512])
+    path.write_bytes(bytes(header))
+    with open(path, "rb") as stream, pytest.raises(tarfile.ReadError, match=r"liar.tar: member at byte 0 is cut short"):
+        list(iter_members(stream, str(path), max_member_bytes()))
+
+
 def skips(batches: list[dict]) -> dict[str, int]:
     total: dict[str, int] = {}
     for batch in batches:
