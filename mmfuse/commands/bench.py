@@ -18,7 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated case kinds: loader, encode, train, embed, lever (speed levers on vs off), "
                         "text-embed (mmfuse fp32, int8 and onnx vs sentence-transformers on all-MiniLM-L6-v2), "
                         "embed-backends (Predictor.embed fp32 vs int8 vs onnx on the demo model)")
-    p.add_argument("--preset", default="default", help="default (demo, BERT-small, ViT-S towers) or tiny (smoke)")
+    p.add_argument("--preset", default="default",
+                   help="default (demo, BERT-small, ViT-S towers), tiny (smoke) or gpu (BERT-base, ViT-B/16 and the "
+                        "demo model at GPU batch sizes; with --device cuda)")
     p.add_argument("--modalities", help="replace the demo model's train/embed modality set, e.g. text,image")
     p.add_argument("--fusion", help="replace the demo model's train/embed fusion, e.g. gated")
     p.add_argument("--batch-size", type=int, help="override every case's batch size")
