@@ -132,7 +132,8 @@ def test_loader_pins_memory_only_for_a_cuda_device(tiny_layers):
 
 
 def test_gpu_tests_are_skipped_without_cuda_with_a_reason():
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
     out = subprocess.run([sys.executable, "-m", "pytest", __file__, "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -158,6 +159,34 @@ def test_the_gpu_checks_modules_import_without_open_clip_or_soundfile():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def run_gpu_check(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_check.sh as the GPU machine would run it, with CUDA hidden and this interpreter."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+
+
+def test_gpu_check_script_parses_and_stops_clearly_without_cuda():
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")]).returncode == 0
+    out = run_gpu_check()
+    assert out.returncode == 2 and "CUDA is not available to PyTorch on this machine" in out.stderr
+    assert "Traceback" not in out.stderr
+    bad = run_gpu_check("--nope")
+    assert bad.returncode == 2 and "unknown argument '--nope'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_installs_nothing_present_and_writes_its_summary(tmp_path):
+    out = run_gpu_check("--dry-run", "--copy-to", str(tmp_path / "out"), GPU_CHECK_WORK=str(tmp_path / "work"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "nothing needed is missing" in out.stdout  # this environment has every package the check needs
+    (tag,) = [p.name for p in (tmp_path / "work" / "dry-run").iterdir()]
+    summary = (tmp_path / "out" / tag / "gpu-check.md").read_text()
+    for step in ("gpu tests", "demo data", "bench", "demo finetune"):
+        assert f"| {step} | dry run |" in summary
+    assert "--preset gpu --device cuda --precision bf16" in out.stdout  # the bench it would run
 
 
 # -- CUDA --------------------------------------------------------------------------------------------------------------
