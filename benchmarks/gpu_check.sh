@@ -38,13 +38,22 @@
 #
 #   python -m pip install --no-index --no-deps --find-links benchmarks/gpu-wheels --target .gpu-check/site <dists>
 #
-# Environment: PYTHON (default python3), GPU_CHECK_PRECISION (bf16), GPU_CHECK_BUDGET (470),
+# Environment: PYTHON (default: python3 or python, whichever imports torch), GPU_CHECK_PRECISION (bf16), GPU_CHECK_BUDGET (470),
 # GPU_CHECK_WHEELS (benchmarks/gpu-wheels), GPU_CHECK_WORK (.gpu-check: installed packages, demo data, runs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-PY=${PYTHON:-python3}
+PY=${PYTHON:-}
+if [[ -z $PY ]]; then  # the first of python3, python that has PyTorch
+    for candidate in python3 python; do
+        if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
+            PY=$candidate
+            break
+        fi
+    done
+    PY=${PY:-python3}
+fi
 WHEELS=${GPU_CHECK_WHEELS:-benchmarks/gpu-wheels}
 WORK=${GPU_CHECK_WORK:-$ROOT/.gpu-check}
 PRECISION=${GPU_CHECK_PRECISION:-bf16}
@@ -142,6 +151,8 @@ for pair in sys.argv[1:]:
         continue  # pytest needs them on Python < 3.11 only
     if importlib.util.find_spec(module) is None:
         print(dist)
+    elif module in ("pluggy", "iniconfig") and importlib.util.find_spec("pytest") is None:
+        print(dist)  # the versions our pytest needs, whatever older ones the machine has
 EOF
 }
 mapfile -t need < <(missing "${NEEDED[@]}")

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mmfuse.bench import BenchConfig, format_comparison, load_report, validate
+from mmfuse.bench import BenchConfig, format_comparison, load_report, validate, write_report
 from mmfuse.bench.cases import RUNNERS, Context
 from mmfuse.bench.presets import DEFAULT_KINDS, build_cases
 from mmfuse.bench.rawdecode import raw_batches
@@ -163,6 +163,17 @@ def test_build_cases_overrides_and_errors():
                                            "lever/precision/vit-s/image", "lever/precision/effnet-lite0/image"]
     with pytest.raises(ConfigError, match="no default bench case of kind lever has a name containing fp8"):
         build_cases(BenchConfig(cases=["lever"], only=["fp8"]))
+
+
+def test_a_machine_without_matplotlib_still_gets_json_and_markdown(tiny_report, tmp_path, monkeypatch):
+    def no_matplotlib(*args):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr("mmfuse.bench.report.write_plots", no_matplotlib)
+    _, report = tiny_report
+    write_report(report, tmp_path / "out")
+    assert "Not drawn: matplotlib is not installed" in (tmp_path / "out" / "report.md").read_text()
+    assert load_report(tmp_path / "out" / "report.json") == report
 
 
 def test_gpu_preset_cases_and_a_gpu_sized_calibration():

@@ -126,6 +126,20 @@ def test_precision_auto_follows_the_hardware_and_other_backends_run_fp32(monkeyp
         mmfuse.load("tiny_bottleneck", backend="int8", precision="bf16")
 
 
+def test_embed_command_takes_a_precision_and_resumes_only_with_the_same(demo_shards, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    args = ["embed", "--run", "tiny_bottleneck", "--shards", str(demo_shards), "--splits", "test", "--modalities",
+            "image,text", "--no-progress", "--out", str(out)]
+    assert main([*args, "--precision", "bf16"]) == 0
+    assert json.loads((out / "export.json").read_text())["model"]["precision"] == "bf16"
+    records = list(read_records(DatasetInfo.load(demo_shards), "test"))
+    assert_parity(mmfuse.load("tiny_bottleneck").embed(records, modalities="text,image"),
+                  np.load(out / "fused_feat.npy"))
+    capsys.readouterr()
+    assert main(args) == 2  # an fp32 run may not resume a bf16 export
+    assert "holds an export with other model" in capsys.readouterr().err
+
+
 def test_loader_pins_memory_only_for_a_cuda_device(tiny_layers):
     run = FinetuneRun(resolve({**tiny_layers, "train": {**tiny_layers["train"], "device": "cpu"}}), echo=lambda *_: 0)
     assert run.loader_kwargs["pin_memory"] is False
