@@ -122,8 +122,9 @@ def test_precision_auto_follows_the_hardware_and_other_backends_run_fp32(monkeyp
         resolve_precision("fp16", CPU)
     with pytest.raises(ConfigError, match="precision must be auto, fp32, bf16 or fp16"):
         resolve_precision("half", CPU)
-    with pytest.raises(ConfigError, match="the int8 backend runs fp32"):
+    with pytest.raises(ConfigError, match="applies to backend='fp32'; the int8 backend"):
         mmfuse.load("tiny_bottleneck", backend="int8", precision="bf16")
+    assert mmfuse.load("tiny_bottleneck", backend="bf16", precision="auto").precision == "fp32"  # bf16 weights
 
 
 def test_embed_command_takes_a_precision_and_resumes_only_with_the_same(demo_shards, tmp_path, capsys):
