@@ -290,6 +290,10 @@ def test_predict_and_embed_on_the_gpu_match_the_cpu_in_fp32(gpu_run, demo_shards
         on_gpu = predictor.predict_proba(records)
         assert on_gpu.dtype == np.float32 and np.abs(on_gpu - proba).max() < 0.05, precision
         assert len(predictor.predict(records)) == len(records)
+    if "bf16" in cuda_precisions():  # the serving backend with bf16 weights (no autocast) on the GPU
+        weights = mmfuse.load(gpu_run, device="cuda", backend="bf16", batch_size=16)
+        assert weights.backend == "bf16" and weights.precision == "fp32"
+        assert_parity(reference["fused"], weights.embed(records))
 
 
 @gpu
