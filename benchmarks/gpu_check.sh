@@ -38,8 +38,9 @@
 #
 #   python -m pip install --no-index --no-deps --find-links benchmarks/gpu-wheels --target .gpu-check/site <dists>
 #
-# Environment: PYTHON (default: python3 or python, whichever imports torch), GPU_CHECK_PRECISION (bf16), GPU_CHECK_BUDGET (470),
-# GPU_CHECK_WHEELS (benchmarks/gpu-wheels), GPU_CHECK_WORK (.gpu-check: installed packages, demo data, runs).
+# Environment: PYTHON (default: python3 or python, whichever imports torch), GPU_CHECK_PRECISION (bf16),
+# GPU_CHECK_BUDGET (470), GPU_CHECK_WHEELS (benchmarks/gpu-wheels), GPU_CHECK_WORK (.gpu-check: installed packages,
+# demo data, runs).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
