@@ -124,7 +124,8 @@ fi
 
 say "mmfuse GPU check in $ROOT (python: $(command -v "$PY" || echo "$PY not found"))"
 command -v "$PY" >/dev/null || die "no '$PY' on PATH (set PYTHON=/path/to/python)"
-"$PY" - <<'EOF' || ((DRY_RUN)) || die "CUDA is not available to PyTorch on this machine: this check needs a CUDA GPU (run the CPU suite instead: python -m pytest -m 'not slow')"
+NO_CUDA="CUDA is not available to PyTorch on this machine: this check needs a CUDA GPU"
+"$PY" - <<'EOF' || ((DRY_RUN)) || die "$NO_CUDA"
 import sys
 try:
     import torch
@@ -160,7 +161,8 @@ mapfile -t need < <(missing "${NEEDED[@]}")
 mapfile -t want < <(missing "${OPTIONAL[@]}")
 if [[ ${#need[@]} -gt 0 ]]; then
     echo "missing: ${need[*]}"
-    [[ -d $WHEELS ]] || die "$WHEELS does not exist: bring the wheels (bash benchmarks/gpu_check.sh --download-wheels on a machine with network, see the header)"
+    [[ -d $WHEELS ]] || die "$WHEELS does not exist: bring the wheels (bash benchmarks/gpu_check.sh --download-wheels" \
+        "on a machine with network, see the header)"
     "$PY" -m pip install --no-index --no-deps --find-links "$WHEELS" --target "$SITE" --quiet "${need[@]}" \
         || die "could not install ${need[*]} from $WHEELS (wrong Python version or platform? see the header)"
 else
@@ -212,7 +214,11 @@ step() {  # step NAME SHARE_SECONDS LOG -- command...: run with a timeout, recor
     rc=${PIPESTATUS[0]}
     set -e
     local result=ok
-    if ((rc == 124 || rc == 137)); then result="timed out after ${limit}s"; elif ((rc != 0)); then result="failed (exit $rc)"; fi
+    if ((rc == 124 || rc == 137)); then
+        result="timed out after ${limit}s"
+    elif ((rc != 0)); then
+        result="failed (exit $rc)"
+    fi
     printf '%s\t%s\t%s\n' "$name" "$result" "$((SECONDS - start))" >>"$STATUS"
     say "$name: $result in $((SECONDS - start))s"
     sync_out
@@ -245,7 +251,7 @@ lines = [f"# mmfuse GPU check: `{results.name}`", "",
          "| step | result | seconds | log |", "|---|---|---|---|"]
 logs = {"gpu tests": "gpu-tests.txt", "demo data": "demo-data.txt", "bench": "bench.txt",
         "demo finetune": "finetune.txt"}
-lines += [f"| {name} | {result} | {secs} | [{logs.get(name, '')}]({logs.get(name, '')}) |" for name, result, secs in rows]
+lines += [f"| {name} | {result} | {secs} | [{logs[name]}]({logs[name]}) |" for name, result, secs in rows]
 tests = results / "gpu-tests.txt"
 if tests.exists():
     summary = [ln for ln in tests.read_text().splitlines() if " in " in ln and ("passed" in ln or "failed" in ln)]
