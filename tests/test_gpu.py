@@ -109,14 +109,19 @@ def test_predictor_honours_bf16_autocast_on_the_cpu_and_returns_fp32(tiny_config
     assert p16.dtype == np.float32 and np.abs(p32 - p16).max() < 0.02
 
 
-def test_precision_auto_follows_the_hardware_and_other_backends_run_fp32(monkeypatch):
+@pytest.fixture
+def cpu_bf16_env(monkeypatch):
+    """monkeypatch for MMFUSE_CPU_BF16; the cached CPU check is forgotten before the variable is restored."""
+    yield monkeypatch
+    cpu_has_fast_bf16.cache_clear()
+
+
+def test_precision_auto_follows_the_hardware_and_other_backends_run_fp32(cpu_bf16_env):
     for flag, expected in (("1", "bf16"), ("0", "fp32")):
-        monkeypatch.setenv(CPU_BF16_ENV, flag)
+        cpu_bf16_env.setenv(CPU_BF16_ENV, flag)
         cpu_has_fast_bf16.cache_clear()
         assert resolve_precision("auto", CPU) == expected
         assert resolve_precision("auto", CPU, backend="int8") == "fp32"
-    monkeypatch.delenv(CPU_BF16_ENV)
-    cpu_has_fast_bf16.cache_clear()
     assert mmfuse.load("tiny_bottleneck").precision == "fp32"  # the default keeps CPU outputs as they were
     with pytest.raises(ConfigError, match="fp16 autocast is not supported on the CPU"):
         resolve_precision("fp16", CPU)
