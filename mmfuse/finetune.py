@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig, dump_yaml
@@ -28,7 +29,7 @@ from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
 from .data.loader import make_loader
 from .data.position import LoaderPosition
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingError
 from .model import build_model
 from .tasks import task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
@@ -155,7 +156,8 @@ class FinetuneRun:
     def _rank_state(self) -> dict[str, Any]:
         """What differs between ranks: data position, RNG streams, this epoch's tallies, skip counts."""
         return {"position": self.position.to_dict(), "rng": rng_state(),
-                "acc": {**self.acc, "loss_sum": float(self.acc["loss_sum"])},  # a device tensor mid-epoch
+                "acc": {**self.acc, "loss_sum": float(self.acc["loss_sum"]),  # device tensors mid-epoch
+                    "nonfinite": int(self.acc["nonfinite"])},
                 "skipped": dict(self.skipped), "ignored": dict(self.ignored)}
 
     def _train_state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -164,10 +166,12 @@ class FinetuneRun:
         return {"epoch": self.epoch, "ranks": ranks, "step": t.step, "micro_step": t.micro_step,
                 "optimizer": t.optimizer_state(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
+                "nonfinite_skipped": t.watch.skipped,
                 "selection": self.selection.to_dict(), "log_lines": self.log.lines if self.env.is_main else 0}
 
     def _save(self, kind: str, train_state: bool = False) -> None:
         # collectives: every rank takes part (the gather; under FSDP the optimizer state and the weights)
+        self.trainer.check_finite()  # never a checkpoint of NaN weights, nor one written after a NaN loss
         state = self._train_state(gather_objects(self._rank_state(), self.env)) if train_state else None
         weights = self.trainer.model_state()
         if self.env.is_main:
@@ -186,11 +190,13 @@ class FinetuneRun:
         t.scheduler.load_state_dict(state["scheduler"])
         t.scaler.load_state_dict(state["scaler"])
         t.step, t.micro_step = state["step"], state["micro_step"]
+        t.watch.skipped = state.get("nonfinite_skipped", 0)
         if len(state["ranks"]) != self.env.world_size:
             raise ConfigError(f"{ckpt} was written by {len(state['ranks'])} processes; resume with as many")
         mine = state["ranks"][self.env.rank]
         self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(mine["position"])
-        self.best, self.records, self.acc = state["best"], state["records"], mine["acc"]
+        self.best, self.records = state["best"], state["records"]
+        self.acc = {**self._new_epoch_acc(), **mine["acc"]}
         if "selection" in state:
             self.selection = Selection.from_dict(state["selection"])
         elif self.best.get("epoch"):  # a resumable checkpoint from before model selection: only `best`
@@ -211,7 +217,11 @@ class FinetuneRun:
             self.position.advance(worker, cursor, self.train_workers)
         self.stop_everywhere |= info.get("stop", False)  # the same on every rank at the same step
         if info["size"]:
-            self.acc["loss_sum"] += info["loss"]  # a device tensor: summed without a host sync
+            loss = info["loss"]
+            if train.nonfinite == "skip":  # the epoch's loss is the mean of the finite ones
+                finite = torch.isfinite(loss)
+                loss, self.acc["nonfinite"] = torch.where(finite, loss, 0.0), self.acc["nonfinite"] + ~finite
+            self.acc["loss_sum"] += loss  # a device tensor: summed without a host sync
             self.acc["batches"] += 1
             self.acc["samples"] += info["size"]
         elif not info.get("padding"):  # a batch whose samples were all skipped: no step was taken
@@ -242,20 +252,27 @@ class FinetuneRun:
         stats = self.trainer.train_epoch(self._tally(loader), self._after_step, bar, padding=self._padding_batch,
                                          stop=lambda: self.stop_requested)
         bar.close()
+        self.trainer.watch.check()  # the losses not read yet: no evaluation of a model trained on a NaN
         self.acc["data_s"] += stats["data_s"]
         self.acc["compute_s"] += stats["compute_s"]
         val = self.evaluate(data.val_split)
         samples = sum(gather_objects(self.acc["samples"], self.env))
         record = {"epoch": self.epoch, "step": self.trainer.step,
-                  "train_loss": mean_loss(self.acc["loss_sum"], self.acc["batches"]), "train_samples": samples,
+                  "train_loss": mean_loss(self.acc["loss_sum"], self.acc["batches"] - int(self.acc["nonfinite"])),
+                  "train_samples": samples,
                   "train_skipped": sum(gather_objects(self.acc["skipped"], self.env)),
                   "data_s": round(self.acc["data_s"], 3), "compute_s": round(self.acc["compute_s"], 3),
                   **{f"val_{k}": v for k, v in scalar_metrics(val).items()}}
+        if train.nonfinite == "skip":
+            record["nonfinite_skipped"] = self.trainer.watch.skipped - sum(r.get("nonfinite_skipped", 0)
+                                                                           for r in self.records)
         self.records.append(record)
         if self.env.is_main:
             self.log.write(record)
+        dropped = f", {record['nonfinite_skipped']} non-finite steps skipped" if record.get("nonfinite_skipped") \
+            else ""
         self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
-                  f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s)")
+                  f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s{dropped})")
         self._save("last")
         improved, dropped = self.selection.update(self.epoch, val[self.task.best_metric])
         if improved:
@@ -304,7 +321,8 @@ class FinetuneRun:
 
     @staticmethod
     def _new_epoch_acc() -> dict[str, Any]:
-        return {"loss_sum": 0.0, "batches": 0, "samples": 0, "skipped": 0, "data_s": 0.0, "compute_s": 0.0}
+        return {"loss_sum": 0.0, "batches": 0, "samples": 0, "skipped": 0, "data_s": 0.0, "compute_s": 0.0,
+                "nonfinite": 0}
 
     def run(self) -> dict[str, Any]:
         train = self.config.train
@@ -348,6 +366,9 @@ class FinetuneRun:
 
     def _finish(self) -> dict[str, Any]:
         data = self.config.data
+        if not self.best["epoch"]:
+            raise TrainingError(f"no epoch had a finite val {self.task.best_metric} ({len(self.records)} epochs): "
+                                f"no best model to test (see {self.out / 'metrics.jsonl'})")
         best_model, _, _ = load_checkpoint(self.out / "checkpoints" / "best")
         self.trainer.load_model_state(best_model.state_dict())
         test = self.evaluate(data.test_split)
@@ -365,6 +386,7 @@ class FinetuneRun:
             "task": self.task.name,
             "skipped": skipped, "skipped_total": sum(skipped.values()), "ignored_members": ignored,
             "epochs": self.records, "stopped_early": self.stopped_early,
+            "nonfinite_skipped": self.trainer.watch.skipped,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
             "device": str(self.env.device), "precision": self.trainer.precision,
             "train_time_s": round(time.perf_counter() - self.started, 1), "data": str(self.info.root),
@@ -372,6 +394,9 @@ class FinetuneRun:
         if self.env.is_main:
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
         self.echo(data_summary(Counter(skipped), Counter(ignored)))
+        if self.trainer.watch.skipped:
+            self.echo(f"mmfuse: skipped {self.trainer.watch.skipped} optimizer steps with a non-finite loss or "
+                      f"gradient (train.nonfinite=skip)")
         expected = self.info.count(data.test_split)
         if test["count"] + sum(test["skipped"].values()) != expected:
             raise DataError(f"test split: read {test['count']} + skipped {sum(test['skipped'].values())} samples, "
