@@ -80,8 +80,9 @@ def check_audio(data: bytes, extension: str, column: str = "audio", silent: str 
     """Read `data` fully with soundfile; return the member extension to store it under, or raise `Refused`.
 
     Refused: unreadable files, files cut short (a chunk holds fewer bytes than its header declares), clips with no
-    samples, and -- unless `silent` is 'keep' -- clips whose every sample is 0.
+    samples, clips with a NaN or Inf sample (float WAV), and -- unless `silent` is 'keep' -- clips whose every sample is 0.
     """
+    import numpy as np
     import soundfile as sf
 
     try:
@@ -97,6 +98,10 @@ def check_audio(data: bytes, extension: str, column: str = "audio", silent: str 
                               f"samples, the file holds {short.group(3)}")
     if len(audio) == 0:
         raise Refused(column, "audio has no samples")
+    finite = np.isfinite(audio)
+    if not finite.all():
+        raise Refused(column, f"non-finite audio ({audio.size - int(finite.sum())} of {audio.size} samples are "
+                              f"NaN or Inf)")
     if silent == "reject" and not audio.any():
         raise Refused(column, f"silent audio (all {len(audio)} samples are 0)")
     return AUDIO_FORMATS.get(kind, extension)

@@ -49,6 +49,9 @@ def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping
             sample[m] = pre.lookup(sample["key"]) if isinstance(pre, CachedInput) else pre.transform(value)
         except Exception as err:  # noqa: BLE001 - any decoder failure is a data problem of this field
             raise FieldError(m, f"cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:80]})") from None
+        value = sample[m][0] if isinstance(sample[m], tuple) else sample[m]  # (features, real frames)
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FieldError(m, "non-finite values (NaN or Inf)")
     return sample
 
 
