@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.info import sha256_file
-from ..data.manifest import read_manifest
+from ..data.manifest import columns_of, explicit_columns, read_manifest, require_columns
 from ..errors import DataError
 
 
@@ -46,6 +46,10 @@ class ManifestSource:
             raise DataError(f"manifest {self.path}: expected a .jsonl or .csv file")
         if not Path(self.path).is_file():
             raise DataError(f"manifest {self.path} does not exist")
+        modalities = [("--text", c) for c in self.text] + [(f"--{m}", getattr(self, m)) for m in ("image", "audio")
+                                                            if getattr(self, m)]
+        require_columns(self.path, columns_of(self.path), [("--key", self.key), *explicit_columns(modalities)],
+                        modalities)
 
     def describe(self) -> dict[str, Any]:
         """What identifies this input (a resumed export must read the same rows)."""
