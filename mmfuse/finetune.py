@@ -337,9 +337,9 @@ class FinetuneRun:
         if missing <= 0:
             return
         shards = [f"{r[len(SHARD_REASON):]} x{n}" for r, n in counts.items() if r.startswith(SHARD_REASON)]
+        why = "unreadable shard data: " + ", ".join(shards) if shards else "no read error: a shard ends early"
         text = (f"split '{split}' of {self.info.root} yielded {read} samples + {skipped} skipped of the {expected} "
-                f"dataset.json lists: {missing} unread ("
-                f"{'unreadable shard data: ' + ', '.join(shards) if shards else 'no read error: a shard ends early or holds fewer'})")
+                f"dataset.json lists: {missing} unread ({why})")
         if error or self.config.data.strict:
             raise DataError(text)
         if split not in self.incomplete:

@@ -80,7 +80,8 @@ def check_audio(data: bytes, extension: str, column: str = "audio", silent: str 
     """Read `data` fully with soundfile; return the member extension to store it under, or raise `Refused`.
 
     Refused: unreadable files, files cut short (a chunk holds fewer bytes than its header declares), clips with no
-    samples, clips with a NaN or Inf sample (float WAV), and -- unless `silent` is 'keep' -- clips whose every sample is 0.
+    samples, clips with a NaN or Inf sample (float WAV), and -- unless `silent` is 'keep' -- clips whose every
+    sample is 0.
     """
     import numpy as np
     import soundfile as sf

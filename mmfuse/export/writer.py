@@ -181,7 +181,7 @@ def _finite_rows(vectors: dict[str, torch.Tensor], emb: dict[str, torch.Tensor],
         where.setdefault(item.id, (row, item.where))
     for i, fields in sorted(bad_fields.items()):
         row, place = where[ids[i]]
-        reason = f"{','.join(fields)}: non-finite embedding (NaN or Inf; check the item's media)"
+        reason = f"{','.join(fields)}: non-finite embedding (NaN or Inf values)"
         if strict:
             raise DataError(f"{place}: item '{ids[i]}': {reason}")
         rejected.append({"row": row, "where": place, "id": ids[i], "field": ",".join(fields), "reason": reason})
