@@ -358,3 +358,26 @@ def test_malformed_dataset_json_is_a_one_line_error(edit, message, demo_shards, 
         DatasetInfo.load(data)
     assert main(["embed", "--run", "tiny_bottleneck", "--shards", str(data), "--out", str(tmp_path / "x")]) == 2
     assert message.split("'")[0] in one_line_error(capsys)
+
+
+def test_a_strict_error_inside_a_loader_worker_is_still_one_line(tiny_layers, demo_shards, tmp_path, capsys):
+    config = run_config(tiny_layers, tmp_path)
+    data = damaged(demo_shards, tmp_path, "empty")
+    assert main(["finetune", "--config", str(config), "--data", str(data), "--strict", "--workers", "1"]) == 2
+    assert one_line_error(capsys) == (f"mmfuse: error: unreadable shard: {data / 'train-000000.tar'}: empty file "
+                                      f"(0 bytes), not a tar file")
+
+
+def test_embed_from_shards_lists_unreadable_shard_data_as_rejects(demo_shards, tmp_path, capsys):
+    data = damaged(demo_shards, tmp_path, "empty", split="test")
+    out = tmp_path / "emb"
+    assert main(["embed", "--run", "tiny_bottleneck", "--shards", str(data), "--splits", "test",
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 of 10 items" in printed and "shard: empty file x1, shard: fewer samples than dataset.json lists x1" \
+        in printed
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [r["field"] for r in rejects] == ["shard", "shard"] and "test-000000.tar" in rejects[0]["reason"]
+    assert main(["embed", "--run", "tiny_bottleneck", "--shards", str(data), "--out", str(tmp_path / "strict"),
+                 "--strict", "--no-progress"]) == 2
+    assert "test-000000.tar: empty file (0 bytes)" in one_line_error(capsys)

@@ -202,11 +202,12 @@ def make_loader(info: DatasetInfo, split: str, preprocessors: Mapping[str, Prepr
                                        persistent_workers=False, generator=torch.Generator())
 
 
-def read_records(info: DatasetInfo, split: str) -> Iterator[dict[str, Any]]:
+def read_records(info: DatasetInfo, split: str, handler: Callable[[Exception], bool] = wds.reraise_exception
+                 ) -> Iterator[dict[str, Any]]:
     """The raw records of `split` in shard order, as plain Python values for `Predictor.predict`:
     {'key', 'label' (name; a list of names for multilabel) or 'target' ({name: value}), <modality>: str for text,
-    bytes for media, or absent}."""
-    source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), tar_samples())
+    bytes for media, or absent}. Unreadable shard data goes to `handler` (default: raised)."""
+    source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), tar_samples(handler))
     for raw in source:
         record: dict[str, Any] = {"key": raw["__key__"]}
         if info.task in ("classification", "multilabel") and info.label_field in raw:

@@ -133,9 +133,27 @@ class ShardSource:
         return sum(self.info.count(split) for split in self.splits)
 
     def items(self) -> Iterator[Item]:
+        """The records of each split; unreadable shard data, and a split that yields fewer records than
+        dataset.json lists, become rejected rows (id '') naming the shard or split."""
         from ..data.loader import read_records
 
         for split in self.splits:
-            for record in read_records(self.info, split):
+            errors: list[Exception] = []
+            read = 0
+            for record in read_records(self.info, split, handler=lambda exn: errors.append(exn) or True):
+                yield from self._shard_errors(split, errors)
                 record.pop("label", None)
+                read += 1
                 yield Item(record["key"], record, f"{split}/{record['key']}")
+            yield from self._shard_errors(split, errors)
+            if read < self.info.count(split):
+                yield Item("", {}, split, error=f"shard: fewer samples than dataset.json lists (split '{split}' "
+                                                f"yielded {read} of {self.info.count(split)})")
+
+    @staticmethod
+    def _shard_errors(split: str, errors: list[Exception]) -> Iterator[Item]:
+        from ..data.loader import shard_reason
+
+        while errors:
+            exn = errors.pop(0)
+            yield Item("", {}, split, error=f"{shard_reason(exn)} ({str(exn)[:200]})")
