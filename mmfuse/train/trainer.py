@@ -87,9 +87,10 @@ class Trainer:
         with sync:
             loss = self.loss(batch)
             self.scaler.scale(loss * (weight / self.cfg.grad_accum)).backward()
-        if weight and skip:
-            self.watch.note(loss)
-        elif weight:
+        if skip:
+            if weight:
+                self.watch.note(loss)
+        else:  # padding steps too: every rank reads its losses at the same micro-steps (a collective)
             self.watch.add(self.step + 1, list(batch.get("key", [])), loss.detach())
         if boundary:
             norm = None
