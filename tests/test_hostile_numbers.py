@@ -381,3 +381,17 @@ def test_embed_from_shards_lists_unreadable_shard_data_as_rejects(demo_shards, t
     assert main(["embed", "--run", "tiny_bottleneck", "--shards", str(data), "--out", str(tmp_path / "strict"),
                  "--strict", "--no-progress"]) == 2
     assert "test-000000.tar: empty file (0 bytes)" in one_line_error(capsys)
+
+
+def test_embed_refuses_a_nan_wav_with_the_shard_reason(tmp_path, capsys):
+    (tmp_path / "ok.wav").write_bytes(wav(np.full(4000, 0.25)))
+    (tmp_path / "nan.wav").write_bytes(wav(np.full(4000, np.inf)))
+    rows = [{"key": "a", "text": "an oak toy", "audio": "ok.wav"}, {"key": "b", "text": "a steel toy", "audio": "nan.wav"}]
+    manifest = write_jsonl(tmp_path / "items.jsonl", rows)
+    out = tmp_path / "emb"
+    assert main(["embed", "--run", "tiny_bottleneck", "--manifest", str(manifest), "--image", "", "--out", str(out),
+                 "--no-progress"]) == 0
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rejects] == [("b", "audio: non-finite audio (4000 of 4000 samples are "
+                                                                "NaN or Inf)")]
+    assert np.isfinite(np.load(out / "fused_feat.npy")).all()
