@@ -70,7 +70,7 @@ def test_lever_cases_pair_each_lever_on_with_it_off(demo_shards, tmp_path):
     report = json.loads((out / "report.json").read_text())
     validate(report)
     cases = {c["lever"]: c for c in report["cases"]}
-    assert set(cases) == {"cache", "grad-ckpt", "fused-adamw"}
+    assert set(cases) == {"cache", "grad-ckpt", "fused-adamw", "precision"}
     for lever, case in cases.items():
         assert case["name"] == f"lever/{lever}/tiny/text+image"
         assert case["ratio"]["median"] > 0 and case["series"]["baseline"]["median"] > 0
@@ -78,7 +78,16 @@ def test_lever_cases_pair_each_lever_on_with_it_off(demo_shards, tmp_path):
     assert cases["cache"]["samples_per_repeat"] == DatasetInfo.load(demo_shards).count("train")
     losses = cases["cache"]["losses"]  # one epoch from the same start through either path: the same training
     assert losses["mmfuse"] == pytest.approx(losses["baseline"], rel=1e-4) and math.isfinite(losses["mmfuse"])
-    assert "lever/cache/tiny/text+image" in (out / "report.md").read_text()
+    quality = cases["precision"]["quality"]  # bf16 vs fp32 from the same start on the same batches
+    assert (quality["mmfuse"]["precision"], quality["baseline"]["precision"]) == ("bf16", "fp32")
+    for run in (quality["mmfuse"], quality["baseline"]):
+        assert math.isfinite(run["val_loss"]) and 0 <= run["val_accuracy"] <= 1
+        assert run["train_loss_last"] < run["train_loss_first"]  # both learn on the batches they see
+    assert quality["val_accuracy_delta"] == pytest.approx(
+        quality["mmfuse"]["val_accuracy"] - quality["baseline"]["val_accuracy"], abs=1e-3)
+    text = (out / "report.md").read_text()
+    assert "lever/cache/tiny/text+image" in text and "lever/precision/tiny/text+image" in text
+    assert "Precision: bf16 autocast vs fp32" in text
 
 
 def test_schema_validator_names_broken_fields(tiny_report):
@@ -147,6 +156,11 @@ def test_build_cases_overrides_and_errors():
         build_cases(BenchConfig(modalities=["video"]))
     audio = build_cases(BenchConfig(modalities=["text", "image", "audio"], cases=["train"]))
     assert "train/demo/text+image+audio/concat-mlp" in [c.name for c in audio]
+    precision = build_cases(BenchConfig(cases=["lever"], only=["precision"]))  # one per tower family
+    assert [c.name for c in precision] == ["lever/precision/demo/text+image", "lever/precision/bert-small/text@128tok",
+                                           "lever/precision/vit-s/image", "lever/precision/effnet-lite0/image"]
+    with pytest.raises(ConfigError, match="no default bench case of kind lever has a name containing fp8"):
+        build_cases(BenchConfig(cases=["lever"], only=["fp8"]))
 
 
 def test_flop_count_includes_cpu_attention_and_summary():

@@ -29,6 +29,8 @@ TOWERS: dict[str, dict[str, dict[str, Any]]] = {
     "bert-small": {"text": {"name": "tiny-text", "kwargs": {"width": 512, "layers": 4, "heads": 8,
                                                             "max_length": 128}}},
     "vit-s": {"image": {"name": "timm-image", "kwargs": {"model": "vit_small_patch16_224", "image_size": 224}}},
+    "effnet-lite0": {"image": {"name": "timm-image", "kwargs": {"model": "tf_efficientnet_lite0",
+                                                                "image_size": 128}}},
     "tiny": {"text": {"name": "tiny-text", "kwargs": {"width": 16, "layers": 1, "heads": 2}},
              "image": {"name": "tiny-image", "kwargs": {"width": 16, "layers": 1, "heads": 2, "image_size": 32}},
              "audio": {"name": "tiny-audio", "kwargs": {"width": 16, "layers": 1, "heads": 2, "n_mels": 16,
@@ -37,7 +39,8 @@ TOWERS: dict[str, dict[str, dict[str, Any]]] = {
 TOWERS["bert-small+vit-s"] = {**TOWERS["bert-small"], **TOWERS["vit-s"]}
 """Tower sets (random-init, nothing downloads): `bert-small` is Google's BERT-small shape (4 layers, width 512,
 8 heads) over the packaged vocabulary; `vit-s` is timm's ViT-S/16 (12 layers, width 384) at 224 px;
-`bert-small+vit-s` is both (the frozen-cache lever at a realistic tower cost)."""
+`bert-small+vit-s` is both (the frozen-cache lever at a realistic tower cost); `effnet-lite0` is timm's
+EfficientNet-Lite0 at 128 px (the CNN family of the precision lever)."""
 
 
 @dataclass
@@ -70,6 +73,8 @@ class BenchConfig:
     """Seconds a repeat should last at least; the steps per repeat are sized from a warm-up step."""
     data: str | None = None
     """Shard directory with a dataset.json; None uses the embedded demo dataset."""
+    only: list[str] | None = None
+    """Keep only the cases whose name contains one of these strings (e.g. ["precision"])."""
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.cases if c not in CASE_KINDS]
@@ -97,7 +102,7 @@ class CaseSpec:
     batch_size: int
     fusion: str = "concat-mlp"
     lever: str | None = None
-    """For kind `lever`: cache, compile, grad-ckpt or fused-adamw."""
+    """For kind `lever`: cache, compile, grad-ckpt, fused-adamw or precision."""
     text_tokens: int | None = None
     """Time the text tower on `text_tokens`-long sequences of random ids instead of the demo's short titles
     (encode and train cases; compute does not depend on the ids)."""
@@ -129,7 +134,7 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
                 CaseSpec("train", "tiny", ["text", "image"], 16), CaseSpec("train", "tiny", ["text"], 16),
                 CaseSpec("embed", "tiny", ["text", "image"], 16),
                 *(CaseSpec("lever", "tiny", ["text", "image"], 16, lever=lever)
-                  for lever in ("cache", "grad-ckpt", "fused-adamw")),
+                  for lever in ("cache", "grad-ckpt", "fused-adamw", "precision")),
                 CaseSpec("text-embed", "tiny", ["text"], 16),
                 CaseSpec("embed-backends", "tiny", ["text", "image"], 16)]
     return [CaseSpec("loader", "demo", ["text", "image"], 64),
@@ -149,6 +154,11 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
             *(CaseSpec("lever", "demo", ["text", "image"], 64, lever=lever)
               for lever in ("cache", "compile", "grad-ckpt", "fused-adamw")),
             CaseSpec("lever", "bert-small+vit-s", ["text", "image"], 32, lever="cache", split="val", max_repeats=3),
+            # bf16 autocast vs fp32 per tower family: the tiny demo towers, a text transformer, a ViT, a CNN
+            CaseSpec("lever", "demo", ["text", "image"], 64, lever="precision"),
+            CaseSpec("lever", "bert-small", ["text"], 32, lever="precision", text_tokens=128),
+            CaseSpec("lever", "vit-s", ["image"], 16, lever="precision"),
+            CaseSpec("lever", "effnet-lite0", ["image"], 32, lever="precision"),
             CaseSpec("text-embed", "minilm", ["text"], 32),
             CaseSpec("embed-backends", "demo", ["text", "image"], 128)]
 
@@ -171,6 +181,11 @@ def build_cases(cfg: BenchConfig) -> list[CaseSpec]:
                 seen.add(c.name)
             kept.append(c)
         cases = kept
+    if cfg.only:
+        cases = [c for c in cases if any(part in c.name for part in cfg.only)]
+        if not cases:
+            raise ConfigError(f"no {cfg.preset} bench case of kind {', '.join(cfg.cases)} has a name containing "
+                              f"{' or '.join(cfg.only)}")
     if cfg.batch_size is not None:
         cases = [replace(c, batch_size=cfg.batch_size) for c in cases]
     return cases

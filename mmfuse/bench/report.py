@@ -76,6 +76,24 @@ def _backend_rows(report: dict[str, Any]) -> list[str]:
     return rows + [""]
 
 
+def _precision_rows(report: dict[str, Any]) -> list[str]:
+    """The precision lever's cases: the speed ratio beside what the same short run learned in either precision."""
+    cases = [c for c in report["cases"] if c.get("quality")]
+    if not cases:
+        return []
+    rows = ["## Precision: bf16 autocast vs fp32 (speed of one train step; a short run of both from the same start)",
+            "", "| case | bf16 / fp32 speed [IQR] | steps | train loss first -> last (bf16 / fp32) "
+            "| val loss (bf16 / fp32) | val accuracy (bf16 / fp32) | accuracy delta |", "|---|---|---|---|---|---|---|"]
+    for c in cases:
+        q, on, off = c["quality"], c["quality"]["mmfuse"], c["quality"]["baseline"]
+        rows.append(f"| `{c['name']}` | {_ratio(c['ratio'])} | {q['steps']} | "
+                    f"{on['train_loss_first']:.3f} -> {on['train_loss_last']:.3f} / "
+                    f"{off['train_loss_first']:.3f} -> {off['train_loss_last']:.3f} | "
+                    f"{on['val_loss']:.3f} / {off['val_loss']:.3f} | {on['val_accuracy']:.3f} / "
+                    f"{off['val_accuracy']:.3f} | {q['val_accuracy_delta']:+.3f} |")
+    return rows + [""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """A human summary of `report`: settings, calibration, flags, one table per view, the environment."""
     env, cal, st = report["environment"], report["calibration"], report["settings"]
@@ -100,6 +118,7 @@ def markdown(report: dict[str, Any]) -> str:
               "hand-written loop (fused AdamW) on an identical model copy and the same batch; embed = "
               "`FusionModel.embed` on already collated batches.", ""] + _case_rows(report) + [""]
     lines += _backend_rows(report)
+    lines += _precision_rows(report)
     split_rows = [c for c in report["cases"] if c["split"]]
     if split_rows:
         lines += ["## Train: data wait vs compute (loader-fed `Trainer.train_epoch`)", "",

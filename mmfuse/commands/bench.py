@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated case kinds: loader, encode, train, embed, lever (speed levers on vs off), "
                         "text-embed (mmfuse fp32, int8 and onnx vs sentence-transformers on all-MiniLM-L6-v2), "
                         "embed-backends (Predictor.embed fp32 vs int8 vs onnx on the demo model)")
+    p.add_argument("--only", help="comma-separated name parts: run only the cases whose name contains one, "
+                                  "e.g. --cases lever --only precision")
     p.add_argument("--preset", default="default", help="default (demo, BERT-small, ViT-S towers) or tiny (smoke)")
     p.add_argument("--modalities", help="replace the demo model's train/embed modality set, e.g. text,image")
     p.add_argument("--fusion", help="replace the demo model's train/embed fusion, e.g. gated")
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(cases=split, preset=args.preset, device=args.device, precision=args.precision,
                       batch_size=args.batch_size, modalities=modalities, fusion=args.fusion, compile=args.compile,
                       workers=args.workers, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
-                      data=args.data)
+                      data=args.data, only=[o.strip() for o in args.only.split(",") if o.strip()] if args.only
+                      else None)
     report = run_suite(cfg, argv=["mmfuse", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else None)
     out = Path(args.out) if args.out else Path("benchmarks") / "results" / report["tag"]
     path = write_report(report, out)
