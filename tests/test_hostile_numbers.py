@@ -386,7 +386,8 @@ def test_embed_from_shards_lists_unreadable_shard_data_as_rejects(demo_shards, t
 def test_embed_refuses_a_nan_wav_with_the_shard_reason(tmp_path, capsys):
     (tmp_path / "ok.wav").write_bytes(wav(np.full(4000, 0.25)))
     (tmp_path / "nan.wav").write_bytes(wav(np.full(4000, np.inf)))
-    rows = [{"key": "a", "text": "an oak toy", "audio": "ok.wav"}, {"key": "b", "text": "a steel toy", "audio": "nan.wav"}]
+    rows = [{"key": "a", "text": "an oak toy", "audio": "ok.wav"},
+            {"key": "b", "text": "a steel toy", "audio": "nan.wav"}]
     manifest = write_jsonl(tmp_path / "items.jsonl", rows)
     out = tmp_path / "emb"
     assert main(["embed", "--run", "tiny_bottleneck", "--manifest", str(manifest), "--image", "", "--out", str(out),
