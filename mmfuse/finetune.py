@@ -294,10 +294,10 @@ class FinetuneRun:
         self.records.append(record)
         if self.env.is_main:
             self.log.write(record)
-        dropped = f", {record['nonfinite_skipped']} non-finite steps skipped" if record.get("nonfinite_skipped") \
-            else ""
+        nonfinite = f", {record['nonfinite_skipped']} non-finite steps skipped" \
+            if record.get("nonfinite_skipped") else ""
         self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
-                  f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s{dropped})")
+                  f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s{nonfinite})")
         self._save("last")
         improved, dropped = self.selection.update(self.epoch, val[self.task.best_metric])
         if improved:
@@ -331,15 +331,16 @@ class FinetuneRun:
 
     def _coverage(self, split: str, read: int, skipped: int, counts: dict[str, int], error: bool = False) -> None:
         """Report a pass over `split` that yielded fewer samples (`read` + `skipped`) than dataset.json lists, with
-        the unreadable shard data in `counts`; an error when `error` or `data.strict`."""
+        the unreadable shard data in `counts`; an error when `error` (then more samples are one too) or
+        `data.strict`."""
         expected = self.info.count(split)
         missing = expected - read - skipped
-        if missing <= 0:
+        if missing == 0 or (missing < 0 and not error):
             return
         shards = [f"{r[len(SHARD_REASON):]} x{n}" for r, n in counts.items() if r.startswith(SHARD_REASON)]
         why = "unreadable shard data: " + ", ".join(shards) if shards else "no read error: a shard ends early"
         text = (f"split '{split}' of {self.info.root} yielded {read} samples + {skipped} skipped of the {expected} "
-                f"dataset.json lists: {missing} unread ({why})")
+                f"dataset.json lists: " + (f"{missing} unread ({why})" if missing > 0 else f"{-missing} too many"))
         if error or self.config.data.strict:
             raise DataError(text)
         if split not in self.incomplete:
