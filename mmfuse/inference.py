@@ -5,6 +5,7 @@ Light: loading and embedding import neither the trainer nor the data pipeline (w
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,7 +20,7 @@ from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
 from .model import FusionModel, ModelConfig, build_model
 from .records import error_reason, length_order, windows
-from .serving import check_backend, quantize_int8
+from .serving import cast_inputs, check_backend, quantize_int8
 from .tasks import create_task
 from .train.checkpoint import load_checkpoint
 from .train.precision import resolve_device
@@ -49,7 +50,7 @@ class Predictor:
                  onnx_file: str | Path | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        check_backend(backend, device)
+        backend = check_backend(backend, device)  # `auto` resolved by hardware
         self.model = model.to(device).eval()
         self.backend = backend
         self.config = config
@@ -64,9 +65,10 @@ class Predictor:
         self._lock = threading.Lock()  # Hugging Face fast tokenizers must not be called from two threads at once
         self._fingerprint: str | None = None
         self._onnx: Any = None
-        if backend == "int8":
+        if backend in ("int8", "bf16"):
             self.fingerprint()  # of the fp32 weights: the model's identity, whatever the backend
-            self.model = quantize_int8(self.model)
+            # copies, like quantize_int8: the caller's fp32 model stays as it is
+            self.model = quantize_int8(self.model) if backend == "int8" else copy.deepcopy(model).to(torch.bfloat16)
         elif backend == "onnx":
             self._onnx = onnx_session(self, onnx_file)
         elif onnx_file is not None:
@@ -137,10 +139,15 @@ class Predictor:
         for i, record in enumerate(records):
             chunk.append(self.prepare(record, i))
             if len(chunk) == self.batch_size:
-                yield to_device(self._collate(chunk), self.device)
+                yield self._to_device(self._collate(chunk))
                 chunk = []
         if chunk:
-            yield to_device(self._collate(chunk), self.device)
+            yield self._to_device(self._collate(chunk))
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A collated batch on the model's device, floating inputs in the weights' dtype (bf16 backend)."""
+        batch = to_device(batch, self.device)
+        return cast_inputs(batch, torch.bfloat16) if self.backend == "bf16" else batch
 
     @torch.inference_mode()
     def _heads(self, records: Iterable[dict[str, Any]]) -> torch.Tensor:
@@ -170,7 +177,7 @@ class Predictor:
             return self._onnx_embed(samples, modalities)
         with self._lock:
             batch = Collator({m: self.preprocessors[m] for m in modalities})(samples)
-        batch = to_device(batch, self.device)
+        batch = self._to_device(batch)
         active = [m for m in modalities if bool(batch[f"present_{m}"].any())] or list(modalities)
         features = self.model.encode(batch, active)
         out = {"fused": self.model.fusion(features).float().cpu()}  # (B, D)
@@ -263,7 +270,7 @@ class Predictor:
             return outputs[f"{modality}_pooled"] * batch[f"present_{modality}"][:, None]  # (B, W)
         with self._lock:
             batch = Collator({modality: self.preprocessors[modality]})(samples)
-        batch = to_device(batch, self.device)
+        batch = self._to_device(batch)
         pooled = self.model.encoders[modality](batch).pooled.float()  # (B, W)
         return (pooled * batch[f"present_{modality}"][:, None]).cpu()
 
@@ -299,6 +306,8 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
          backend: str = "fp32", onnx_file: str | Path | None = None) -> Predictor:
     """A finished run (`run_dir/checkpoints/<checkpoint>`), a checkpoint directory, or a model preset name.
 
+    `backend='bf16'` casts the weights to bfloat16 (fast where bf16 is native: CPUs with avx512_bf16 / AMX, CUDA);
+    `backend='auto'` picks by hardware (`mmfuse.serving`): bf16 there, else fp32.
     `backend='int8'` (CPU) quantises the encoders' attention projections to int8 (`mmfuse.serving`); check its
     vectors against fp32 with `mmfuse.serving.cosine_parity` on a sample of your items.
     `backend='onnx'` (CPU, needs the `onnx` extra) embeds and encodes with onnxruntime: the graph `onnx_file` (from

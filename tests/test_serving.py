@@ -47,8 +47,35 @@ def test_cosine_parity_and_bad_backends():
     a = np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
     parity = cosine_parity(a, np.array([[2.0, 0.0], [0.0, 0.0], [1.0, -1.0]]))
     assert parity == {"min": 0.0, "mean": pytest.approx(2 / 3), "n": 3}
-    with pytest.raises(ConfigError, match="unknown backend 'fp8'; choose from fp32, int8"):
+    with pytest.raises(ConfigError, match="unknown backend 'fp8'; choose from fp32, bf16, int8, onnx, auto"):
         mmfuse.load("tiny_bottleneck", backend="fp8")
+
+
+def test_bf16_backend_casts_a_copy_and_keeps_parity_on_every_modality(demo_shards):
+    from mmfuse.data.info import DatasetInfo
+    from mmfuse.data.loader import read_records
+
+    records = list(read_records(DatasetInfo.load(demo_shards), "test"))
+    fp32 = mmfuse.load("tiny_bottleneck")
+    bf16 = mmfuse.Predictor(fp32.model, fp32.config, fp32.device, trained=False, backend="bf16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in fp32.model.parameters()} == {torch.float32}  # the caller's model is left as it was
+    assert bf16.fingerprint() == fp32.fingerprint() and bf16.backend == "bf16"
+    a, b = fp32.embed(records, per_modality=True), bf16.embed(records, per_modality=True)
+    for name in ("fused", "text", "image", "audio"):  # float32 out, pixels and spectrograms cast on the way in
+        assert b[name].dtype == np.float32 and cosine_parity(a[name], b[name])["min"] >= 0.99
+    assert not np.array_equal(a["fused"], b["fused"])
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_auto_backend_picks_bf16_only_where_it_is_native(monkeypatch, fast):
+    from mmfuse.serving import check_backend
+    from mmfuse.train import precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
+    assert check_backend("auto", torch.device("cpu")) == ("bf16" if fast else "fp32")
+    assert check_backend("auto", torch.device("cuda")) == "bf16"
+    assert mmfuse.load("tiny_bottleneck", backend="auto").backend == ("bf16" if fast else "fp32")
 
 
 def test_minilm_encode_matches_sentence_transformers_and_int8_parity(tmp_path):
@@ -64,18 +91,22 @@ def test_minilm_encode_matches_sentence_transformers_and_int8_parity(tmp_path):
     assert cosine_parity(ours, theirs)["min"] > 0.9999
     int8 = mmfuse.load(preset, batch_size=3, backend="int8")
     assert cosine_parity(ours, int8.encode(records, normalize=True))["min"] >= 0.99
+    bf16 = mmfuse.load(preset, batch_size=3, backend="bf16")
+    assert cosine_parity(ours, bf16.encode(records, normalize=True))["min"] >= 0.999
     sim = torch.from_numpy(ours @ ours.T)
     assert sim[0, 1] > sim[0, 2] + 0.3  # still a sentence embedding
 
 
-def test_embed_cli_int8_backend_is_recorded(tmp_path, demo_shards):
+@pytest.mark.parametrize("backend", ["int8", "bf16", "auto"])
+def test_embed_cli_backend_is_recorded(tmp_path, demo_shards, backend):
     from mmfuse.cli import main
+    from mmfuse.serving import check_backend
 
-    out = tmp_path / "int8"
+    out = tmp_path / backend
     assert main(["embed", "--run", "tiny_bottleneck", "--shards", str(demo_shards), "--splits", "val",
-                 "--modalities", "text", "--backend", "int8", "--out", str(out), "--no-progress"]) == 0
+                 "--modalities", "text", "--backend", backend, "--out", str(out), "--no-progress"]) == 0
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["model"]["backend"] == "int8" and meta["counts"]["exported"] == 32
+    assert meta["model"]["backend"] == check_backend(backend, torch.device("cpu")) and meta["counts"]["exported"] == 32
 
 
 @pytest.mark.slow

@@ -1,8 +1,12 @@
-"""Serving backends in the bench: int8 and onnx `Predictor`s of one fp32 model, timed against it with their cosine
-parity, and the `embed-backends` case.
+"""Serving backends in the bench: bf16, int8 and onnx `Predictor`s of one fp32 model, timed against it with their
+cosine parity, and the `embed-backends` case.
+
+Beside the backends, two int8 candidates that are measured, not offered (their parity decides): `int8-all`, PyTorch
+dynamic int8 on every encoder linear layer (per-channel weights), and `onnx-int8`, onnxruntime's dynamic int8
+(`quantize_dynamic`, per-channel QInt8 weights) on every MatMul of the exported graph.
 
     embed-backends  `Predictor.embed` (decode + collate + model) on raw demo records with the demo model: fp32
-                    (series `mmfuse`) vs `int8` vs `onnx`, interleaved; ratios and cosine to fp32 in the result
+                    (series `mmfuse`) vs the others, interleaved; ratios and cosine to fp32 in the result
 
 The `text-embed` case (`textembed.py`) runs the same backends on all-MiniLM-L6-v2 against sentence-transformers.
 """
@@ -10,7 +14,10 @@ The `text-embed` case (`textembed.py`) runs the same backends on all-MiniLM-L6-v
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -20,26 +27,49 @@ import numpy as np
 from ..data.loader import read_records
 from ..inference import Predictor
 from ..model import ModelConfig
-from ..serving import cosine_parity
+from ..serving import cosine_parity, quantize_int8
 from .presets import CaseSpec
 from .timing import PeakMemory, interleaved, paired_ratio
 
 
 def backend_predictors(fp32: Predictor, folder: Path) -> tuple[dict[str, Predictor], dict[str, Any]]:
-    """({'int8': ..., 'onnx': ...}, notes): the other CPU backends of `fp32`'s model, the ONNX graph written to
-    `folder`. Notes say which backend was skipped and why, and which operators onnxruntime fused."""
+    """({'bf16': ..., 'int8': ..., 'int8-all': ..., 'onnx': ..., 'onnx-int8': ...}, notes): the other backends of
+    `fp32`'s model (bf16 only off the CPU), ONNX graphs written to `folder`. Notes say which backend was skipped and
+    why, and which operators onnxruntime fused."""
+    def make(model: Any = None, **kwargs: Any) -> Predictor:
+        return Predictor(fp32.model if model is None else model, fp32.config, fp32.device, fp32.batch_size,
+                         trained=fp32.trained, **kwargs)
+
+    others = {"bf16": make(backend="bf16")}
     if fp32.device.type != "cpu":
-        return {}, {"skipped": "the int8 and onnx backends run on the CPU only"}
-    others = {"int8": Predictor(copy.deepcopy(fp32.model), fp32.config, fp32.device, fp32.batch_size,
-                                trained=fp32.trained, backend="int8")}
+        return others, {"skipped": "the int8 and onnx backends run on the CPU only"}
+    others["int8"] = make(copy.deepcopy(fp32.model), backend="int8")
+    others["int8-all"] = make(quantize_int8(fp32.model, scope="all"))
     try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
         from ..onnx_export import export_onnx
     except ImportError as err:
         return others, {"skipped": f"onnx: {err.name} is not installed (pip install 'mmfuse[onnx]')"}
     path = export_onnx(fp32, folder / "embedder.onnx")
-    others["onnx"] = Predictor(fp32.model, fp32.config, fp32.device, fp32.batch_size, trained=fp32.trained,
-                               backend="onnx", onnx_file=path)
+    others["onnx"] = make(backend="onnx", onnx_file=path)
+    quantized = folder / "embedder-int8.onnx"
+    with _quiet():
+        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fused ops have no types
+    others["onnx-int8"] = make(backend="onnx", onnx_file=quantized)  # the graph keeps the fp32 fingerprint
     return others, {"onnx_fused_ops": others["onnx"].session.fused_ops}
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's quantiser logs a pre-processing hint at WARNING on every call."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def compare(fp32_vectors: np.ndarray, others: dict[str, np.ndarray], reference: str = "mmfuse") -> dict[str, Any]:

@@ -29,9 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--part-size", type=int, default=10_000, help="input rows per Parquet part (unit of resume)")
     p.add_argument("--batch-size", type=int, default=128, help="items per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--backend", choices=["fp32", "int8", "onnx"], default="fp32",
-                   help="int8: int8 dynamic quantisation of the encoders' attention projections (CPU); onnx: "
-                        "onnxruntime (CPU, the onnx extra) on --onnx-file or a cached export")
+    p.add_argument("--backend", choices=["fp32", "bf16", "int8", "onnx", "auto"], default="fp32",
+                   help="bf16: bfloat16 weights (fast on CPUs with avx512_bf16 / AMX and on GPUs); auto: bf16 "
+                        "where it is fast, else fp32; int8: int8 dynamic quantisation of the encoders' attention "
+                        "projections (CPU); onnx: onnxruntime (CPU, the onnx extra) on --onnx-file or a cached export")
     p.add_argument("--onnx-file", help="with --backend onnx: a graph written by mmfuse export-onnx")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
