@@ -29,7 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except MmfuseError as err:
-        print(f"mmfuse: error: {err}", file=sys.stderr)
+        message = str(err).strip()
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: the error is its last line
+            message = message.splitlines()[-1].partition(": ")[2]
+        print(f"mmfuse: error: {message}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # torch's SIGCHLD handler reports a dead loader worker wherever the main thread is
         if not str(err).startswith("DataLoader worker"):

@@ -7,6 +7,7 @@ with their dotted path. Precedence: defaults < `--config FILE` < CLI flags < `--
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class DataConfig:
     """Training samples per epoch when `resampled` (default: the train split's count)."""
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size", "eval_batch_size")
+        _positive(self, "batch_size", "eval_batch_size", "shuffle_buffer")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         if self.epoch_samples is not None and self.epoch_samples < 1:
@@ -127,9 +128,29 @@ class TrainConfig:
     keep_best: int = 1
     """Keep the checkpoints of this many best epochs in checkpoints/top/epoch-NNNN (with an index.json); 1: only
     checkpoints/best."""
+    nonfinite: str = "stop"
+    """A micro-batch whose loss is NaN or Inf: `stop` the run with an error naming the step and the batch's sample
+    keys (no checkpoint is written after it), or `skip` it (no gradient from it; counted and reported). `skip`
+    reads every loss on the host (one device sync per micro-batch); `stop` reads them at the progress/log reads."""
 
     def __post_init__(self) -> None:
+        _finite(self)
         _positive(self, "epochs", "lr", "grad_accum", "log_every")
+        if self.encoder_lr is not None and self.encoder_lr <= 0:
+            raise ConfigError(f"train.encoder_lr must be > 0, got {self.encoder_lr}")
+        for tower, lr in self.tower_lr.items():
+            if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+                raise ConfigError(f"train.tower_lr.{tower} must be a finite number > 0, got {lr!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1 (or null: train every epoch), got {self.max_steps}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"train.nonfinite must be stop or skip, got '{self.nonfinite}'")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if not 0 <= self.warmup < 1:
@@ -158,6 +179,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _finite(obj: Any) -> None:
+    """Refuse NaN and Inf in a config's float fields (a NaN passes every `<=` check)."""
+    section = type(obj).__name__.replace("Config", "").lower()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -210,9 +240,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a number, got {value!r}")
         try:
             number = float(value) if hint is float else int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(
                 f"{where} must be {'a number' if hint is float else 'an integer'}, got {value!r}") from None
+        if hint is float and not math.isfinite(number):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         if hint is int and isinstance(value, float) and value != int(value):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return number

@@ -29,3 +29,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class TrainingError(MmfuseError, RuntimeError):
+    """Training cannot go on: a non-finite loss or weights (too high a learning rate, a poisoned batch)."""

@@ -21,14 +21,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig, dump_yaml
 from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
-from .data.loader import make_loader
+from .data.loader import SHARD_REASON, make_loader, sample_skips
 from .data.position import LoaderPosition
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingError
 from .model import build_model
 from .tasks import task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
@@ -60,11 +61,20 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(config.model.modalities)}"
 
 
-def data_summary(skipped: Counter[str], ignored: Counter[str]) -> str:
-    """The closing line about the data: samples skipped per reason, shard members ignored (never decoded)."""
-    line = f"mmfuse: skipped {sum(skipped.values())} samples"
-    if skipped:
-        line += ": " + ", ".join(f"{reason} x{n}" for reason, n in skipped.most_common())
+def data_summary(skipped: Counter[str], ignored: Counter[str], incomplete: dict[str, dict[str, int]] | None = None
+                 ) -> str:
+    """The closing line about the data: samples skipped per reason, unreadable shard data per reason, splits that
+    yielded fewer samples than dataset.json lists, shard members ignored (never decoded)."""
+    samples = Counter({r: n for r, n in skipped.items() if not r.startswith(SHARD_REASON)})
+    shards = Counter({r[len(SHARD_REASON):]: n for r, n in skipped.items() if r.startswith(SHARD_REASON)})
+    line = f"mmfuse: skipped {sum(samples.values())} samples"
+    if samples:
+        line += ": " + ", ".join(f"{reason} x{n}" for reason, n in samples.most_common())
+    if shards:
+        line += "; unreadable shard data: " + ", ".join(f"{reason} x{n}" for reason, n in shards.most_common())
+    if incomplete:
+        line += "; samples unread: " + ", ".join(f"{split} {c['missing']} of {c['expected']}"
+                                                 for split, c in incomplete.items())
     if ignored:
         line += "; ignored shard members: " + ", ".join(f"{kind} x{n}" for kind, n in ignored.most_common())
     return line
@@ -136,6 +146,7 @@ class FinetuneRun:
                                    train.early_stopping_patience)
         self.records: list[dict[str, Any]] = []
         self.skipped: Counter[str] = Counter()
+        self.incomplete: dict[str, dict[str, int]] = {}  # splits that yielded fewer samples than dataset.json lists
         self.ignored: Counter[str] = Counter()
         self.acc = self._new_epoch_acc()
         self.stop_requested = False  # SIGTERM on this rank
@@ -155,7 +166,8 @@ class FinetuneRun:
     def _rank_state(self) -> dict[str, Any]:
         """What differs between ranks: data position, RNG streams, this epoch's tallies, skip counts."""
         return {"position": self.position.to_dict(), "rng": rng_state(),
-                "acc": {**self.acc, "loss_sum": float(self.acc["loss_sum"])},  # a device tensor mid-epoch
+                "acc": {**self.acc, "loss_sum": float(self.acc["loss_sum"]),  # device tensors mid-epoch
+                    "nonfinite": int(self.acc["nonfinite"])},
                 "skipped": dict(self.skipped), "ignored": dict(self.ignored)}
 
     def _train_state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -164,10 +176,12 @@ class FinetuneRun:
         return {"epoch": self.epoch, "ranks": ranks, "step": t.step, "micro_step": t.micro_step,
                 "optimizer": t.optimizer_state(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
+                "nonfinite_skipped": t.watch.skipped, "incomplete": dict(self.incomplete),
                 "selection": self.selection.to_dict(), "log_lines": self.log.lines if self.env.is_main else 0}
 
     def _save(self, kind: str, train_state: bool = False) -> None:
         # collectives: every rank takes part (the gather; under FSDP the optimizer state and the weights)
+        self.trainer.check_finite()  # never a checkpoint of NaN weights, nor one written after a NaN loss
         state = self._train_state(gather_objects(self._rank_state(), self.env)) if train_state else None
         weights = self.trainer.model_state()
         if self.env.is_main:
@@ -186,11 +200,14 @@ class FinetuneRun:
         t.scheduler.load_state_dict(state["scheduler"])
         t.scaler.load_state_dict(state["scaler"])
         t.step, t.micro_step = state["step"], state["micro_step"]
+        t.watch.skipped = state.get("nonfinite_skipped", 0)
+        self.incomplete = state.get("incomplete", {})
         if len(state["ranks"]) != self.env.world_size:
             raise ConfigError(f"{ckpt} was written by {len(state['ranks'])} processes; resume with as many")
         mine = state["ranks"][self.env.rank]
         self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(mine["position"])
-        self.best, self.records, self.acc = state["best"], state["records"], mine["acc"]
+        self.best, self.records = state["best"], state["records"]
+        self.acc = {**self._new_epoch_acc(), **mine["acc"]}
         if "selection" in state:
             self.selection = Selection.from_dict(state["selection"])
         elif self.best.get("epoch"):  # a resumable checkpoint from before model selection: only `best`
@@ -205,13 +222,20 @@ class FinetuneRun:
         """Book-keeping after each micro-batch; True stops the epoch (max_steps or SIGTERM)."""
         t, train = self.trainer, self.config.train
         self.skipped.update(info["skipped"])
-        self.acc["skipped"] += sum(info["skipped"].values())
+        self.acc["skipped"] += sample_skips(info["skipped"])
+        for reason, n in info["skipped"].items():
+            if reason.startswith(SHARD_REASON):
+                self.acc["shards"][reason] = self.acc["shards"].get(reason, 0) + n
         if info.get("cursor") is not None:
             worker, cursor = info["cursor"]
             self.position.advance(worker, cursor, self.train_workers)
         self.stop_everywhere |= info.get("stop", False)  # the same on every rank at the same step
         if info["size"]:
-            self.acc["loss_sum"] += info["loss"]  # a device tensor: summed without a host sync
+            loss = info["loss"]
+            if train.nonfinite == "skip":  # the epoch's loss is the mean of the finite ones
+                finite = torch.isfinite(loss)
+                loss, self.acc["nonfinite"] = torch.where(finite, loss, 0.0), self.acc["nonfinite"] + ~finite
+            self.acc["loss_sum"] += loss  # a device tensor: summed without a host sync
             self.acc["batches"] += 1
             self.acc["samples"] += info["size"]
         elif not info.get("padding"):  # a batch whose samples were all skipped: no step was taken
@@ -242,20 +266,38 @@ class FinetuneRun:
         stats = self.trainer.train_epoch(self._tally(loader), self._after_step, bar, padding=self._padding_batch,
                                          stop=lambda: self.stop_requested)
         bar.close()
+        self.trainer.watch.check()  # the losses not read yet: no evaluation of a model trained on a NaN
         self.acc["data_s"] += stats["data_s"]
         self.acc["compute_s"] += stats["compute_s"]
-        val = self.evaluate(data.val_split)
         samples = sum(gather_objects(self.acc["samples"], self.env))
+        skipped = sum(gather_objects(self.acc["skipped"], self.env))
+        shards = sum_counters(Counter(self.acc["shards"]), self.env)
+        if not samples:
+            raise DataError(f"split '{data.train_split}' of {self.info.root} yielded no training sample "
+                            f"(dataset.json lists {self.info.count(data.train_split)}): "
+                            f"{data_summary(Counter(sum_counters(self.skipped, self.env)), Counter())[8:]}")
+        cut = (train.max_steps is not None and self.trainer.step >= train.max_steps) or data.resampled or \
+            (self.env.distributed and (self.trainer.model.alignment is not None or self.task.gathers))
+        if not cut:  # a whole pass over the split (a lockstep epoch ends when the first rank runs out)
+            self._coverage(data.train_split, samples, skipped, shards)
+        val = self.evaluate(data.val_split)
+        self._coverage(data.val_split, val["count"], sample_skips(val["skipped"]), val["skipped"])
         record = {"epoch": self.epoch, "step": self.trainer.step,
-                  "train_loss": mean_loss(self.acc["loss_sum"], self.acc["batches"]), "train_samples": samples,
-                  "train_skipped": sum(gather_objects(self.acc["skipped"], self.env)),
+                  "train_loss": mean_loss(self.acc["loss_sum"], self.acc["batches"] - int(self.acc["nonfinite"])),
+                  "train_samples": samples,
+                  "train_skipped": skipped,
                   "data_s": round(self.acc["data_s"], 3), "compute_s": round(self.acc["compute_s"], 3),
                   **{f"val_{k}": v for k, v in scalar_metrics(val).items()}}
+        if train.nonfinite == "skip":
+            record["nonfinite_skipped"] = self.trainer.watch.skipped - sum(r.get("nonfinite_skipped", 0)
+                                                                           for r in self.records)
         self.records.append(record)
         if self.env.is_main:
             self.log.write(record)
+        nonfinite = f", {record['nonfinite_skipped']} non-finite steps skipped" \
+            if record.get("nonfinite_skipped") else ""
         self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
-                  f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s)")
+                  f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s{nonfinite})")
         self._save("last")
         improved, dropped = self.selection.update(self.epoch, val[self.task.best_metric])
         if improved:
@@ -287,6 +329,24 @@ class FinetuneRun:
         return self.cache.attach(split, make_loader(self.info, split, preprocessors, batch_size,
                                                     **{**self.loader_kwargs, **self.cache.source(split), **kwargs}))
 
+    def _coverage(self, split: str, read: int, skipped: int, counts: dict[str, int], error: bool = False) -> None:
+        """Report a pass over `split` that yielded fewer samples (`read` + `skipped`) than dataset.json lists, with
+        the unreadable shard data in `counts`; an error when `error` (then more samples are one too) or
+        `data.strict`."""
+        expected = self.info.count(split)
+        missing = expected - read - skipped
+        if missing == 0 or (missing < 0 and not error):
+            return
+        shards = [f"{r[len(SHARD_REASON):]} x{n}" for r, n in counts.items() if r.startswith(SHARD_REASON)]
+        why = "unreadable shard data: " + ", ".join(shards) if shards else "no read error: a shard ends early"
+        text = (f"split '{split}' of {self.info.root} yielded {read} samples + {skipped} skipped of the {expected} "
+                f"dataset.json lists: " + (f"{missing} unread ({why})" if missing > 0 else f"{-missing} too many"))
+        if error or self.config.data.strict:
+            raise DataError(text)
+        if split not in self.incomplete:
+            self.echo(f"mmfuse: warning: {text}")
+        self.incomplete[split] = {"expected": expected, "read": read, "skipped": skipped, "missing": missing}
+
     def _padding_batch(self) -> dict[str, Any]:
         """A batch for the zero-weight steps of a rank whose share of the epoch has run out: the first of the
         train split (read whole by this rank, unshuffled)."""
@@ -304,7 +364,8 @@ class FinetuneRun:
 
     @staticmethod
     def _new_epoch_acc() -> dict[str, Any]:
-        return {"loss_sum": 0.0, "batches": 0, "samples": 0, "skipped": 0, "data_s": 0.0, "compute_s": 0.0}
+        return {"loss_sum": 0.0, "batches": 0, "samples": 0, "skipped": 0, "data_s": 0.0, "compute_s": 0.0,
+                "nonfinite": 0, "shards": {}}
 
     def run(self) -> dict[str, Any]:
         train = self.config.train
@@ -348,6 +409,9 @@ class FinetuneRun:
 
     def _finish(self) -> dict[str, Any]:
         data = self.config.data
+        if not self.best["epoch"]:
+            raise TrainingError(f"no epoch had a finite val {self.task.best_metric} ({len(self.records)} epochs): "
+                                f"no best model to test (see {self.out / 'metrics.jsonl'})")
         best_model, _, _ = load_checkpoint(self.out / "checkpoints" / "best")
         self.trainer.load_model_state(best_model.state_dict())
         test = self.evaluate(data.test_split)
@@ -363,19 +427,22 @@ class FinetuneRun:
                      **{k: test[k] for k in ("per_target", "pairs", "users", "items") if k in test},
                      "count": test["count"]},
             "task": self.task.name,
-            "skipped": skipped, "skipped_total": sum(skipped.values()), "ignored_members": ignored,
+            "skipped": skipped, "skipped_total": sample_skips(skipped), "ignored_members": ignored,
+            "unreadable_shards": {r[len(SHARD_REASON):]: n for r, n in skipped.items() if r.startswith(SHARD_REASON)},
+            "incomplete_splits": self.incomplete,
             "epochs": self.records, "stopped_early": self.stopped_early,
+            "nonfinite_skipped": self.trainer.watch.skipped,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
             "device": str(self.env.device), "precision": self.trainer.precision,
             "train_time_s": round(time.perf_counter() - self.started, 1), "data": str(self.info.root),
         }
         if self.env.is_main:
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
-        self.echo(data_summary(Counter(skipped), Counter(ignored)))
-        expected = self.info.count(data.test_split)
-        if test["count"] + sum(test["skipped"].values()) != expected:
-            raise DataError(f"test split: read {test['count']} + skipped {sum(test['skipped'].values())} samples, "
-                            f"dataset.json says {expected}")
+        self.echo(data_summary(Counter(skipped), Counter(ignored), self.incomplete))
+        if self.trainer.watch.skipped:
+            self.echo(f"mmfuse: skipped {self.trainer.watch.skipped} optimizer steps with a non-finite loss or "
+                      f"gradient (train.nonfinite=skip)")
+        self._coverage(data.test_split, test["count"], sample_skips(test["skipped"]), test["skipped"], error=True)
         head, _, tail = self.task.describe(test).partition("  ")
         name, _, value = head.rpartition(" ")
         self.echo(f"test {name} ({'+'.join(self.model_config.modalities)}, best epoch {self.best['epoch']}): "

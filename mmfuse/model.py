@@ -87,13 +87,15 @@ class ModelConfig:
             raise ConfigError(f"modalities repeat: {', '.join(self.modalities)}")
         if self.dim <= 0:
             raise ConfigError(f"model.dim must be > 0, got {self.dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout is a probability in [0, 1), got {self.dropout}")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ConfigError(f"model.modality_dropout is a probability in [0, 1), got {self.modality_dropout}")
         from .tasks import TASKS
 
         TASKS.get(self.task)  # an unknown task is a ConfigError naming the known ones
-        if self.contrastive_weight < 0:
-            raise ConfigError(f"model.contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if not 0 <= self.contrastive_weight < float("inf"):  # NaN fails too
+            raise ConfigError(f"model.contrastive_weight must be a finite number >= 0, got {self.contrastive_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

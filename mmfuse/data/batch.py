@@ -14,7 +14,8 @@
                                        hf-audio AST and Whisper, whose F is fixed), or (B, N) raw samples (wav2vec 2.0)
     audio_mask      (B, F) bool        True for real frames (all False for an absent clip)
     present_<m>     (B,) bool          False where the sample has no input of modality m (placeholder values)
-    skipped         dict[str, int]     samples dropped since the previous batch, counted per reason
+    skipped         dict[str, int]     samples dropped since the previous batch, counted per reason; a reason
+                                       'shard: ...' counts unreadable shard data (once per damaged shard)
     ignored         dict[str, int]     shard members ignored since the previous batch (pickle members), per kind
     cursor          (int, int)         (loader worker, running raw-sample count) of the batch's last sample:
                                        the data position a resumable checkpoint stores

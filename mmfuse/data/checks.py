@@ -85,11 +85,13 @@ def check_audio(data: bytes, extension: str, column: str = "audio", silent: str 
     under, or raise `Refused`.
 
     Refused: unreadable files, files cut short (a chunk holds fewer bytes than its header declares), clips with no
-    samples, and -- unless `silent` is 'keep' -- clips whose every sample (of those read) is 0.
+    samples, clips with a NaN or Inf sample (float WAV; of those read), and -- unless `silent` is 'keep' -- clips
+    whose every sample (of those read) is 0.
     """
+    import numpy as np
     import soundfile as sf
 
-    frames, audible = 0, False
+    frames, audible, nonfinite = 0, False, 0
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             kind = f.format.lower()
@@ -98,6 +100,7 @@ def check_audio(data: bytes, extension: str, column: str = "audio", silent: str 
             for block in f.blocks(blocksize=1 << 16, frames=limit, dtype="float32", always_2d=True):
                 frames += len(block)
                 audible = audible or bool(block.any())
+                nonfinite += block.size - int(np.isfinite(block).sum())
     except Exception as err:  # noqa: BLE001 - libsndfile raises several types for corrupt files
         raise Refused(column, f"unreadable audio: {_first_line(err)}") from None
     short = next((m for m in _SHORT_CHUNK.finditer(log) if m.group(1).lower() == "data"), None)
@@ -106,6 +109,8 @@ def check_audio(data: bytes, extension: str, column: str = "audio", silent: str 
                               f"samples, the file holds {short.group(3)}")
     if frames == 0:
         raise Refused(column, "audio has no samples")
+    if nonfinite:
+        raise Refused(column, f"non-finite audio ({nonfinite} of {frames} samples are NaN or Inf)")
     if silent == "reject" and not audible:
         raise Refused(column, f"silent audio (all {frames} samples are 0)")
     return AUDIO_FORMATS.get(kind, extension)

@@ -23,6 +23,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 FORMAT = "mmfuse-shards/1"
+
+
+def _check_types(file: Path, meta: Any) -> None:
+    """The shape of dataset.json's fields: a wrong type is a one-line `DataError` naming the field."""
+    modalities = meta["modalities"]
+    if not isinstance(modalities, dict) or not all(
+            isinstance(exts, list) and all(isinstance(e, str) for e in exts) for exts in modalities.values()):
+        raise DataError(f"{file}: 'modalities' must map each modality to a list of member extensions, e.g. "
+                        f'{{"text": ["txt"], "image": ["jpg", "png"]}}, got {json.dumps(modalities)[:80]}')
+    if not isinstance(meta["labels"], list):
+        raise DataError(f"{file}: 'labels' must be a list, got {json.dumps(meta['labels'])[:80]}")
+    splits = meta["splits"]
+    if not isinstance(splits, dict):
+        raise DataError(f"{file}: 'splits' must map each split to its shards and count")
+    for name, split in splits.items():
+        if not isinstance(split, dict) or not isinstance(split.get("shards"), list) or \
+                not all(isinstance(s, dict) and isinstance(s.get("path"), str) for s in split["shards"]):
+            raise DataError(f"{file}: split '{name}' must be {{\"shards\": [{{\"path\": ...}}, ...], \"count\": N}}")
+        count = split.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise DataError(f"{file}: split '{name}' needs a sample 'count' >= 0, got {count!r}")
 PICKLE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
 """Member extensions whose decoders unpickle; mmfuse never decodes them (the loader reports and ignores them)."""
 
@@ -64,11 +85,14 @@ class DatasetInfo:
             meta = json.loads(file.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"{file} is not valid JSON: {err}") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{file} must hold a JSON object with modalities, labels and splits")
         missing = [k for k in ("modalities", "labels", "splits") if k not in meta]
         if missing:
             raise DataError(f"{file} lacks the field(s): {', '.join(missing)}")
         if meta.get("format", FORMAT) != FORMAT:
             raise DataError(f"{file} has format '{meta['format']}', this mmfuse reads '{FORMAT}'")
+        _check_types(file, meta)
         info = cls(root=file.parent, modalities=meta["modalities"], labels=list(meta["labels"]),
                    label_field=meta.get("label_field", "cls"), splits=meta["splits"],
                    label_encoding=meta.get("label_encoding", "index"), task=meta.get("task", "classification"),
@@ -91,6 +115,8 @@ class DatasetInfo:
         path = self.root / shard["path"]
         if not path.exists():
             raise DataError(f"{file}: shard {shard['path']} of split '{split}' is missing")
+        if not path.is_file():
+            raise DataError(f"{file}: shard {shard['path']} of split '{split}' is not a regular file")
         size = path.stat().st_size
         if "bytes" in shard and size != shard["bytes"]:
             raise DataError(f"shard {path} has changed: {size} bytes, {file.name} says {shard['bytes']} "

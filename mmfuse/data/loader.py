@@ -54,6 +54,9 @@ def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping
             raise FieldError(m, str(err)) from None
         except Exception as err:  # noqa: BLE001 - any decoder failure is a data problem of this field
             raise FieldError(m, f"cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:80]})") from None
+        value = sample[m][0] if isinstance(sample[m], tuple) else sample[m]  # (features, real frames)
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FieldError(m, "non-finite values (NaN or Inf)")
     return sample
 
 
@@ -68,14 +71,17 @@ def oversize_field(raw: dict[str, Any], info: DatasetInfo, read: Iterable[str]) 
 
 
 def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], strict: bool = False,
-                 target: str | None = None):
-    """A pipeline stage: raw samples -> decoded samples; failures counted (or raised when `strict`)."""
+                 target: str | None = None, shard_errors: _ShardErrorHandler | None = None):
+    """A pipeline stage: raw samples -> decoded samples; failures counted (or raised when `strict`), with the
+    unreadable shard data `shard_errors` counted."""
 
     def stage(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         pending: Counter[str] = Counter()
         ignored: Counter[str] = Counter()
         warned: set[str] = set()
         for raw in source:
+            if shard_errors is not None:
+                pending.update(shard_errors.drain())
             unsafe = sorted(ext for ext in raw if ext in PICKLE_EXTENSIONS)
             if unsafe:
                 if raw.get("__url__") not in warned:  # once per shard
@@ -100,25 +106,53 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
             if ignored:
                 sample["_ignored"], ignored = dict(ignored), Counter()
             yield sample
+        if shard_errors is not None:
+            pending.update(shard_errors.drain())
         if pending or ignored:  # failures after the last good sample still reach the counts
             yield {"_skipped": dict(pending), "_ignored": dict(ignored), "_empty": True}
 
     return stage
 
 
+SHARD_REASON = "shard: "
+"""Prefix of the skip reasons that count unreadable shard data (once per damaged shard), not samples."""
+_SHARD_REASONS = (("cut short", "truncated (a member is cut short)"), ("truncated header", "truncated"),
+                  ("empty file", "empty file"), ("checksum", "not a tar file, or damaged"),
+                  ("bad size field", "damaged header"), ("two '.", "a sample repeats a member"))
+
+
+def shard_reason(exn: Exception) -> str:
+    """The counted reason of an unreadable-shard error: 'shard: truncated', 'shard: unreadable file', ..."""
+    text = str(exn)
+    reason = next((r for needle, r in _SHARD_REASONS if needle in text), None)
+    if reason is None:
+        reason = "unreadable file" if isinstance(exn, OSError) else f"unreadable ({type(exn).__name__})"
+    return SHARD_REASON + reason
+
+
+def sample_skips(skipped: Mapping[str, int]) -> int:
+    """Samples skipped, out of counts that may also hold unreadable-shard reasons (counted per shard)."""
+    return sum(n for reason, n in skipped.items() if not reason.startswith(SHARD_REASON))
+
+
 class _ShardErrorHandler:
-    """webdataset handler for unreadable tar files: raise when strict, else warn and continue."""
+    """webdataset handler for unreadable tar data: raise when strict, else warn, count per reason (`drain`, read by
+    the decode stage into the batches' `skipped`) and continue."""
 
     def __init__(self, strict: bool) -> None:
         self.strict = strict
+        self.counts: Counter[str] = Counter()
 
     def __call__(self, exn: Exception) -> bool:
         if self.strict:
             raise DataError(f"unreadable shard: {exn}") from None
-        import warnings
-
         warnings.warn(f"mmfuse: skipping unreadable shard data: {exn}", stacklevel=2)
+        self.counts[shard_reason(exn)] += 1
         return True
+
+    def drain(self) -> Counter[str]:
+        counts, self.counts = self.counts, Counter()
+        return counts
 
 
 def epoch_limit(total: int) -> Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]]:
@@ -164,10 +198,11 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed, epoch=epoch - 1))
         rotation = position.next_worker if position else 0
         stages += [*([] if every_rank else [wds.split_by_node]), split_by_worker_rotated(rotation)]
-    stages.append(indexed_samples(index) if index is not None else tar_samples(handler=_ShardErrorHandler(strict)))
+    shard_errors = _ShardErrorHandler(strict)
+    stages.append(indexed_samples(index) if index is not None else tar_samples(handler=shard_errors))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
-    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict, target)]
+    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict, target, shard_errors)]
     if resampled:
         stages.append(epoch_limit(epoch_samples if epoch_samples is not None else info.count(split)))
     stages.append(wds.batched(batch_size, collation_fn=Collator(preprocessors), partial=not drop_last))
@@ -207,11 +242,13 @@ def _reporting_death(batches: Iterator[Any], where: str) -> Iterator[Any]:
                         f"with 0 loader workers to find the sample") from None
 
 
-def read_records(info: DatasetInfo, split: str) -> Iterator[dict[str, Any]]:
+def read_records(info: DatasetInfo, split: str, handler: Callable[[Exception], bool] = wds.reraise_exception
+                 ) -> Iterator[dict[str, Any]]:
     """The raw records of `split` in shard order, as plain Python values for `Predictor.predict`:
     {'key', 'label' (name; a list of names for multilabel) or 'target' ({name: value}), <modality>: str for text,
-    bytes for media, or absent; '_refused': '<field>: <reason>' when a member is over the size limit}."""
-    source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), tar_samples())
+    bytes for media, or absent; '_refused': '<field>: <reason>' when a member is over the size limit}. Unreadable
+    shard data goes to `handler` (default: raised)."""
+    source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), tar_samples(handler))
     for raw in source:
         record: dict[str, Any] = {"key": raw["__key__"]}
         if info.task in ("classification", "multilabel") and info.label_field in raw:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, did_you_mean
 from .targets import KINDS
 
 
@@ -71,6 +71,17 @@ class ShardConfig:
     silent_audio: str = "reject"
     """What to do with an audio clip whose every sample is 0: 'reject' the record, or 'keep' it."""
     progress: bool = True
+
+    def columns(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(option, column) pairs the manifest must have, and the modality ones of which it needs one: a column
+        left at its default may be absent (that modality is simply not used); one named explicitly may not."""
+        wanted = [("--key", self.key)]
+        if self.task in ("classification", "multilabel"):
+            wanted.append(("--label", self.label))
+        wanted += [("--targets", c) for c in self.targets]
+        modalities = [("--text", c) for c in self.text] + [(f"--{m}", getattr(self, m)) for m in ("image", "audio")
+                                                            if getattr(self, m)]
+        return wanted + explicit_columns(modalities), modalities
 
     def __post_init__(self) -> None:
         if Path(self.manifest).suffix.lower() not in (".jsonl", ".csv"):
@@ -136,12 +147,48 @@ def read_manifest(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM (Excel's CSV) is not part of a name
             yield from (_csv_rows(f) if path.suffix.lower() == ".csv" else _jsonl_rows(f))
     except UnicodeDecodeError as err:
         raise DataError(f"manifest {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     except csv.Error as err:
         raise DataError(f"manifest {path} is not valid CSV: {err}") from None
+
+
+def columns_of(path: str | Path) -> list[str]:
+    """Every column name that occurs in some parsable row of a manifest, in order of appearance."""
+    found: dict[str, None] = {}
+    for _, row, _ in read_manifest(path):
+        if row is not None:
+            found.update(dict.fromkeys(str(k) for k in row))
+    return list(found)
+
+
+DEFAULT_COLUMNS = {"--text": "text", "--image": "image", "--audio": "audio"}
+
+
+def explicit_columns(modalities: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (option, column) pairs not left at the option's default column name."""
+    return [(option, column) for option, column in modalities if DEFAULT_COLUMNS.get(option) != column]
+
+
+def require_columns(manifest: str | Path, found: list[str], wanted: list[tuple[str, str]],
+                    modalities: list[tuple[str, str]] = ()) -> None:
+    """Raise `DataError` for a column that is in no row of `manifest`, naming the columns that exist.
+
+    `wanted`: (option, column) pairs that must exist; `modalities`: (option, column) pairs of which at least one
+    must exist. Nothing is checked for a manifest without a parsable row.
+    """
+    if not found:
+        return
+    for option, column in wanted:
+        if column not in found:
+            raise DataError(f"manifest {manifest}: column '{column}' ({option}) is in no row"
+                            f"{did_you_mean(column, found)}; its columns are: {', '.join(found)}")
+    if modalities and not any(column in found for _, column in modalities):
+        named = ", ".join(f"{option} {column}" for option, column in modalities)
+        raise DataError(f"manifest {manifest}: no row has a text, image or audio column ({named}); its columns "
+                        f"are: {', '.join(found)}")
 
 
 def _csv_rows(f) -> Iterator[tuple[int, dict[str, Any] | None, str]]:

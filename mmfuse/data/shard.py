@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from .checks import Refused, check_row
 from .info import FORMAT
-from .manifest import ShardConfig, hash_split, read_manifest
+from .manifest import ShardConfig, hash_split, read_manifest, require_columns
 from .pairs import PairReport, attach_pairs, read_pairs
 from .targets import TARGET_MEMBER, USERS_MEMBER, FieldError, parse_label_list, parse_number
 from .writer import SplitWriter
@@ -123,10 +123,12 @@ def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
     tasks, seen = [], {}
     add = partial(rejects.add, hold=True)
     vocabulary = set(config.labels) if config.labels is not None else None
+    found: dict[str, None] = {}
     for line, row, error in read_manifest(config.manifest):
         if row is None:
             add(line, None, "manifest", error)
             continue
+        found.update(dict.fromkeys(str(k) for k in row))
         key = row.get(config.key)
         key = "" if key is None else str(key).strip()
         split = hash_split(key, config.fractions) if config.split is None else str(row.get(config.split) or "")
@@ -148,6 +150,7 @@ def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
             tasks.append(_Task(line, key, row, names, values, split.strip()))
         if key and key not in seen:
             seen[key] = line
+    require_columns(config.manifest, list(found), *config.columns())  # a typo'd column: one error, not N rejects
     return tasks
 
 

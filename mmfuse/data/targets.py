@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .info import DatasetInfo
 
 KINDS = ("classification", "multilabel", "regression", "interactions", "none")
+TARGET_LIMIT = 1e30
+"""Largest |regression target| accepted: beyond it the float32 standardisation (t - mean) / std overflows."""
 TARGET_MEMBER = "tgt"
 USERS_MEMBER = "usr"
 
@@ -63,6 +65,8 @@ def parse_number(value: Any, column: str) -> float:
         raise FieldError(column, f"not a number: {str(value)[:40]!r}") from None
     if not math.isfinite(number):
         raise FieldError(column, f"not a finite number: {value!r}")
+    if abs(number) > TARGET_LIMIT:
+        raise FieldError(column, f"out of range: {value!r} (|target| must be <= {TARGET_LIMIT:g})")
     return number
 
 
@@ -109,8 +113,9 @@ def decode_target(kind: str, raw: dict[str, Any], info: DatasetInfo) -> dict[str
             values = [float(v) for v in json.loads(data)]
         except (ValueError, TypeError):
             raise FieldError("target", f"not a JSON list of numbers: {data[:40]!r}") from None
-        if len(values) != len(info.targets) or not all(math.isfinite(v) for v in values):
-            raise FieldError("target", f"expected {len(info.targets)} finite numbers, got {values[:8]}")
+        if len(values) != len(info.targets) or not all(math.isfinite(v) and abs(v) <= TARGET_LIMIT for v in values):
+            raise FieldError("target", f"expected {len(info.targets)} finite numbers of magnitude <= "
+                                       f"{TARGET_LIMIT:g}, got {values[:8]}")
         return {"target": torch.tensor(values, dtype=torch.float32)}
     data = raw.get(info.label_field)
     if data is None:

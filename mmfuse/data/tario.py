@@ -110,6 +110,8 @@ def iter_members(stream: IO[bytes], name: str = "<stream>", max_bytes: int | Non
     while True:
         header = stream.read(BLOCK)
         if len(header) < BLOCK or header.count(0) == BLOCK:  # end of archive (zero block) or of the stream
+            if offset == 0 and not header:
+                raise tarfile.ReadError(f"{name}: empty file (0 bytes), not a tar file")
             if header.strip(b"\0"):
                 raise tarfile.ReadError(f"{name}: truncated header at byte {offset}")
             return

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.info import sha256_file
-from ..data.manifest import read_manifest
+from ..data.manifest import columns_of, explicit_columns, read_manifest, require_columns
 from ..errors import DataError
 
 
@@ -46,6 +46,10 @@ class ManifestSource:
             raise DataError(f"manifest {self.path}: expected a .jsonl or .csv file")
         if not Path(self.path).is_file():
             raise DataError(f"manifest {self.path} does not exist")
+        modalities = [("--text", c) for c in self.text] + [(f"--{m}", getattr(self, m)) for m in ("image", "audio")
+                                                            if getattr(self, m)]
+        require_columns(self.path, columns_of(self.path), [("--key", self.key), *explicit_columns(modalities)],
+                        modalities)
 
     def describe(self) -> dict[str, Any]:
         """What identifies this input (a resumed export must read the same rows)."""
@@ -133,10 +137,28 @@ class ShardSource:
         return sum(self.info.count(split) for split in self.splits)
 
     def items(self) -> Iterator[Item]:
+        """The records of each split; unreadable shard data, and a split that yields fewer records than
+        dataset.json lists, become rejected rows (id '') naming the shard or split."""
         from ..data.loader import read_records
 
         for split in self.splits:
-            for record in read_records(self.info, split):
+            errors: list[Exception] = []
+            read = 0
+            for record in read_records(self.info, split, handler=lambda exn, errors=errors: errors.append(exn) or True):
+                yield from self._shard_errors(split, errors)
                 record.pop("label", None)
                 refused = record.pop("_refused", "")
+                read += 1
                 yield Item(record["key"], record, f"{split}/{record['key']}", error=refused)
+            yield from self._shard_errors(split, errors)
+            if read < self.info.count(split):
+                yield Item("", {}, split, error=f"shard: fewer samples than dataset.json lists (split '{split}' "
+                                                f"yielded {read} of {self.info.count(split)})")
+
+    @staticmethod
+    def _shard_errors(split: str, errors: list[Exception]) -> Iterator[Item]:
+        from ..data.loader import shard_reason
+
+        while errors:
+            exn = errors.pop(0)
+            yield Item("", {}, split, error=f"{shard_reason(exn)} ({str(exn)[:200]})")

@@ -150,9 +150,43 @@ def _write_part(predictor: Predictor, chunk: list[Item], first: int, index: int,
     vectors = {name: emb[name] for name in ["fused", *selected]}
     if options.normalize:
         vectors = {k: torch.nn.functional.normalize(v, dim=-1) for k, v in vectors.items()}
+    keep = _finite_rows(vectors, emb, selected, chunk, first, ids, options.strict, rejected)
+    if not bool(keep.all()):
+        seen.difference_update(i for i, k in zip(ids, keep.tolist(), strict=True) if not k)
+        ids = [i for i, k in zip(ids, keep.tolist(), strict=True) if k]
+        rejected.sort(key=lambda r: r["row"])
+        degraded = [d for d in degraded if d["id"] in set(ids)]
+        vectors = {k: v[keep] for k, v in vectors.items()}
+        emb = {**emb, **{f"present_{m}": emb[f"present_{m}"][keep] for m in selected}}
     write_part(path, ids, {k: v.numpy() for k, v in vectors.items()},
                {m: emb[f"present_{m}"].numpy() for m in selected},
                {"part": index, "first_row": first, "rows": len(chunk), "rejected": rejected, "degraded": degraded})
+
+
+def _finite_rows(vectors: dict[str, torch.Tensor], emb: dict[str, torch.Tensor], selected: list[str],
+                 chunk: list[Item], first: int, ids: list[str], strict: bool, rejected: list[dict[str, Any]]
+                 ) -> torch.Tensor:
+    """(N,) bool: rows whose fused vector and present modalities' vectors are finite. Each other row is added to
+    `rejected` (or raises `DataError` when `strict`): a NaN / Inf vector is never written."""
+    keep = torch.isfinite(vectors["fused"]).all(dim=-1)
+    bad_fields = {i: ["fused"] for i in range(len(ids)) if not keep[i]}
+    for m in selected:
+        ok = torch.isfinite(vectors[m]).all(dim=-1) | ~emb[f"present_{m}"]
+        for i in (~ok).nonzero().flatten().tolist():
+            bad_fields.setdefault(i, []).append(m)
+        keep &= ok
+    if not bad_fields:
+        return keep
+    where: dict[str, tuple[int, str]] = {}
+    for row, item in enumerate(chunk, first):  # the first row of an id is the one exported
+        where.setdefault(item.id, (row, item.where))
+    for i, fields in sorted(bad_fields.items()):
+        row, place = where[ids[i]]
+        reason = f"{','.join(fields)}: non-finite embedding (NaN or Inf values)"
+        if strict:
+            raise DataError(f"{place}: item '{ids[i]}': {reason}")
+        rejected.append({"row": row, "where": place, "id": ids[i], "field": ",".join(fields), "reason": reason})
+    return keep
 
 
 def _finish(out: Path, plan: dict[str, Any], count: int, resumed: int) -> dict[str, Any]:

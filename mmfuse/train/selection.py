@@ -28,14 +28,16 @@ class Selection:
     last_epoch: int = 0
 
     def _key(self, value: float) -> float:
-        if math.isnan(value):
-            return -math.inf
         return value if self.higher_is_better else -value
 
     def update(self, epoch: int, value: float) -> tuple[bool, list[int]]:
-        """Record `epoch`'s value. Returns whether it is the new best (strictly better, or the first epoch) and the
-        epochs that fell out of the top `keep` (their checkpoints can go)."""
+        """Record `epoch`'s value. Returns whether it is the new best (strictly better, or the first epoch with a
+        finite value) and the epochs that fell out of the top `keep` (their checkpoints can go). A NaN or infinite
+        value is never selected nor kept (it is dropped at once): with no finite value yet there is no best epoch
+        (`best_epoch` 0)."""
         self.last_epoch = epoch
+        if value is None or not math.isfinite(value):
+            return False, [epoch]
         improved = not self.top or self._key(value) > self._key(self.top[0][0])
         if improved:
             self.best_epoch = epoch

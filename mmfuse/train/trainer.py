@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -16,11 +17,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
 from ..data.batch import batch_size, to_device
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..model import FusionModel
 from ..tasks.classification import ClassificationTask
 from . import fsdp
 from .distributed import DistEnv, in_step, lockstep, sum_counters
+from .finite import LossWatch, weights_finite
 from .optim import build_optimizer, warmup_cosine
 from .precision import autocast, choose_precision
 
@@ -65,6 +67,8 @@ class Trainer:
         self.total_steps = total_steps
         self.step = 0  # optimizer steps taken
         self.micro_step = 0
+        # a CPU loss is read for free; on a device, losses are read together (train.nonfinite, `finite.py`)
+        self.watch = LossWatch(self.env, 1 if device.type == "cpu" and not self.env.distributed else PROGRESS_EVERY)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         with autocast(self.device, self.precision):
@@ -79,19 +83,40 @@ class Trainer:
         if self.fsdp:
             self.model.set_requires_gradient_sync(boundary)
         sync = nullcontext() if boundary or not self.env.distributed or self.fsdp else self.engine.no_sync()
+        skip = self.cfg.nonfinite == "skip"
         with sync:
             loss = self.loss(batch)
             self.scaler.scale(loss * (weight / self.cfg.grad_accum)).backward()
+        if skip:
+            if weight:
+                self.watch.note(loss)
+        else:  # padding steps too: every rank reads its losses at the same micro-steps (a collective)
+            self.watch.add(self.step + 1, list(batch.get("key", [])), loss.detach())
         if boundary:
+            norm = None
             if self.cfg.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+                norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip)
+            if skip and self.watch.drop_step(norm):  # the step's gradients are dropped, the schedule goes on
+                if self.scaler.is_enabled() and self.cfg.grad_clip > 0:
+                    self.scaler.update()  # after unscale_ (which found the Inf): lowers the fp16 loss scale
+            else:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
+            with warnings.catch_warnings():  # a first step dropped: "lr_scheduler.step() before optimizer.step()"
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
             self.step += 1
         return loss.detach()
+
+    def check_finite(self) -> None:
+        """Raise `TrainingError` if a loss not yet read, or a weight, is NaN or Inf (before a checkpoint is
+        written; every rank calls it)."""
+        self.watch.check()
+        if not weights_finite(self.model, self.env):
+            raise TrainingError(f"the weights are NaN or Inf after step {self.step}; nothing was saved (lower "
+                                f"train.lr or train.grad_clip, or check the data)")
 
     @torch.inference_mode()
     def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int | None = None,
