@@ -16,6 +16,7 @@ from typing import Any
 import webdataset as wds
 
 from ..errors import DataError
+from ..names import split_name_problem
 from .info import FORMAT, PICKLE_EXTENSIONS
 from .tario import tar_samples
 from .writer import shard_entry
@@ -43,6 +44,8 @@ def _expand(sources: list[str]) -> dict[str, list[Path]]:
         split, sep, pattern = source.partition("=")
         if not sep:
             split, pattern = "train", source
+        if (problem := split_name_problem(split)) is not None:
+            raise DataError(f"--from-shards '{source}': {problem}")
         paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern)))
         if not paths:
             raise DataError(f"--from-shards: no file matches '{pattern}'")
