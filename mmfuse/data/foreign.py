@@ -59,11 +59,12 @@ def index_shards(sources: list[str], mapping: dict[str, str], out: str | Path, *
     out = Path(out)
     if (out / "dataset.json").exists():
         raise DataError(f"{out / 'dataset.json'} exists already (remove it or choose another --out)")
+    sources_by_split = _expand(sources)  # split names checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     splits: dict[str, Any] = {}
     found: Counter[str] = Counter()
     report: Counter[str] = Counter()
-    for split, paths in _expand(sources).items():
+    for split, paths in sources_by_split.items():
         shards = []
         for path in paths:
             count = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +45,8 @@ def split_encoder_name(name: str) -> tuple[str, dict[str, Any]]:
 
 WEIGHT_SOURCES = frozenset({"checkpoint"})
 """Builder arguments that load weights from a file; a saved run's weights are its own `model.safetensors`."""
-_UNSAFE_EXTRA = ("pretrained", "checkpoint", "path", "file", "url", "cache", "dir", "hub")
-"""Name parts of backend keyword arguments (timm's `**kwargs`) never taken from a saved run: they load files."""
+_UNSAFE_EXTRA = re.compile(r"pretrained|checkpoint|cache|(^|_)(path|file|url|dir|hub|repo)$", re.IGNORECASE)
+"""Names of backend keyword arguments (timm's `**kwargs`) never taken from a saved run: they load files."""
 
 
 def saved_kwargs(name: str, kwargs: dict[str, Any], assets: set[str], where: str) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def saved_kwargs(name: str, kwargs: dict[str, Any], assets: set[str], where: str
         if key in assets:
             out[key] = value
             continue
-        if key not in known and not (forwards and not any(part in key.lower() for part in _UNSAFE_EXTRA)):
+        if key not in known and not (forwards and not _UNSAFE_EXTRA.search(key)):
             raise ConfigError(f"{where}.{key}: encoder '{name}' takes no option '{key}' from a saved run "
                               f"(allowed: {', '.join(sorted(known - WEIGHT_SOURCES))})")
         if not _plain(value):
