@@ -31,6 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MmfuseError as err:
         print(f"mmfuse: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # torch's SIGCHLD handler reports a dead loader worker wherever the main thread is
+        if not str(err).startswith("DataLoader worker"):
+            raise
+        print(f"mmfuse: error: a loader worker process died ({str(err).splitlines()[0][:160]}); rerun with 0 "
+              f"loader workers to find the sample", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mmfuse: interrupted", file=sys.stderr)
         return 130

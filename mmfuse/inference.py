@@ -24,7 +24,7 @@ from .records import error_reason, length_order, windows
 from .serving import cast_inputs, check_backend, quantize_int8
 from .tasks import create_task
 from .train.checkpoint import load_checkpoint
-from .train.precision import resolve_device
+from .train.precision import autocast, choose_precision, resolve_device
 
 UNTRAINED_LABELS = ["untrained-0", "untrained-1"]
 """The placeholder classes of a model built from a preset: it embeds, it does not classify."""
@@ -37,6 +37,9 @@ class Predictor:
     A record is a dict with any of `text` (str), `image` (path, bytes, PIL image, (H, W, 3) array), `audio`
     (path, WAV/FLAC/Ogg bytes, `(array, sample_rate)`) -- a modality may be missing -- and optionally `key`.
     Records are preprocessed by the encoders' own preprocessors. Safe to call from several threads at once.
+
+    `precision` (fp32, bf16, fp16 on CUDA, or auto: by hardware, as `train.precision`) is the autocast the
+    PyTorch model runs under; every output is returned as float32. Only the fp32 backend takes another precision.
     """
 
     sort_window_batches = 64
@@ -48,10 +51,11 @@ class Predictor:
 
     def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128,
                  source: str = "", trained: bool = True, backend: str = "fp32",
-                 onnx_file: str | Path | None = None) -> None:
+                 onnx_file: str | Path | None = None, precision: str = "fp32") -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         backend = check_backend(backend, device)  # `auto` resolved by hardware
+        self.precision = resolve_precision(precision, device, backend)
         self.model = model.to(device).eval()
         self.backend = backend
         self.config = config
@@ -157,7 +161,11 @@ class Predictor:
                               f"predict (load a fine-tuned run directory to predict)")
         if self.model.head is None:
             self.task.predict(torch.zeros(0))  # raises: the task has no predictions
-        out = [self.model(b).float().cpu() for b in self._batches(records)]
+        out = []
+        for batch in self._batches(records):  # decoded and collated outside autocast
+            with autocast(self.device, self.precision):
+                logits = self.model(batch)  # (B, C)
+            out.append(logits.float().cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 
     def predict_proba(self, records: Iterable[dict[str, Any]]) -> np.ndarray:
@@ -180,8 +188,10 @@ class Predictor:
             batch = Collator({m: self.preprocessors[m] for m in modalities})(samples)
         batch = self._to_device(batch)
         active = [m for m in modalities if bool(batch[f"present_{m}"].any())] or list(modalities)
-        features = self.model.encode(batch, active)
-        out = {"fused": self.model.fusion(features).float().cpu()}  # (B, D)
+        with autocast(self.device, self.precision):
+            features = self.model.encode(batch, active)
+            fused = self.model.fusion(features)
+        out = {"fused": fused.float().cpu()}  # (B, D)
         for m in modalities:
             present = batch[f"present_{m}"]
             out[f"present_{m}"] = present.cpu()
@@ -272,7 +282,8 @@ class Predictor:
         with self._lock:
             batch = Collator({modality: self.preprocessors[modality]})(samples)
         batch = self._to_device(batch)
-        pooled = self.model.encoders[modality](batch).pooled.float()  # (B, W)
+        with autocast(self.device, self.precision):
+            pooled = self.model.encoders[modality](batch).pooled.float()  # (B, W)
         return (pooled * batch[f"present_{modality}"][:, None]).cpu()
 
     def _in_order(self, samples: list[dict[str, Any]], run: Any) -> dict[str, torch.Tensor]:
@@ -291,6 +302,20 @@ class Predictor:
         return out
 
 
+def resolve_precision(precision: str, device: torch.device, backend: str = "fp32") -> str:
+    """The autocast precision a `Predictor` on `device` runs: `choose_precision`'s answer for the fp32 backend.
+    The bf16, int8 and onnx backends set their own number format and run without autocast: `auto` resolves to fp32
+    for them, an explicit bf16 / fp16 is a `ConfigError`."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got '{precision}'")
+    if backend != "fp32":
+        if precision not in ("auto", "fp32"):
+            raise ConfigError(f"precision '{precision}' (autocast) applies to backend='fp32'; the {backend} backend "
+                              f"sets its own number format")
+        return "fp32"
+    return choose_precision(device, precision)
+
+
 def onnx_session(predictor: Predictor, onnx_file: str | Path | None) -> Any:
     """The onnxruntime session of `predictor`'s weights: `onnx_file` (an `mmfuse export-onnx` output) or the cached
     export (made on first use)."""
@@ -304,7 +329,7 @@ def onnx_session(predictor: Predictor, onnx_file: str | Path | None) -> Any:
 
 
 def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128,
-         backend: str = "fp32", onnx_file: str | Path | None = None) -> Predictor:
+         backend: str = "fp32", onnx_file: str | Path | None = None, precision: str = "fp32") -> Predictor:
     """A finished run (`run_dir/checkpoints/<checkpoint>`), a checkpoint directory, or a model preset name.
 
     `backend='bf16'` casts the weights to bfloat16 (fast where bf16 is native: CPUs with avx512_bf16 / AMX, CUDA);
@@ -314,6 +339,8 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
     `backend='onnx'` (CPU, needs the `onnx` extra) embeds and encodes with onnxruntime: the graph `onnx_file` (from
     `mmfuse export-onnx`, checked against the weights' fingerprint), else one exported on first use into
     `<mmfuse cache>/onnx/<fingerprint>/` ($MMFUSE_CACHE). `predict` still runs in PyTorch.
+    `precision` ('fp32', 'bf16', 'fp16' on CUDA, or 'auto' by hardware) runs the fp32 backend's model under that
+    autocast (e.g. `device='cuda', precision='bf16'`); outputs are float32 either way.
 
     A preset (`mmfuse list`; or a preset .json file) builds its encoders -- pretrained where the preset says so --
     with projections and fusion initialised from seed 0: the frozen, untuned baseline embedder.
@@ -325,7 +352,7 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
             raise ConfigError(f"checkpoint {checkpoint!r} is not a checkpoint name inside {path / 'checkpoints'}")
         model, config, _ = load_checkpoint(ckpt)
         return Predictor(model, config, resolve_device(device), batch_size, source=str(source), backend=backend,
-                         onnx_file=onnx_file)
+                         onnx_file=onnx_file, precision=precision)
     from .presets import list_presets, load_preset
 
     if str(source) not in list_presets() and not (str(source).endswith(".json") and path.is_file()):
@@ -336,4 +363,4 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
         torch.manual_seed(0)
         model = build_model(config)
     return Predictor(model, config, resolve_device(device), batch_size, source=str(source), trained=False,
-                     backend=backend, onnx_file=onnx_file)
+                     backend=backend, onnx_file=onnx_file, precision=precision)

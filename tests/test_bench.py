@@ -6,14 +6,16 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from mmfuse.bench import BenchConfig, format_comparison, load_report, validate
+from mmfuse.bench import BenchConfig, format_comparison, load_report, validate, write_report
 from mmfuse.bench.cases import RUNNERS, Context
 from mmfuse.bench.presets import DEFAULT_KINDS, build_cases
 from mmfuse.bench.rawdecode import raw_batches
+from mmfuse.bench.suite import calibration_size
 from mmfuse.bench.timing import count_flops, summarize
 from mmfuse.cli import main
 from mmfuse.data.info import DatasetInfo
@@ -161,6 +163,44 @@ def test_build_cases_overrides_and_errors():
                                            "lever/precision/vit-s/image", "lever/precision/effnet-lite0/image"]
     with pytest.raises(ConfigError, match="no default bench case of kind lever has a name containing fp8"):
         build_cases(BenchConfig(cases=["lever"], only=["fp8"]))
+
+
+def test_a_machine_without_matplotlib_still_gets_json_and_markdown(tiny_report, tmp_path, monkeypatch):
+    def no_matplotlib(*args):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr("mmfuse.bench.report.write_plots", no_matplotlib)
+    _, report = tiny_report
+    write_report(report, tmp_path / "out")
+    assert "Not drawn: matplotlib is not installed" in (tmp_path / "out" / "report.md").read_text()
+    assert load_report(tmp_path / "out" / "report.json") == report
+
+
+def test_gpu_preset_cases_and_a_gpu_sized_calibration():
+    cases = build_cases(BenchConfig(preset="gpu", cases=["loader", "encode", "train", "embed"]))
+    names = [c.name for c in cases]
+    assert {"encode/bert-base/text@128tok", "encode/vit-b16/image", "train/bert-base/text/concat-mlp@128tok",
+            "train/vit-b16/image/concat-mlp", "train/bert-base+vit-b16/text+image/concat-mlp@128tok"} <= set(names)
+    assert all(c.kind != "loader" and c.batch_size >= 128 for c in cases)  # the loader case is a CPU measurement
+    assert all(c.encoders()[m]["pretrained"] is False for c in cases for m in c.modalities)  # nothing downloads
+    assert calibration_size(torch.device("cuda"), tiny=False) == 8192
+    assert calibration_size(torch.device("cpu"), tiny=False) == 2048
+    assert calibration_size(torch.device("cuda"), tiny=True) == 256
+
+
+@pytest.mark.slow
+def test_gpu_preset_towers_are_bert_base_and_vit_b16_shaped(demo_shards):
+    """One encode of each GPU tower on the CPU at batch 1: the FLOPs of BERT-base at 128 tokens and of ViT-B/16."""
+    cpu = torch.device("cpu")
+    cfg = BenchConfig(preset="gpu", cases=["encode"], device="cpu", precision="fp32", repeats=1, warmup=0,
+                      min_time=0)
+    ctx = Context(cfg, cpu, "fp32", DatasetInfo.load(demo_shards))
+    gflops = {}
+    for spec in build_cases(cfg):
+        result = RUNNERS["encode"](ctx, replace(spec, batch_size=1))
+        gflops[spec.towers] = result["flops_per_sample"] / 1e9
+    # forward, 2 FLOPs per multiply-add: BERT-base ~ 2 x 85M weights x 128 tokens + attention; ViT-B/16 ~ 2 x 17.6 GMAC
+    assert 20 < gflops["bert-base"] < 25 and 33 < gflops["vit-b16"] < 37, gflops
 
 
 def test_flop_count_includes_cpu_attention_and_summary():

@@ -219,7 +219,8 @@ def run_embed(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     """`Predictor.embed` over raw records (decode + collate + model) vs `model.embed` on the collated batches."""
     model = _model(ctx, spec)
     predictor = Predictor(model, ModelConfig(list(spec.modalities), spec.encoders(), labels=list(ctx.info.labels),
-                                             fusion=spec.fusion), ctx.device, batch_size=spec.batch_size)
+                                             fusion=spec.fusion), ctx.device, batch_size=spec.batch_size,
+                          precision=ctx.precision)
     _compile(predictor.model, ctx)
     records = list(islice(read_records(ctx.info, ctx.split), 4 * spec.batch_size))
     collated = list(predictor._batches(records))
@@ -228,8 +229,9 @@ def run_embed(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
         return len(predictor.embed(records))
 
     @torch.inference_mode()
-    def run_model() -> int:  # no autocast: Predictor.embed runs the model as loaded
-        return sum(predictor.model.embed(b).shape[0] for b in collated)
+    def run_model() -> int:  # the run's autocast, as Predictor.embed applies it
+        with _autocast(ctx):
+            return sum(predictor.model.embed(b).shape[0] for b in collated)
 
     with PeakMemory(ctx.device) as memory:
         rates = interleaved({"mmfuse": run_predictor, "baseline": run_model}, ctx.device, ctx.cfg.repeats,

@@ -4,6 +4,10 @@ Presets:
     default  the demo model (tiny text / image / audio towers, 64 px, 1 s log-mel), a BERT-small-sized text tower
              (L4, H512) and a ViT-S/16 at 224 px, all random-init; about 7 minutes on 2 CPU cores.
     tiny     width-16 towers and one short repeat per case: for tests and smoke checks, not for numbers.
+    gpu      GPU-sized encode / train / embed cases: a BERT-base-shaped text tower (L12, H768) at 128 tokens, a
+             ViT-B/16 at 224 px, both together, and the demo model, random-init, at batch sizes that fill a large
+             GPU (run it with --device cuda --precision bf16; `benchmarks/gpu_check.sh` does). Lower them with
+             --batch-size on a smaller GPU.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ DEFAULT_KINDS = ("loader", "encode", "train", "embed")
 """What runs without --cases; `lever` (one speed lever on vs off, see `levers.py`), `text-embed` (mmfuse vs
 sentence-transformers on all-MiniLM-L6-v2, fp32, int8 and onnx, see `textembed.py`) and `embed-backends` (the demo
 model's `Predictor.embed`, fp32 vs int8 vs onnx, see `backends.py`) are asked for by name."""
-PRESETS = ("default", "tiny")
+PRESETS = ("default", "tiny", "gpu")
 
 TOWERS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {"text": {"name": "tiny-text", "kwargs": {"width": 64, "layers": 2, "heads": 2}},
@@ -29,6 +33,9 @@ TOWERS: dict[str, dict[str, dict[str, Any]]] = {
     "bert-small": {"text": {"name": "tiny-text", "kwargs": {"width": 512, "layers": 4, "heads": 8,
                                                             "max_length": 128}}},
     "vit-s": {"image": {"name": "timm-image", "kwargs": {"model": "vit_small_patch16_224", "image_size": 224}}},
+    "bert-base": {"text": {"name": "tiny-text", "kwargs": {"width": 768, "layers": 12, "heads": 12,
+                                                           "max_length": 512}}},
+    "vit-b16": {"image": {"name": "timm-image", "kwargs": {"model": "vit_base_patch16_224", "image_size": 224}}},
     "effnet-lite0": {"image": {"name": "timm-image", "kwargs": {"model": "tf_efficientnet_lite0",
                                                                 "image_size": 128}}},
     "tiny": {"text": {"name": "tiny-text", "kwargs": {"width": 16, "layers": 1, "heads": 2}},
@@ -37,10 +44,13 @@ TOWERS: dict[str, dict[str, dict[str, Any]]] = {
                                                         "patch_size": 8, "max_seconds": 1.0}}},
 }
 TOWERS["bert-small+vit-s"] = {**TOWERS["bert-small"], **TOWERS["vit-s"]}
+TOWERS["bert-base+vit-b16"] = {**TOWERS["bert-base"], **TOWERS["vit-b16"]}
 """Tower sets (random-init, nothing downloads): `bert-small` is Google's BERT-small shape (4 layers, width 512,
 8 heads) over the packaged vocabulary; `vit-s` is timm's ViT-S/16 (12 layers, width 384) at 224 px;
 `bert-small+vit-s` is both (the frozen-cache lever at a realistic tower cost); `effnet-lite0` is timm's
-EfficientNet-Lite0 at 128 px (the CNN family of the precision lever)."""
+EfficientNet-Lite0 at 128 px (the CNN family of the precision lever). `bert-base` is BERT-base's shape (12 layers,
+width 768, 12 heads, 512 positions; the packaged vocabulary is smaller, which changes no matmul), `vit-b16` timm's
+ViT-B/16 at 224 px, `bert-base+vit-b16` both (the GPU preset)."""
 
 
 @dataclass
@@ -50,7 +60,7 @@ class BenchConfig:
     cases: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
     """Case kinds to run, from loader, encode, train, embed, lever, text-embed, embed-backends."""
     preset: str = "default"
-    """default | tiny (see the module docstring)."""
+    """default | tiny | gpu (see the module docstring)."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
     precision: str = "auto"
@@ -125,7 +135,20 @@ class CaseSpec:
         return {m: {**towers[m], "pretrained": False} for m in self.modalities}
 
 
+def _gpu_cases() -> list[CaseSpec]:
+    """GPU-sized towers and batches (bf16 on an 80-141 GB GPU; the demo's train split holds 3000 samples)."""
+    return [CaseSpec("encode", "bert-base", ["text"], 512, text_tokens=128),
+            CaseSpec("encode", "vit-b16", ["image"], 512),
+            CaseSpec("train", "bert-base", ["text"], 256, text_tokens=128),
+            CaseSpec("train", "vit-b16", ["image"], 256),
+            CaseSpec("train", "bert-base+vit-b16", ["text", "image"], 128, text_tokens=128),
+            CaseSpec("train", "demo", ["text", "image"], 256),
+            CaseSpec("embed", "demo", ["text", "image"], 256)]
+
+
 def _preset_cases(preset: str) -> list[CaseSpec]:
+    if preset == "gpu":
+        return _gpu_cases()
     if preset == "tiny":
         return [CaseSpec("loader", "tiny", ["text", "image", "audio"], 16),
                 CaseSpec("encode", "tiny", ["text"], 16, text_tokens=24),

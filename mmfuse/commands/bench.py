@@ -20,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "embed-backends (Predictor.embed fp32 vs int8 vs onnx on the demo model)")
     p.add_argument("--only", help="comma-separated name parts: run only the cases whose name contains one, "
                                   "e.g. --cases lever --only precision")
-    p.add_argument("--preset", default="default", help="default (demo, BERT-small, ViT-S towers) or tiny (smoke)")
+    p.add_argument("--preset", default="default",
+                   help="default (demo, BERT-small, ViT-S towers), tiny (smoke) or gpu (BERT-base, ViT-B/16 and the "
+                        "demo model at GPU batch sizes; with --device cuda)")
     p.add_argument("--modalities", help="replace the demo model's train/embed modality set, e.g. text,image")
     p.add_argument("--fusion", help="replace the demo model's train/embed fusion, e.g. gated")
     p.add_argument("--batch-size", type=int, help="override every case's batch size")

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="bf16: bfloat16 weights (fast on CPUs with avx512_bf16 / AMX and on GPUs); auto: bf16 "
                         "where it is fast, else fp32; int8: int8 dynamic quantisation of the encoders' attention "
                         "projections (CPU); onnx: onnxruntime (CPU, the onnx extra) on --onnx-file or a cached export")
+    p.add_argument("--precision", default="fp32",
+                   help="with --backend fp32: fp32, bf16, fp16 (CUDA) or auto, the autocast its fp32 weights run "
+                        "under (vectors are written as float32 either way)")
     p.add_argument("--onnx-file", help="with --backend onnx: a graph written by mmfuse export-onnx")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                             modalities=args.modalities.split(",") if args.modalities else None,
                             bad_media=args.bad_media, strict=args.strict, progress=not args.no_progress)
     predictor = load(args.run, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
-                     backend=args.backend, onnx_file=args.onnx_file)
+                     backend=args.backend, onnx_file=args.onnx_file, precision=args.precision)
     meta = export_embeddings(predictor, source.items(), options, source.describe(), total=source.count())
     print(summary(meta, args.out))
     return 0

@@ -46,13 +46,14 @@ class CachedInput(Preprocessor):
 
 
 def index_split(info: DatasetInfo, split: str) -> dict[str, list[dict[str, Any]]]:
-    """Shard url -> its raw samples in tar order, without media: `__key__`, the label member, pickle members."""
+    """Shard url -> its raw samples in tar order, without media: `__key__`, the label member, pickle members, and
+    the members over the size limit (`__oversize__`, so a replayed epoch skips what the tar pass skipped)."""
     index: dict[str, list[dict[str, Any]]] = {}
     for url in info.shard_urls(split):
         index[url] = []
         for raw in wds.DataPipeline(wds.SimpleShardList([url]), tar_samples(handler=wds.warn_and_continue)):
             kept = {"__key__": raw["__key__"], **{ext: b"" for ext in raw if ext in PICKLE_EXTENSIONS}}
-            for member in (info.label_field, TARGET_MEMBER, USERS_MEMBER):  # what `decode_target` reads
+            for member in (info.label_field, TARGET_MEMBER, USERS_MEMBER, "__oversize__"):  # what decoding reads
                 if member in raw:
                     kept[member] = raw[member]
             index[url].append(kept)

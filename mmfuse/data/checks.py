@@ -1,18 +1,20 @@
 """Check one manifest row and build its webdataset sample: every media file is read and decoded in full.
 
 `check_row` runs in the shard writer's worker processes; it returns either a sample or the reason it refused the
-row as (field, reason). Images are decoded with `torchvision.io` (the loader's decoder, so an accepted image is one
-the loader reads), audio with `soundfile`.
+row as (field, reason). Images are decoded with the encoders' own decoder (`mmfuse.encoders.image_io`, so an
+accepted image is one the loader reads), audio with `soundfile` in blocks. Nothing unbounded is read: a media file
+over `mmfuse.limits.max_member_bytes()`, an image over `max_image_pixels()` is refused; audio is read up to
+`max_audio_seconds()`.
 """
 
 from __future__ import annotations
 
 import io
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
+from ..limits import LimitExceeded, max_audio_seconds, max_member_bytes, too_large
 from .manifest import ShardConfig
 
 AUDIO_FORMATS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3", "aiff": "aiff", "w64": "w64"}
@@ -39,6 +41,9 @@ def _read_media(config: ShardConfig, column: str, value: Any) -> tuple[bytes, st
     if not path.is_file():
         raise Refused(column, f"missing file {path}")
     try:
+        size = path.stat().st_size
+        if size > max_member_bytes():
+            raise Refused(column, f"file {too_large(size)}: {path}")
         return path.read_bytes(), path.suffix.lower().lstrip(".")
     except OSError as err:
         raise Refused(column, f"unreadable file {path}: {err.strerror}") from None
@@ -53,20 +58,19 @@ def _first_line(err: Exception) -> str:
 
 def check_image(data: bytes, extension: str, column: str = "image") -> str:
     """Decode `data` fully; return the member extension to store it under, or raise `Refused`."""
-    import torch
-    from torchvision.io import ImageReadMode, decode_image
+    from ..encoders.image_io import decode_image_bytes
 
     ext = next((e for magic, e in IMAGE_MAGIC.items() if data.startswith(magic)), None)
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         ext = "webp"
     if ext is None:
         raise Refused(column, f"not a JPEG, PNG, WebP or GIF image (extension .{extension})")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except Exception as err:  # noqa: BLE001 - any decoder failure means the file is corrupt or truncated
-            raise Refused(column, f"unreadable or truncated {FORMAT_NAMES[ext]} image: {_first_line(err)}") from None
+    try:
+        image = decode_image_bytes(data)
+    except LimitExceeded as err:
+        raise Refused(column, str(err)) from None
+    except Exception as err:  # noqa: BLE001 - any decoder failure means the file is corrupt or truncated
+        raise Refused(column, f"unreadable or truncated {FORMAT_NAMES[ext]} image: {_first_line(err)}") from None
     if image.numel() == 0:
         raise Refused(column, "image has no pixels")
     return ext
@@ -77,28 +81,33 @@ _SHORT_CHUNK = re.compile(r"^\s*(\w+)\s*: (\d+) \(should be (\d+)\)", re.MULTILI
 
 
 def check_audio(data: bytes, extension: str, column: str = "audio", silent: str = "reject") -> str:
-    """Read `data` fully with soundfile; return the member extension to store it under, or raise `Refused`.
+    """Read `data` with soundfile, in blocks, up to `max_audio_seconds()`; return the member extension to store it
+    under, or raise `Refused`.
 
     Refused: unreadable files, files cut short (a chunk holds fewer bytes than its header declares), clips with no
-    samples, and -- unless `silent` is 'keep' -- clips whose every sample is 0.
+    samples, and -- unless `silent` is 'keep' -- clips whose every sample (of those read) is 0.
     """
     import soundfile as sf
 
+    frames, audible = 0, False
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             kind = f.format.lower()
             log = f.extra_info
-            audio = f.read(dtype="float32", always_2d=True)
+            limit = int(max_audio_seconds() * f.samplerate)
+            for block in f.blocks(blocksize=1 << 16, frames=limit, dtype="float32", always_2d=True):
+                frames += len(block)
+                audible = audible or bool(block.any())
     except Exception as err:  # noqa: BLE001 - libsndfile raises several types for corrupt files
         raise Refused(column, f"unreadable audio: {_first_line(err)}") from None
     short = next((m for m in _SHORT_CHUNK.finditer(log) if m.group(1).lower() == "data"), None)
     if short is not None:
         raise Refused(column, f"truncated {kind.upper()} audio: the header declares {short.group(2)} bytes of "
                               f"samples, the file holds {short.group(3)}")
-    if len(audio) == 0:
+    if frames == 0:
         raise Refused(column, "audio has no samples")
-    if silent == "reject" and not audio.any():
-        raise Refused(column, f"silent audio (all {len(audio)} samples are 0)")
+    if silent == "reject" and not audible:
+        raise Refused(column, f"silent audio (all {frames} samples are 0)")
     return AUDIO_FORMATS.get(kind, extension)
 
 

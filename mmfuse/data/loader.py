@@ -2,8 +2,10 @@
 
 Nothing is ever unpickled: samples are read as raw bytes and only the members a modality maps to are decoded,
 by the encoders' own preprocessors. A member that would need pickle (`.pyd`, `.pickle`, `.pth`, ...) is counted
-and ignored (`batch["ignored"]`), never decoded. A sample that fails to decode is skipped and counted per reason;
-the counts travel inside the batches (`batch["skipped"]`) so they survive loader worker processes.
+and ignored (`batch["ignored"]`), never decoded. A sample that fails to decode, is over a resource limit
+(`mmfuse.limits`: image pixels, tar member bytes) or holds a member over the limit is skipped and counted per
+reason; the counts travel inside the batches (`batch["skipped"]`) so they survive loader worker processes. A loader
+worker process that dies is a one-line `DataError`, not a traceback.
 
 Two shard orders: one pass over every shard (split between ranks and workers, optionally shuffled), or
 `resampled`: shards drawn with replacement, seeded per rank and worker, for a fixed `epoch_samples`.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -22,11 +24,12 @@ import webdataset as wds
 
 from ..encoders.base import Preprocessor
 from ..errors import DataError
+from ..limits import LimitExceeded, too_large
 from .batch import Collator
 from .cached import CachedInput, indexed_samples
 from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
-from .targets import TARGET_MEMBER, FieldError, decode_target
+from .targets import TARGET_MEMBER, USERS_MEMBER, FieldError, decode_target
 from .tario import tar_samples
 
 
@@ -47,9 +50,21 @@ def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping
         value = _member(raw, info.modalities[m])
         try:
             sample[m] = pre.lookup(sample["key"]) if isinstance(pre, CachedInput) else pre.transform(value)
+        except LimitExceeded as err:
+            raise FieldError(m, str(err)) from None
         except Exception as err:  # noqa: BLE001 - any decoder failure is a data problem of this field
             raise FieldError(m, f"cannot decode ({type(err).__name__}: {str(err).splitlines()[0][:80]})") from None
     return sample
+
+
+def oversize_field(raw: dict[str, Any], info: DatasetInfo, read: Iterable[str]) -> FieldError | None:
+    """The first member of `raw` over the size limit (`raw['__oversize__']`, see `tario`) among those of the
+    modalities `read` and the supervision members, as a `FieldError`; None if there is none."""
+    for ext, size in raw.get("__oversize__", {}).items():
+        modality = next((m for m in read if ext in info.modalities.get(m, ())), None)
+        if modality is not None or ext in (info.label_field, TARGET_MEMBER, USERS_MEMBER):
+            return FieldError(modality or f".{ext}", f"tar member {too_large(size)}")
+    return None
 
 
 def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], strict: bool = False,
@@ -70,6 +85,10 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
                                   f"decoded (counted in batch['ignored'])", stacklevel=2)
                 ignored.update(f"pickle member .{ext}" for ext in unsafe)
             try:
+                oversize = oversize_field(raw, info, preprocessors)
+                if oversize is not None:
+                    raise oversize
+                ignored.update(f"oversize member .{ext}" for ext in raw.get("__oversize__", {}))
                 sample = decode_sample(raw, info, preprocessors, target)
             except FieldError as err:
                 if strict:
@@ -163,14 +182,35 @@ def make_loader(info: DatasetInfo, split: str, preprocessors: Mapping[str, Prepr
     workers = num_workers if resampled else min(num_workers, len(info.shard_urls(split)))
     # A private generator: creating the iterator must not draw from the global RNG, or resuming mid-epoch would
     # shift every later dropout mask.
-    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                       persistent_workers=False, generator=torch.Generator())
+    loader = _Loader(pipeline, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                     persistent_workers=False, generator=torch.Generator())
+    loader.where = f"{info.root} split '{split}'"
+    return loader
+
+
+class _Loader(torch.utils.data.DataLoader):
+    """A `DataLoader` whose dead worker process is a one-line `DataError` naming the split, not a traceback."""
+
+    where = ""
+
+    def __iter__(self) -> Iterator[Any]:
+        return _reporting_death(super().__iter__(), self.where)
+
+
+def _reporting_death(batches: Iterator[Any], where: str) -> Iterator[Any]:
+    try:
+        yield from batches
+    except RuntimeError as err:
+        if "DataLoader worker" not in str(err):
+            raise
+        raise DataError(f"{where}: a loader worker process died ({str(err).splitlines()[0].strip()[:160]}); rerun "
+                        f"with 0 loader workers to find the sample") from None
 
 
 def read_records(info: DatasetInfo, split: str) -> Iterator[dict[str, Any]]:
     """The raw records of `split` in shard order, as plain Python values for `Predictor.predict`:
     {'key', 'label' (name; a list of names for multilabel) or 'target' ({name: value}), <modality>: str for text,
-    bytes for media, or absent}."""
+    bytes for media, or absent; '_refused': '<field>: <reason>' when a member is over the size limit}."""
     source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), tar_samples())
     for raw in source:
         record: dict[str, Any] = {"key": raw["__key__"]}
@@ -185,4 +225,7 @@ def read_records(info: DatasetInfo, split: str) -> Iterator[dict[str, Any]]:
             value = _member(raw, extensions)
             if value is not None:
                 record[m] = value.decode("utf-8") if m == "text" else value
+        oversize = oversize_field(raw, info, info.modalities)
+        if oversize is not None:
+            record["_refused"] = f"{oversize.field}: {oversize.reason}"
         yield record

@@ -187,15 +187,34 @@ def _check(config: ShardConfig, labels: dict[str, int], task: _Task) -> tuple[_T
 
 
 def _results(config: ShardConfig, labels: dict[str, int], tasks: list[_Task]):
+    """(task, sample or None, refusal) per task, in order; with several workers, from a process pool.
+
+    A worker that dies (a decoder crash, the OOM killer) breaks the pool: that is a `DataError` naming the manifest
+    lines being checked, never a wait on the dead process.
+    """
     check = partial(_check, config, labels)
-    if config.workers == 1:
+    if config.workers == 1 or not tasks:
         yield from map(check, tasks)
         return
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     import torchvision.io  # noqa: F401 - imported once here (seconds), shared by the forked workers
 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(config.workers) as pool:
-        yield from pool.imap(check, tasks, chunksize=max(1, min(64, len(tasks) // (config.workers * 8))))
+    chunk = max(1, min(64, len(tasks) // (config.workers * 8)))
+    pool = ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context(method))
+    done = 0
+    try:
+        for result in pool.map(check, tasks, chunksize=chunk):
+            done += 1
+            yield result
+    except BrokenProcessPool:
+        first, last = tasks[done], tasks[min(len(tasks), done + config.workers * chunk) - 1]
+        raise DataError(f"{config.manifest}: a media check worker process died (crashed or was killed) while "
+                        f"checking lines {first.line}-{last.line} (from record '{first.key}')") from None
+    finally:  # a strict refusal stops early: drop the checks not started, never wait for them
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _modalities(formats: dict[str, Counter]) -> dict[str, list[str]]:

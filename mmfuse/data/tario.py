@@ -4,7 +4,9 @@ Python's `tarfile` in streaming mode (what webdataset uses) spends ~0.2 ms per m
 multimodal samples that is a fifth of the loader's time. Shards are plain sequences of 512-byte headers and data,
 so this module reads them directly (ustar and GNU/PAX extensions: long names, PAX `path`/`size`, base-256 sizes,
 gzip/bz2/xz compression), verifies every header checksum, and groups members into samples by webdataset's rule.
-Only regular files are yielded; a damaged shard raises `tarfile.ReadError` naming the shard and offset.
+Only regular files are yielded; a damaged shard raises `tarfile.ReadError` naming the shard and offset. A member
+over the size limit is skipped over in chunks, never held in memory: the loader's samples carry it as
+`__oversize__` ({extension: bytes}) and are then skipped and counted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import IO, Any
 
 import webdataset as wds
 from webdataset.tariterators import url_opener
+
+from ..limits import max_member_bytes
 
 BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
@@ -79,9 +83,26 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return records
 
 
-def iter_members(stream: IO[bytes], name: str = "<stream>") -> Iterator[tuple[str, bytes]]:
+class Oversize(int):
+    """Yielded by `iter_members` in place of the data of a member over `max_bytes`: its size in bytes."""
+
+
+def _skip(stream: IO[bytes], size: int) -> int:
+    """Read and drop `size` bytes in 1 MiB chunks; returns how many were there."""
+    done = 0
+    while done < size:
+        chunk = stream.read(min(1 << 20, size - done))
+        if not chunk:
+            break
+        done += len(chunk)
+    return done
+
+
+def iter_members(stream: IO[bytes], name: str = "<stream>", max_bytes: int | None = None,
+                 ) -> Iterator[tuple[str, bytes | Oversize]]:
     """(member name, data) of every regular file in a tar stream, in archive order.
 
+    A member over `max_bytes` (None: no limit) is read past, not into memory, and yielded as `Oversize(size)`.
     Raises `tarfile.ReadError` on a bad header checksum or a member cut short.
     """
     stream = _decompressed(stream)
@@ -104,9 +125,16 @@ def iter_members(stream: IO[bytes], name: str = "<stream>") -> Iterator[tuple[st
         except ValueError:
             raise tarfile.ReadError(f"{name}: bad size field in the header at byte {offset}") from None
         padded = size + (-size % BLOCK)
-        data = stream.read(padded)
-        if len(data) < padded:
-            raise tarfile.ReadError(f"{name}: member at byte {offset} is cut short ({len(data)} of {padded} bytes)")
+        if max_bytes is not None and size > max_bytes:
+            got = _skip(stream, padded)
+            data = Oversize(size)
+        else:
+            data = stream.read(padded)
+            got = len(data)
+        if got < padded:
+            raise tarfile.ReadError(f"{name}: member at byte {offset} is cut short ({got} of {padded} bytes)")
+        if isinstance(data, Oversize) and kind in (b"x", b"L"):
+            raise tarfile.ReadError(f"{name}: extended header at byte {offset} declares {size} bytes")
         offset += BLOCK + padded
         if kind == b"x":  # PAX header for the next member
             records = _pax_records(data[:size])
@@ -125,7 +153,7 @@ def iter_members(stream: IO[bytes], name: str = "<stream>") -> Iterator[tuple[st
                 member = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + member
         pending_name = pending_size = None
         if kind in _REGULAR:
-            yield member, data[:size]
+            yield member, data if isinstance(data, Oversize) else data[:size]
 
 
 def _split_name(fname: str) -> tuple[str | None, str]:
@@ -139,9 +167,10 @@ def _split_name(fname: str) -> tuple[str | None, str]:
 
 def _shard_samples(url: str, stream: IO[bytes], handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
     """Members of one shard grouped into samples {__key__, __url__, <ext>: bytes} (consecutive members that share
-    a key); meta members such as `__index__` are skipped, as webdataset does."""
+    a key); meta members such as `__index__` are skipped, as webdataset does. A member over
+    `mmfuse.limits.max_member_bytes()` goes into `__oversize__` ({ext: size}) instead."""
     sample: dict[str, Any] = {}
-    for fname, data in iter_members(stream, url):
+    for fname, data in iter_members(stream, url, max_member_bytes()):
         key, ext = _split_name(fname)
         if key is None or _META.match(fname):
             continue
@@ -149,11 +178,14 @@ def _shard_samples(url: str, stream: IO[bytes], handler: Callable[[Exception], b
             if sample:
                 yield sample
             sample = {"__key__": key, "__url__": url}
-        if ext in sample:
+        if ext in sample or ext in sample.get("__oversize__", {}):
             if not handler(ValueError(f"{url}: sample '{key}' has two '.{ext}' members")):
                 return
             continue
-        sample[ext] = data
+        if isinstance(data, Oversize):
+            sample.setdefault("__oversize__", {})[ext] = int(data)
+        else:
+            sample[ext] = data
     if sample:
         yield sample
 

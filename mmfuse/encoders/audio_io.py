@@ -7,6 +7,7 @@ models), padded to the longest clip in the batch -- and `audio_mask` (B, F) bool
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,26 @@ import torch
 from .base import Preprocessor
 
 
-def decode_audio(value: Any, default_rate: int) -> tuple[np.ndarray, int]:
-    """Bytes (any format soundfile reads: WAV, FLAC, Ogg), a file path, `(array, rate)`, a `{"array",
-    "sampling_rate"}` dict or a bare array / tensor (taken to be at `default_rate`) -> mono float32 (N,), rate."""
+def _read_head(source: Any, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """The first `max_seconds` (all when None) of a file soundfile reads, plus 10 ms for the resampler's filter
+    (so resampling the head gives the same samples as resampling the whole clip). Returns (N, channels), rate."""
     import soundfile as sf
 
+    with sf.SoundFile(source) as f:
+        frames = -1 if max_seconds is None else int(math.ceil(max_seconds * f.samplerate)) + f.samplerate // 100
+        return f.read(frames=frames, dtype="float32", always_2d=True), f.samplerate
+
+
+def decode_audio(value: Any, default_rate: int, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Bytes (any format soundfile reads: WAV, FLAC, Ogg), a file path, `(array, rate)`, a `{"array",
+    "sampling_rate"}` dict or a bare array / tensor (taken to be at `default_rate`) -> mono float32 (N,), rate.
+
+    From bytes and files only the first `max_seconds` (plus 10 ms) are read, never the whole clip.
+    """
     if isinstance(value, (bytes, bytearray, memoryview)):
-        data, rate = sf.read(io.BytesIO(bytes(value)), dtype="float32", always_2d=True)
+        data, rate = _read_head(io.BytesIO(bytes(value)), max_seconds)
     elif isinstance(value, (str, Path)):
-        data, rate = sf.read(str(value), dtype="float32", always_2d=True)
+        data, rate = _read_head(str(value), max_seconds)
     elif isinstance(value, dict) and "array" in value:
         data, rate = np.asarray(value["array"], dtype=np.float32), int(value.get("sampling_rate", default_rate))
     elif isinstance(value, tuple) and len(value) == 2:
@@ -87,7 +99,7 @@ class AudioPreprocessor(Preprocessor):
     def transform(self, value: Any) -> torch.Tensor | tuple[torch.Tensor, int] | None:
         if value is None:
             return None
-        data, rate = decode_audio(value, self.sample_rate)
+        data, rate = decode_audio(value, self.sample_rate, self.max_samples / self.sample_rate)
         wave = torch.from_numpy(data)
         if rate != self.sample_rate:
             import torchaudio.functional as AF

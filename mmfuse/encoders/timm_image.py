@@ -5,47 +5,18 @@ Batch entry: `image` (B, 3, S, S) float, resized and normalised by the encoder's
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import Encoder, EncoderOutput, Preprocessor
+from .image_io import decode_image
 from .registry import register_encoder
 
-# torchvision 0.29 deprecates its decoders in favour of torchcodec, which is not installable everywhere; they are
-# still the fastest JPEG/PNG decoders here (1.5-2x PIL), so keep them and silence the per-call warning.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
-
-
-def decode_image(value: Any) -> torch.Tensor:
-    """Bytes, a file path, a PIL image, an (H, W, 3) uint8 array or a (3, H, W) uint8 tensor -> (3, H, W) uint8."""
-    from torchvision.io import ImageReadMode, read_file
-    from torchvision.io import decode_image as tv_decode
-
-    if isinstance(value, (str, Path)):
-        return tv_decode(read_file(str(value)), mode=ImageReadMode.RGB)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        data = torch.frombuffer(bytearray(value), dtype=torch.uint8)
-        return tv_decode(data, mode=ImageReadMode.RGB)
-    if isinstance(value, torch.Tensor):
-        if value.dtype != torch.uint8 or value.ndim != 3 or value.shape[0] != 3:
-            raise TypeError(f"an image tensor must be (3, H, W) uint8, got {tuple(value.shape)} {value.dtype}")
-        return value
-    if hasattr(value, "convert") and hasattr(value, "size"):  # PIL image
-        value = np.asarray(value.convert("RGB"))
-    if isinstance(value, np.ndarray):
-        if value.ndim == 2:
-            value = np.repeat(value[..., None], 3, axis=-1)
-        if value.ndim != 3 or value.shape[-1] != 3:
-            raise TypeError(f"an image array must be (H, W, 3), got {value.shape}")
-        return torch.from_numpy(np.array(value, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-    raise TypeError(f"cannot read an image from {type(value).__name__}")
+__all__ = ["ImagePreprocessor", "TimmImageEncoder", "decode_image"]
 
 
 class ImagePreprocessor(Preprocessor):

@@ -79,6 +79,8 @@ class ManifestSource:
     def _item(self, key: str, row: dict[str, Any], where: str, root: Path) -> Item:
         """The row's record; a field `mmfuse shard` would refuse goes to `item.failed` with the shard's reason."""
         from ..data.checks import Refused, check_audio, check_image
+        from ..encoders.image_io import read_media_file
+        from ..limits import LimitExceeded
 
         item = Item(key, {"key": key}, where)
         texts = [str(row[c]).strip() for c in self.text if row.get(c) is not None and str(row[c]).strip()]
@@ -96,13 +98,15 @@ class ManifestSource:
                 item.failed[modality] = f"missing file {path}"
                 continue
             try:
-                data = path.read_bytes()
+                data = read_media_file(path)
                 check(data, path.suffix.lower().lstrip("."), modality)  # decodes it in full, as the shard writer does
                 item.record[modality] = data
             except OSError as err:
                 item.failed[modality] = f"unreadable file {path}: {err.strerror}"
             except Refused as refused:
                 item.failed[modality] = refused.reason
+            except LimitExceeded as err:
+                item.failed[modality] = str(err)
         return item
 
 
@@ -134,4 +138,5 @@ class ShardSource:
         for split in self.splits:
             for record in read_records(self.info, split):
                 record.pop("label", None)
-                yield Item(record["key"], record, f"{split}/{record['key']}")
+                refused = record.pop("_refused", "")
+                yield Item(record["key"], record, f"{split}/{record['key']}", error=refused)

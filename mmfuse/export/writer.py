@@ -61,7 +61,8 @@ class ExportOptions:
 
 def _plan(predictor: Predictor, options: ExportOptions, source: dict[str, Any], selected: list[str]) -> dict:
     return {"format": FORMAT, "source": source,
-            "model": {"source": predictor.source, "fingerprint": predictor.fingerprint(), "backend": predictor.backend},
+            "model": {"source": predictor.source, "fingerprint": predictor.fingerprint(), "backend": predictor.backend,
+                      **({"precision": predictor.precision} if predictor.precision != "fp32" else {})},
             "modalities": selected, "dim": predictor.dim, "normalize": options.normalize,
             "part_size": options.part_size, "bad_media": options.bad_media}
 

@@ -112,6 +112,7 @@ def encode_split(encoder: Encoder, info: DatasetInfo, split: str, batch_size: in
     encoder.eval()
     keys, pooled, present, toks, masks, lengths = [], [], [], [], [], [0]
     # every rank encodes the whole split: its shards change from epoch to epoch
+    loader_kwargs = {"pin_memory": device.type == "cuda", **loader_kwargs}  # to_device copies without blocking
     loader = make_loader(info, split, {m: encoder.preprocessor}, batch_size, every_rank=True, **loader_kwargs)
     try:
         with torch.no_grad(), autocast(device, precision):
