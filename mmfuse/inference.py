@@ -19,6 +19,7 @@ import torch
 from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
 from .model import FusionModel, ModelConfig, build_model
+from .names import inside
 from .records import error_reason, length_order, windows
 from .serving import cast_inputs, check_backend, quantize_int8
 from .tasks import create_task
@@ -346,7 +347,9 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
     """
     path = Path(source)
     if path.is_dir():
-        ckpt = path if (path / "config.json").exists() else path / "checkpoints" / checkpoint
+        ckpt = path if (path / "config.json").exists() else inside(path / "checkpoints", checkpoint)
+        if ckpt is None:
+            raise ConfigError(f"checkpoint {checkpoint!r} is not a checkpoint name inside {path / 'checkpoints'}")
         model, config, _ = load_checkpoint(ckpt)
         return Predictor(model, config, resolve_device(device), batch_size, source=str(source), backend=backend,
                          onnx_file=onnx_file, precision=precision)

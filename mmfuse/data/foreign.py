@@ -16,6 +16,7 @@ from typing import Any
 import webdataset as wds
 
 from ..errors import DataError
+from ..names import split_name_problem
 from .info import FORMAT, PICKLE_EXTENSIONS
 from .tario import tar_samples
 from .writer import shard_entry
@@ -43,6 +44,8 @@ def _expand(sources: list[str]) -> dict[str, list[Path]]:
         split, sep, pattern = source.partition("=")
         if not sep:
             split, pattern = "train", source
+        if (problem := split_name_problem(split)) is not None:
+            raise DataError(f"--from-shards '{source}': {problem}")
         paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(pattern)))
         if not paths:
             raise DataError(f"--from-shards: no file matches '{pattern}'")
@@ -56,11 +59,12 @@ def index_shards(sources: list[str], mapping: dict[str, str], out: str | Path, *
     out = Path(out)
     if (out / "dataset.json").exists():
         raise DataError(f"{out / 'dataset.json'} exists already (remove it or choose another --out)")
+    sources_by_split = _expand(sources)  # split names checked before anything is written
     out.mkdir(parents=True, exist_ok=True)
     splits: dict[str, Any] = {}
     found: Counter[str] = Counter()
     report: Counter[str] = Counter()
-    for split, paths in _expand(sources).items():
+    for split, paths in sources_by_split.items():
         shards = []
         for path in paths:
             count = 0

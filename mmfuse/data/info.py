@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..names import split_name_problem
 from .targets import KINDS
 
 
@@ -23,6 +24,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 FORMAT = "mmfuse-shards/1"
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 def _check_types(file: Path, meta: Any) -> None:
@@ -46,6 +48,17 @@ def _check_types(file: Path, meta: Any) -> None:
             raise DataError(f"{file}: split '{name}' needs a sample 'count' >= 0, got {count!r}")
 PICKLE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
 """Member extensions whose decoders unpickle; mmfuse never decodes them (the loader reports and ignores them)."""
+
+
+def shard_path(root: Path, relative: object) -> Path | None:
+    """Where a `dataset.json` shard entry points, or None if it may not be read: it must be a relative path
+    (never absolute, no '~') to a file named `*.tar` / `*.tar.gz` / `*.tgz`. Shards described in place by
+    `mmfuse shard --from-shards` may lie beside the dataset's folder ('../'), so '..' is allowed; the suffix and
+    the regular-file check keep a hostile `dataset.json` from reading other files (devices, /etc/...)."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative or os.path.isabs(relative) \
+            or relative.startswith("~") or not relative.lower().endswith(SHARD_SUFFIXES):
+        return None
+    return root / relative
 
 
 @dataclass
@@ -107,12 +120,18 @@ class DatasetInfo:
         if info.task == "interactions" and not info.users:
             raise DataError(f"{file}: an interactions dataset needs its user vocabulary in 'users'")
         for split in info.splits:
+            if (problem := split_name_problem(split)) is not None:  # split names become file names (caches)
+                raise DataError(f"{file}: splits: {problem}")
             for shard in info.splits[split]["shards"]:
                 info._check_shard(file, split, shard, verify)
         return info
 
     def _check_shard(self, file: Path, split: str, shard: dict[str, Any], verify: bool) -> None:
-        path = self.root / shard["path"]
+        path = shard_path(self.root, shard.get("path"))
+        if path is None:
+            raise DataError(f"{file}: shard path {shard.get('path')!r} of split '{split}' is not allowed: a shard "
+                            f"is a .tar file named by a relative path (inside the dataset's folder, or beside it "
+                            f"for shards described in place by `mmfuse shard --from-shards`)")
         if not path.exists():
             raise DataError(f"{file}: shard {shard['path']} of split '{split}' is missing")
         if not path.is_file():
@@ -137,7 +156,8 @@ class DatasetInfo:
         return self.splits[split]
 
     def shard_urls(self, split: str) -> list[str]:
-        return [os.path.normpath(self.root / s["path"]) for s in self.require_split(split)["shards"]]
+        """Absolute shard paths: never a relative name that webdataset would read as a URL ('pipe:cmd' runs cmd)."""
+        return [os.path.abspath(self.root / s["path"]) for s in self.require_split(split)["shards"]]
 
     def count(self, split: str) -> int:
         return int(self.require_split(split)["count"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, did_you_mean
+from ..names import split_name_problem
 from .targets import KINDS
 
 
@@ -100,6 +101,9 @@ class ShardConfig:
             if not self.fractions or any(f < 0 for f in self.fractions.values()) or \
                     abs(sum(self.fractions.values()) - 1.0) > 1e-6:
                 raise DataError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
+            for name in self.fractions:
+                if (problem := split_name_problem(name)) is not None:
+                    raise DataError(f"split fractions: {problem}")
         if isinstance(self.targets, str):
             self.targets = [c for c in self.targets.split(",") if c]
         if self.task not in KINDS:

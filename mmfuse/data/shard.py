@@ -23,6 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..names import split_name_problem
 from .checks import Refused, check_row
 from .info import FORMAT
 from .manifest import ShardConfig, hash_split, read_manifest, require_columns
@@ -146,6 +147,8 @@ def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
             add(line, key, refusal.field, refusal.reason)
         elif not split.strip():
             add(line, key, config.split or "split", "missing split")
+        elif (problem := split_name_problem(split.strip())) is not None:  # it becomes a file-name prefix
+            raise DataError(f"{config.manifest}:{line}: record '{key}': {config.split or 'split'}: {problem}")
         else:
             tasks.append(_Task(line, key, row, names, values, split.strip()))
         if key and key not in seen:

@@ -8,6 +8,8 @@ from typing import Any
 
 import webdataset as wds
 
+from ..errors import DataError
+from ..names import split_name_problem
 from .info import sha256_file
 
 
@@ -23,6 +25,8 @@ class SplitWriter:
     """
 
     def __init__(self, out: Path, split: str, shard_size: int, max_bytes: int | None = None) -> None:
+        if (problem := split_name_problem(split)) is not None:  # the name is a file-name prefix inside `out`
+            raise DataError(problem)
         self.out, self.split = Path(out), split
         self.counts: list[int] = []
         # An integer mtime keeps plain ustar headers (no per-member PAX header): half the tar parsing time on read.

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import ConfigError
+from ..names import looks_like_path
 from ..registry import Registry
 from .base import Encoder
 
@@ -37,3 +41,45 @@ def split_encoder_name(name: str) -> tuple[str, dict[str, Any]]:
         base, model = name.split(":", 1)
         return base, {"model": model}
     return name, {}
+
+
+WEIGHT_SOURCES = frozenset({"checkpoint"})
+"""Builder arguments that load weights from a file; a saved run's weights are its own `model.safetensors`."""
+_UNSAFE_EXTRA = re.compile(r"pretrained|checkpoint|cache|(^|_)(path|file|url|dir|hub|repo)$", re.IGNORECASE)
+"""Names of backend keyword arguments (timm's `**kwargs`) never taken from a saved run: they load files."""
+
+
+def saved_kwargs(name: str, kwargs: dict[str, Any], assets: set[str], where: str) -> dict[str, Any]:
+    """The keyword arguments of encoder `name` (no ':') that a saved run's `config.json` may pass, checked.
+
+    The allow-list is the registered builder's signature: its named parameters, less `pretrained` and the weight
+    sources (`WEIGHT_SOURCES`, dropped: the weights come from the run). A builder that forwards `**kwargs` to its
+    backend (timm) also gets plain scalar options whose names do not load files. Only `assets` (paths the run
+    wrote with `save_assets`, checked by the caller) may name a path. Raises `ConfigError` naming `where`.`key`.
+    """
+    parameters = inspect.signature(ENCODERS.get(name)).parameters
+    forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    known = {k for k, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD} - {"pretrained"}
+    out = {}
+    for key, value in kwargs.items():
+        if key in WEIGHT_SOURCES and key in known:
+            continue
+        if key in assets:
+            out[key] = value
+            continue
+        if key not in known and not (forwards and not _UNSAFE_EXTRA.search(key)):
+            raise ConfigError(f"{where}.{key}: encoder '{name}' takes no option '{key}' from a saved run "
+                              f"(allowed: {', '.join(sorted(known - WEIGHT_SOURCES))})")
+        if not _plain(value):
+            raise ConfigError(f"{where}.{key}: {str(value)[:60]!r} is not allowed in a saved run: only the run's "
+                              f"own assets may name a file, and options are plain values")
+        out[key] = value
+    return out
+
+
+def _plain(value: Any) -> bool:
+    """A number, bool, None, a string that names no file, or a list of those."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str)
+                                                                        and not looks_like_path(value))

@@ -17,9 +17,10 @@ from typing import Any
 
 import safetensors.torch
 
-from ..encoders.registry import split_encoder_name
+from ..encoders.registry import WEIGHT_SOURCES, saved_kwargs, split_encoder_name
 from ..errors import ConfigError
 from ..model import EncoderSpec, FusionModel, ModelConfig, build_model
+from ..names import inside
 from .state import write_state
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -47,7 +48,7 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
             assets.mkdir(parents=True)
             written = model.encoders[m].save_assets(str(assets))
             name, implied = split_encoder_name(spec.name)
-            kwargs = {**implied, **spec.kwargs}
+            kwargs = {k: v for k, v in {**implied, **spec.kwargs}.items() if k not in WEIGHT_SOURCES}
             for key, path in written.items():
                 kwargs[key] = os.path.relpath(path, tmp)
             asset_kwargs[m] = sorted(written)
@@ -102,12 +103,31 @@ def read_checkpoint_config(directory: str | Path) -> tuple[ModelConfig, dict[str
     file = directory / CONFIG
     if not file.exists():
         raise ConfigError(f"{directory} is not an mmfuse checkpoint: {CONFIG} is missing")
-    meta = json.loads(file.read_text())
-    config = ModelConfig(**meta.pop("model"))
-    for m, keys in meta.pop("asset_kwargs", {}).items():
-        for key in keys:
-            config.encoders[m].kwargs[key] = str(directory / config.encoders[m].kwargs[key])
+    try:
+        meta = json.loads(file.read_text())
+        config = ModelConfig(**meta.pop("model"))
+        assets = {m: set(keys) for m, keys in meta.pop("asset_kwargs", {}).items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as err:
+        raise ConfigError(f"{file} is corrupt ({type(err).__name__}); rewrite it or use another run") from None
+    config.encoders = {m: _trusted_spec(file, directory, m, config.encoders[m], assets.get(m, set()))
+                       for m in config.modalities}
     return config, meta
+
+
+def _trusted_spec(file: Path, directory: Path, m: str, spec: EncoderSpec, assets: set[str]) -> EncoderSpec:
+    """A saved encoder spec as it may be built from a directory that came from elsewhere: never `pretrained`,
+    only the builder's own options (`saved_kwargs`), and the asset paths resolved inside `directory`."""
+    where = f"{file}: model.encoders.{m}"
+    if spec.pretrained is not False:
+        raise ConfigError(f"{where}.pretrained: a saved run is rebuilt from its own weights; it must be false")
+    name, implied = split_encoder_name(spec.name)
+    kwargs = saved_kwargs(name, {**implied, **spec.kwargs}, assets, f"{where}.kwargs")
+    for key in assets & set(kwargs):
+        path = inside(directory, kwargs[key])
+        if path is None:
+            raise ConfigError(f"{where}.kwargs.{key}: {str(kwargs[key])[:60]!r} is not a path inside {directory}")
+        kwargs[key] = str(path)
+    return EncoderSpec(name=name, kwargs=kwargs, pretrained=False)
 
 
 def load_checkpoint(directory: str | Path) -> tuple[FusionModel, ModelConfig, dict[str, Any]]:
