@@ -55,7 +55,7 @@ class Predictor:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         backend = check_backend(backend, device)  # `auto` resolved by hardware
-        self.precision = resolve_precision(precision, device, backend)
+        self.precision = resolve_precision(precision, device, backend, model)
         self.model = model.to(device).eval()
         self.backend = backend
         self.config = config
@@ -302,7 +302,8 @@ class Predictor:
         return out
 
 
-def resolve_precision(precision: str, device: torch.device, backend: str = "fp32") -> str:
+def resolve_precision(precision: str, device: torch.device, backend: str = "fp32",
+                      model: torch.nn.Module | None = None) -> str:
     """The autocast precision a `Predictor` on `device` runs: `choose_precision`'s answer for the fp32 backend.
     The bf16, int8 and onnx backends set their own number format and run without autocast: `auto` resolves to fp32
     for them, an explicit bf16 / fp16 is a `ConfigError`."""
@@ -313,7 +314,7 @@ def resolve_precision(precision: str, device: torch.device, backend: str = "fp32
             raise ConfigError(f"precision '{precision}' (autocast) applies to backend='fp32'; the {backend} backend "
                               f"sets its own number format")
         return "fp32"
-    return choose_precision(device, precision)
+    return choose_precision(device, precision, model)
 
 
 def onnx_session(predictor: Predictor, onnx_file: str | Path | None) -> Any:

@@ -33,6 +33,30 @@ def test_precision_is_chosen_by_hardware():
         choose_precision(cpu, "fp16")
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_auto_picks_bf16_on_a_cpu_only_for_models_with_a_wide_encoder(tiny_config, demo_shards, monkeypatch, fast):
+    """bf16 autocast slows the tiny demo towers down and speeds up BERT-small / ViT-S (the bench's precision lever):
+    `auto` decides by the widest encoder."""
+    from mmfuse.train import precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
+    cpu = torch.device("cpu")
+
+    def model_of_width(width: int) -> torch.nn.Module:
+        model = torch.nn.Module()
+        model.encoders = torch.nn.ModuleDict({"text": torch.nn.Linear(1, 1), "image": torch.nn.Linear(1, 1)})
+        model.encoders["text"].width, model.encoders["image"].width = 16, width
+        return model
+
+    assert precision.BF16_MIN_WIDTH == 256
+    assert choose_precision(cpu, "auto", model_of_width(255)) == "fp32"
+    assert choose_precision(cpu, "auto", model_of_width(256)) == ("bf16" if fast else "fp32")
+    assert choose_precision(cpu, "auto") == ("bf16" if fast else "fp32")  # no model: the hardware alone
+    assert choose_precision(cpu, "bf16", model_of_width(16)) == "bf16"  # asked for: always
+    trainer, *_ = setup(tiny_config, demo_shards)  # the tiny towers are 16 wide
+    assert trainer.cfg.precision == "auto" and trainer.precision == "fp32"
+
+
 def test_adamw_is_fused_on_cpu(tiny_config, demo_shards):
     trainer, *_ = setup(tiny_config, demo_shards)
     assert isinstance(trainer.optimizer, torch.optim.AdamW)

@@ -48,17 +48,33 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def choose_precision(device: torch.device, requested: str = "auto") -> str:
-    """Resolve 'auto' to fp32 / bf16 / fp16 for `device`."""
+BF16_MIN_WIDTH = 256
+"""On a CPU, `auto` picks bf16 only for a model with an encoder at least this wide: bf16 autocast pays where wide
+matmuls dominate a step and costs where casts and small ops do (the bench's precision lever; the rule and its
+figures are in benchmarks/README.md)."""
+
+
+def choose_precision(device: torch.device, requested: str = "auto", model: torch.nn.Module | None = None) -> str:
+    """Resolve 'auto' to fp32 / bf16 / fp16 for `device` (and, on a CPU, for `model`).
+
+    CUDA: bf16 where supported, else fp16. CPU: bf16 where it has avx512_bf16 / AMX (`cpu_has_fast_bf16`) and
+    `model` (if given) has an encoder of width >= `BF16_MIN_WIDTH`; else fp32.
+    """
     if requested != "auto":
         if requested == "fp16" and device.type == "cpu":
             raise ConfigError("fp16 autocast is not supported on the CPU; use bf16 or fp32")
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_fast_bf16():
+    if device.type == "cpu" and cpu_has_fast_bf16() and (model is None or widest_encoder(model) >= BF16_MIN_WIDTH):
         return "bf16"
     return "fp32"
+
+
+def widest_encoder(model: torch.nn.Module) -> int:
+    """The largest `width` among `model.encoders` (0 without encoders)."""
+    encoders = getattr(model, "encoders", None) or {}
+    return max((int(getattr(e, "width", 0)) for e in encoders.values()), default=0)
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:

@@ -58,7 +58,7 @@ class Trainer:
                                                   find_unused_parameters=self.model.head is None)
         if cfg.compile:
             self.model.compile()  # in place: parameter names and checkpoints stay those of the eager model
-        self.precision = choose_precision(device, cfg.precision)
+        self.precision = choose_precision(device, cfg.precision, self.model)
         self.optimizer = build_optimizer(self.model, cfg, device)
         # clip what the optimizer steps: walking every (frozen) parameter each step costs more than the clipping
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
