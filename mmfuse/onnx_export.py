@@ -144,7 +144,7 @@ def _optimize(path: Path, model: FusionModel) -> tuple[Any, dict[str, int]]:
 def export_onnx(predictor: Predictor, path: str | Path) -> Path:
     """Write the embedder of `predictor` (its fp32 PyTorch model) to `path` as ONNX, fused for the CPU, with its
     fingerprint in the metadata; returns the path."""
-    if predictor.backend != "fp32":
+    if predictor.backend in ("int8", "bf16"):  # the onnx backend's own model is the fp32 one
         raise ConfigError("export the fp32 model to ONNX (load it with backend='fp32')")
     samples = [predictor.prepare(r, i) for i, r in enumerate(_example_records(predictor.modalities))]
     batch = Collator(predictor.preprocessors)(samples)
