@@ -4,12 +4,17 @@ and exit 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from importlib import import_module
 
 from .commands import COMMANDS
 from .errors import MmfuseError
+
+# filesystem errors of the user's paths (an output on a read-only or full disk, a file where a folder is needed)
+FILESYSTEM = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+              errno.ENAMETOOLONG, errno.EFBIG}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mmfuse: error: a loader worker process died ({str(err).splitlines()[0][:160]}); rerun with 0 "
               f"loader workers to find the sample", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in FILESYSTEM:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"mmfuse: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmfuse: interrupted", file=sys.stderr)

@@ -33,3 +33,8 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 class TrainingError(MmfuseError, RuntimeError):
     """Training cannot go on: a non-finite loss or weights (too high a learning rate, a poisoned batch)."""
+
+
+class OutputError(MmfuseError):
+    """An output cannot be written: a file in the way, a read-only or unwritable folder, another process writing it,
+    or another run's files that it would overwrite."""

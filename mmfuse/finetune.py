@@ -29,8 +29,9 @@ from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
 from .data.loader import SHARD_REASON, make_loader, sample_skips
 from .data.position import LoaderPosition
-from .errors import ConfigError, DataError, TrainingError
+from .errors import ConfigError, DataError, OutputError, TrainingError
 from .model import build_model
+from .outputs import OutputLock
 from .tasks import task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import (
@@ -46,6 +47,7 @@ from .train.distributed import (
 from .train.feature_cache import FeatureCache
 from .train.freeze import apply_freeze, count_parameters
 from .train.init_from import init_from_run
+from .train.run_dir import claim_run_dir
 from .train.selection import Selection
 from .train.state import read_state, rng_state, seed_everything, set_rng_state
 from .train.tensorboard import open_tensorboard
@@ -87,10 +89,38 @@ class Preempted(Exception):
 class FinetuneRun:
     """One fine-tuning run: set-up, the epoch loop with resumable checkpoints, and the final test."""
 
-    def __init__(self, config: RunConfig, echo: Any = print, resume: bool = False) -> None:
+    def __init__(self, config: RunConfig, echo: Any = print, resume: bool = False, overwrite: bool = False) -> None:
         self.config, self.started = config, time.perf_counter()
         self.env: DistEnv = init_distributed(config.train.device)
         self.echo = echo if self.env.is_main else (lambda *_: None)
+        self.out = Path(config.out) if config.out else default_run_dir(config)
+        self.lock = self._claim(resume, overwrite)
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.release()
+            raise
+
+    def _claim(self, resume: bool, overwrite: bool) -> OutputLock | None:
+        """Rank 0 locks the run directory (`claim_run_dir`); every rank stops if it was refused."""
+        lock, refused = None, None
+        if self.env.is_main:
+            try:
+                lock = claim_run_dir(self.out, resume, overwrite)
+            except OutputError as err:
+                refused = err
+        if any_rank(refused is not None, self.env):
+            raise refused or OutputError(f"rank 0 could not take the run directory {self.out} (see its message)")
+        return lock
+
+    def release(self) -> None:
+        """Let other processes write the run directory (the lock also ends with the process)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _setup(self, resume: bool) -> None:
+        config = self.config
         data, train = config.data, config.train
         # the contrastive demo paints each shape in the colour its text names: something for retrieval to find
         # the interactions demo adds users who like (shape, material) combinations
@@ -105,7 +135,6 @@ class FinetuneRun:
                               f"{self.env.world_size} processes")
         self.rank_batch = data.batch_size // self.env.world_size
         self.model_config = task_class(config.model.task).prepare(config.model, self.info)
-        self.out = Path(config.out) if config.out else default_run_dir(config)
 
         seed_everything(train.seed)
         if train.init_from:
@@ -194,11 +223,15 @@ class FinetuneRun:
         if not (ckpt / "train_state.pt").exists():
             raise ConfigError(f"{self.out} has no resumable checkpoint (checkpoints/resume/train_state.pt)")
         model, _, _ = load_checkpoint(ckpt)
-        self.trainer.load_model_state(model.state_dict())
         state, t = read_state(ckpt), self.trainer
-        t.load_optimizer_state(state["optimizer"])
-        t.scheduler.load_state_dict(state["scheduler"])
-        t.scaler.load_state_dict(state["scaler"])
+        try:
+            t.load_model_state(model.state_dict())
+            t.load_optimizer_state(state["optimizer"])
+            t.scheduler.load_state_dict(state["scheduler"])
+            t.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as err:  # a mixed directory
+            raise ConfigError(f"{ckpt} does not fit the run of {self.out / 'run_config.yaml'} ({type(err).__name__}"
+                              f"): its weights or optimizer state come from another run") from None
         t.step, t.micro_step = state["step"], state["micro_step"]
         t.watch.skipped = state.get("nonfinite_skipped", 0)
         self.incomplete = state.get("incomplete", {})
@@ -403,6 +436,7 @@ class FinetuneRun:
             signal.signal(signal.SIGTERM, previous)
             if self.env.is_main and self.tensorboard is not None:
                 self.tensorboard.close()
+            self.release()
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
@@ -450,14 +484,20 @@ class FinetuneRun:
         return summary
 
 
-def finetune(config: RunConfig, echo: Any = print, resume: bool = False) -> dict[str, Any]:
+def finetune(config: RunConfig, echo: Any = print, resume: bool = False, overwrite: bool = False
+             ) -> dict[str, Any]:
     """Train `config.model` on `config.data`, evaluate each epoch, test the best checkpoint. Returns metrics.json.
 
     `resume=True` continues the run in `config.out` from its `checkpoints/resume` exactly where it stopped.
+    The run directory is locked while the run lasts; one holding another run is refused unless `overwrite`
+    (which removes that run's files first; see `mmfuse.train.run_dir`).
     """
     started_group = not is_initialized()  # a caller's own process group is left to the caller
-    run = FinetuneRun(config, echo, resume)
-    result = run.run()
+    run = FinetuneRun(config, echo, resume, overwrite)
+    try:
+        result = run.run()
+    finally:
+        run.release()
     if started_group:
         shutdown(run.env)
     return result

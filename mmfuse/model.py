@@ -17,6 +17,7 @@ from .encoders.base import EncoderOutput
 from .encoders.registry import split_encoder_name
 from .errors import ConfigError
 from .fusion import Fusion, ModalityFeatures, create_fusion
+from .fusion.base import check_fusion_kwargs
 
 MODALITIES = ("text", "image", "audio")
 
@@ -87,6 +88,7 @@ class ModelConfig:
             raise ConfigError(f"modalities repeat: {', '.join(self.modalities)}")
         if self.dim <= 0:
             raise ConfigError(f"model.dim must be > 0, got {self.dim}")
+        check_fusion_kwargs(self.fusion, self.fusion_kwargs)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout is a probability in [0, 1), got {self.dropout}")
         if not 0.0 <= self.modality_dropout < 1.0:

@@ -25,7 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.demo import DemoSpec, build_demo, demo_dataset
+    from ..outputs import check_output_dir
 
+    if args.out:
+        check_output_dir(args.out)
     if args.manifest:
         from ..data.demo_manifest import write_demo_manifest
 

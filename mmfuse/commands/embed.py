@@ -45,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from .. import load
     from ..errors import DataError
     from ..export import ExportOptions, ManifestSource, ShardSource, export_embeddings
+    from ..outputs import check_output_dir
 
     if bool(args.manifest) == bool(args.shards):
         raise DataError("mmfuse embed needs exactly one of --manifest FILE or --shards DIR")
+    check_output_dir(args.out)  # before the model is loaded
     if args.manifest:
         source = ManifestSource(args.manifest, args.root, args.key, [c for c in args.text.split(",") if c],
                                 args.image or None, args.audio or None)

@@ -22,8 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import load
     from ..errors import ConfigError
+    from ..outputs import check_output_file
     from ..serving import cosine_parity
 
+    check_output_file(args.out)  # before the model is loaded
     try:
         from ..onnx_export import export_onnx, parity_records
     except ImportError as err:

@@ -16,7 +16,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                         "(default: text,image)")
     p.add_argument("--config", help="run config YAML with model/data/train sections (see configs/)")
     p.add_argument("--data", help="shard directory with a dataset.json (default: the embedded demo dataset)")
-    p.add_argument("--out", help="run directory for checkpoints and metrics (default: runs/<time>-<modalities>)")
+    p.add_argument("--out", help="run directory for checkpoints and metrics (default: runs/<time>-<modalities>); "
+                                 "one holding another run is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds another run: its checkpoints, metrics and "
+                        "run_config.yaml are removed first")
     p.add_argument("--epochs", type=int, help="passes over the training split")
     p.add_argument("--fusion", help="fusion name, see `mmfuse list` (default: concat-mlp)")
     p.add_argument("--task", help="classification, multilabel, regression, contrastive or interactions (= model.task; "
@@ -60,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         from pathlib import Path
 
-        config = resolve(load_yaml(Path(args.resume) / "run_config.yaml"),
+        from ..errors import ConfigError
+
+        run_config = Path(args.resume) / "run_config.yaml"
+        if not run_config.is_file():
+            raise ConfigError(f"--resume {args.resume} holds no run to resume ({run_config.name} is missing)")
+        # the run in RUN_DIR itself, wherever it was moved or copied (not the `out` its run_config.yaml names)
+        config = resolve(load_yaml(run_config), {"out": str(args.resume)},
                          {"train": {"progress": False}} if args.no_progress else {})
         finetune(config, resume=True)
         return 0
@@ -101,5 +111,5 @@ def run(args: argparse.Namespace) -> int:
     for assignment in args.set:
         set_dotted(overrides, assignment)
     config = resolve(preset_layer, file_layer, flags, overrides)
-    finetune(config)
+    finetune(config, overwrite=args.overwrite)
     return 0

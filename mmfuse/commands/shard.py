@@ -52,7 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import DataError
+    from ..outputs import check_output_dir
 
+    check_output_dir(args.out)  # before any row is read
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     if args.from_shards:
         from ..data.foreign import index_shards, parse_mapping

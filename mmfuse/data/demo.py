@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError, OutputError
+from ..outputs import check_output_dir
 from .writer import write_split
 
 SHAPES = ("circle", "square", "triangle")
@@ -84,6 +85,12 @@ class DemoSpec:
     """Mean number of users per item (at least 1)."""
     interaction_noise: float = 0.1
     """Probability that one of an item's users is a random user instead of a fan of its combination."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"the demo's seed must be in [0, 2**32), got {self.seed}")
+        if self.interactions and self.users < 1:
+            raise ConfigError(f"the demo needs at least 1 user with interactions, got {self.users}")
 
     def cache_name(self) -> str:
         name = f"demo-v{self.version}-s{self.seed}-{self.train}-{self.val}-{self.test}-{self.image_size}px"
@@ -198,8 +205,14 @@ def _recording_pairs(samples, pairs: list[str]):
 
 
 def build_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
-    """Write the demo shards and `dataset.json` into `out` (atomically: a temporary dir renamed at the end)."""
-    out = Path(out)
+    """Write the demo shards and `dataset.json` into `out` (atomically: a temporary dir renamed at the end).
+
+    An earlier demo dataset in `out` is replaced; anything else there is refused (`OutputError`), never removed.
+    """
+    out = check_output_dir(out, flag="demo directory")
+    if out.exists() and any(out.iterdir()) and not _is_demo(out):
+        raise OutputError(f"demo directory {out} is not empty and holds no mmfuse demo dataset: choose a new or "
+                          f"empty directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
     try:
@@ -232,13 +245,23 @@ def build_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     return out
 
 
+def _is_demo(path: Path) -> bool:
+    """Whether `path` holds a demo dataset this module wrote (its dataset.json names the generator)."""
+    try:
+        meta = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("name") == "mmfuse-demo" and isinstance(meta.get("generator"), dict) \
+        and meta["generator"].get("module") == __name__
+
+
 def demo_dataset(spec: DemoSpec = DemoSpec(), root: str | Path | None = None) -> Path:
     """Path of the cached demo dataset, generating it on first use (a few seconds)."""
     path = Path(root or cache_dir()) / spec.cache_name()
     if not (path / "dataset.json").exists():
         try:
             build_demo(path, spec)
-        except OSError as err:
+        except (OSError, OutputError) as err:
             raise DataError(
                 f"cannot write the demo dataset to {path}: {err} (set MMFUSE_CACHE to a writable dir)") from None
     return path

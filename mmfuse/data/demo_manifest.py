@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, OutputError
+from ..outputs import check_output_dir
 from .demo import LABELS, MATERIALS, SHAPES, _draw_image, _tap_audio, _write_text
 
 FAULTS = {  # key -> (field, reason prefix) that `mmfuse shard` reports for it
@@ -54,7 +56,14 @@ def write_demo_manifest(out: str | Path, count: int = 200, *, seed: int = 0, ima
                         users_per_item: float = 4.0, interaction_noise: float = 0.1) -> Path:
     """Write `out/items.jsonl` and `out/media/*` for `count` demo items (+ the known faults), and with `users`
     `out/pairs.csv`. Returns the manifest."""
-    out = Path(out)
+    for name, value, ok, rule in (("count", count, count >= 1, ">= 1"), ("users", users, users >= 0, ">= 0"),
+                                  ("seed", seed, 0 <= seed < 2**32, "in [0, 2**32)")):
+        if not ok:
+            raise ConfigError(f"demo catalogue: {name} must be {rule}, got {value}")
+    out = check_output_dir(out, flag="--manifest")
+    if (out / "items.jsonl").exists():
+        raise OutputError(f"--manifest {out} already holds a catalogue ({out / 'items.jsonl'}): choose another "
+                          f"directory or remove it")
     (out / "media").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     noise = np.random.default_rng([seed, 1])  # its own stream: the other columns stay as they were

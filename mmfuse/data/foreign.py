@@ -17,6 +17,7 @@ import webdataset as wds
 
 from ..errors import DataError
 from ..names import split_name_problem
+from ..outputs import check_output_dir
 from .info import FORMAT, PICKLE_EXTENSIONS
 from .tario import tar_samples
 from .writer import shard_entry
@@ -56,7 +57,7 @@ def _expand(sources: list[str]) -> dict[str, list[Path]]:
 def index_shards(sources: list[str], mapping: dict[str, str], out: str | Path, *, label_field: str = "cls",
                  labels: list[str] | None = None) -> dict[str, Any]:
     """Write `out/dataset.json` for existing shards. Returns it, with a `report` of what the scan found."""
-    out = Path(out)
+    out = check_output_dir(out)
     if (out / "dataset.json").exists():
         raise DataError(f"{out / 'dataset.json'} exists already (remove it or choose another --out)")
     sources_by_split = _expand(sources)  # split names checked before anything is written

@@ -94,10 +94,14 @@ class DatasetInfo:
         if not file.exists():
             raise DataError(f"{file} not found: a shard directory needs a dataset.json (write one with "
                             f"`mmfuse shard --manifest ITEMS.jsonl --out DIR`, or `mmfuse demo-data`)")
+        if not file.is_file():
+            raise DataError(f"{file} is a directory, not a dataset.json file")
         try:
-            meta = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"{file} is not valid JSON: {err}") from None
+            meta = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            why = f"{err.msg} at line {err.lineno}" if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+            raise DataError(f"{file} is corrupt (not valid JSON: {why}); rewrite it with `mmfuse shard` or restore "
+                            f"it") from None
         if not isinstance(meta, dict):
             raise DataError(f"{file} must hold a JSON object with modalities, labels and splits")
         missing = [k for k in ("modalities", "labels", "splits") if k not in meta]

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..names import split_name_problem
+from ..outputs import hold
 from .checks import Refused, check_row
 from .info import FORMAT
 from .manifest import ShardConfig, hash_split, read_manifest, require_columns
@@ -226,10 +227,19 @@ def _modalities(formats: dict[str, Counter]) -> dict[str, list[str]]:
 
 
 def write_shards(config: ShardConfig) -> ShardReport:
-    """Check every manifest row and write the accepted ones as shards in `config.out` (see the module doc)."""
+    """Check every manifest row and write the accepted ones as shards in `config.out` (see the module doc).
+
+    `config.out` is locked (beside it, as it is renamed into place at the end) while the shards are written: a
+    second `write_shards` into it is refused, naming this one.
+    """
     out = Path(config.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"output directory {out} is not empty (remove it or choose another --out)")
+    with hold(out, "shard", beside=True):
+        if out.exists() and any(out.iterdir()):
+            raise DataError(f"output directory {out} is not empty (remove it or choose another --out)")
+        return _write_shards(config, out)
+
+
+def _write_shards(config: ShardConfig, out: Path) -> ShardReport:
     rejects = _Rejects(config)
     tasks = _plan(config, rejects)
     pair_rejects, pairs = [], None

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..inference import Predictor
+from ..outputs import LOCK, hold
 from ..records import windows
 from .parts import part_meta, part_path, read_ids, read_vectors, remove_partial, write_part
 from .sources import Item
@@ -77,7 +78,7 @@ def _start(out: Path, plan: dict[str, Any]) -> None:
             raise DataError(f"{out} holds an export with other {', '.join(changed)}; resume it with the same "
                             f"input, model and options, or write to a new --out")
         return
-    if out.exists() and any(p.name != "parts" for p in out.iterdir()):
+    if out.exists() and any(p.name not in ("parts", LOCK) for p in out.iterdir()):
         raise DataError(f"output directory {out} is not empty and holds no mmfuse export")
     (out / "parts").mkdir(parents=True, exist_ok=True)
     tmp = out / ".export.json.tmp"
@@ -90,13 +91,20 @@ def export_embeddings(predictor: Predictor, items: Iterable[Item], options: Expo
     """Embed `items` into `options.out` part by part, skipping parts a previous run finished; returns metadata.
 
     `on_part(index)` is called after each part is written (progress hooks; raising there interrupts the export).
+    `options.out` is locked while the export runs: a second export into it is refused, naming this one.
     """
-    from tqdm import tqdm
-
     out = Path(options.out)
     selected = predictor.select(options.modalities)
     plan = _plan(predictor, options, source, selected)
-    _start(out, plan)
+    with hold(out, "embed"):
+        _start(out, plan)
+        return _export(predictor, items, options, plan, out, selected, total, on_part)
+
+
+def _export(predictor: Predictor, items: Iterable[Item], options: ExportOptions, plan: dict[str, Any], out: Path,
+            selected: list[str], total: int | None, on_part: Callable[[int], Any] | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
     parts_dir = out / "parts"
     remove_partial(parts_dir)
     seen: set[str] = set()

@@ -7,6 +7,8 @@ depend on the order of the dict: implementations iterate `sorted(features)`.
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError, did_you_mean
 from ..registry import Registry
 
 
@@ -72,7 +75,43 @@ def register_fusion(name: str) -> Callable[[Callable[..., Fusion]], Callable[...
 
 def create_fusion(name: str, modalities: list[str], dim: int, **kwargs: Any) -> Fusion:
     """Build a registered fusion over `modalities` at width `dim`."""
-    return FUSIONS.get(name)(modalities=modalities, dim=dim, **kwargs)
+    factory = FUSIONS.get(name)
+    check_fusion_kwargs(name, kwargs)
+    return factory(modalities=modalities, dim=dim, **kwargs)
+
+
+def check_fusion_kwargs(name: str, kwargs: dict[str, Any], where: str = "model.fusion_kwargs") -> None:
+    """Refuse an option fusion `name` does not take, and values its option's default rules out: a count (an int
+    default, or None for an `int | None`) below 1, a `dropout` outside [0, 1), another float not finite and > 0.
+    An unregistered `name` is left to `create_fusion`."""
+    if name not in FUSIONS:
+        return
+    params = {p.name: p for p in inspect.signature(FUSIONS.get(name)).parameters.values()
+              if p.name not in ("modalities", "dim")}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where} must be a mapping, got {kwargs!r}")
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is None or param.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD and \
+                param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+                continue
+            raise ConfigError(f"{where}.{key}: fusion '{name}' takes no option '{key}'{did_you_mean(str(key), params)}"
+                              f"; it takes {', '.join(params) or 'none'}")
+        default, number = param.default, isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is None and default is None:
+            continue
+        if (isinstance(default, int) and not isinstance(default, bool)) or (default is None and
+                                                                              "int" in str(param.annotation)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{where}.{key} must be an integer >= 1, got {value!r}")
+        elif isinstance(default, float):
+            if not number or not math.isfinite(value):
+                raise ConfigError(f"{where}.{key} must be a finite number, got {value!r}")
+            if key.endswith("dropout") and not 0 <= value < 1:
+                raise ConfigError(f"{where}.{key} is a probability in [0, 1), got {value!r}")
+            if not key.endswith("dropout") and value <= 0:
+                raise ConfigError(f"{where}.{key} must be > 0, got {value!r}")
 
 
 def list_fusions() -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+from safetensors import SafetensorError
 
 from ..encoders.registry import WEIGHT_SOURCES, saved_kwargs, split_encoder_name
 from ..errors import ConfigError
@@ -138,7 +139,13 @@ def load_checkpoint(directory: str | Path) -> tuple[FusionModel, ModelConfig, di
     weights = directory / WEIGHTS
     if not weights.exists():
         raise ConfigError(f"{directory} has no {WEIGHTS}")
-    missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
+    except SafetensorError:
+        raise ConfigError(f"{weights} is corrupt (not a readable safetensors file); rewrite it or use another "
+                          f"run") from None
+    except RuntimeError:  # a tensor of another shape than its config.json builds
+        raise ConfigError(f"{weights} does not match its config: a tensor has another shape") from None
     if missing or unexpected:
         raise ConfigError(f"{weights} does not match its config: missing {list(missing)[:3]}, "
                           f"unexpected {list(unexpected)[:3]}")

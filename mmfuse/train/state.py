@@ -6,12 +6,16 @@ Saved as `train_state.pt` inside a checkpoint directory (written atomically with
 
 from __future__ import annotations
 
+import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..errors import ConfigError
 
 STATE = "train_state.pt"
 
@@ -50,8 +54,22 @@ def write_state(directory: Path, state: dict[str, Any]) -> None:
     torch.save(state, directory / STATE)
 
 
+REQUIRED = ("epoch", "step", "micro_step", "optimizer", "scheduler", "scaler", "best", "records")
+
+
 def read_state(directory: str | Path) -> dict[str, Any]:
-    return upgrade_state(torch.load(Path(directory) / STATE, map_location="cpu", weights_only=True))
+    """The resumable state of a checkpoint directory; a file that is not one mmfuse wrote is a `ConfigError`."""
+    file = Path(directory) / STATE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        missing = [k for k in REQUIRED if k not in state] if isinstance(state, dict) else ["a mapping"]
+        if missing:
+            raise KeyError(missing[0])
+        return upgrade_state(state)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+            IndexError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{file} is corrupt ({type(err).__name__}: not a train state mmfuse wrote); resume from "
+                          f"an intact copy of the run, or start afresh with --overwrite") from None
 
 
 def upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
