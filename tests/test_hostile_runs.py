@@ -304,6 +304,17 @@ def test_a_corrupt_train_state_is_one_line(finished_run, tmp_path, content, caps
     assert f"{state} is corrupt (" in line and "not a train state mmfuse wrote" in line
 
 
+def test_resume_of_a_mixed_directory_is_one_line(finished_run, saved_run, tmp_path, capsys):
+    """checkpoints/resume holding another run's weights (what clobbering used to leave) is named, not a traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    resume = run / "checkpoints" / "resume"
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(saved_run / name, resume / name)  # a two-label text+image model: another head
+    assert main(["finetune", "--resume", str(run), "--no-progress"]) == 2
+    assert f"{resume} does not fit the run of {run / 'run_config.yaml'}" in one_error_line(capsys)
+
+
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b'{"splits": ', b"[1, 2"])
 def test_a_corrupt_dataset_json_is_one_line(demo_shards, tmp_path, content, capsys):
     data = tmp_path / "data"
