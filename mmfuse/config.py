@@ -81,8 +81,9 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
     precision: str = "auto"
-    """auto | fp32 | bf16 | fp16. auto: bf16 (fp16 without bf16 support) on CUDA; bf16 on CPUs with avx512_bf16
-    or AMX, else fp32 (bf16 without them is 2-3x slower)."""
+    """auto | fp32 | bf16 | fp16. auto: bf16 (fp16 without bf16 support) on CUDA; on a CPU, bf16 where it has
+    avx512_bf16 or AMX and the model has an encoder at least 256 wide (narrower towers run slower in bf16), else fp32
+    (bf16 without those instructions is 2-3x slower)."""
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
     seed: int = 0

@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke tests)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", help="auto, fp32, bf16 or fp16 (auto picks by hardware)")
+    p.add_argument("--precision", help="auto, fp32, bf16 or fp16 (auto picks by hardware and the widest encoder)")
     p.add_argument("--workers", type=int, help="loader worker processes")
     p.add_argument("--strict", action="store_true", default=None,
                    help="fail on the first undecodable sample instead of skipping and counting it")
