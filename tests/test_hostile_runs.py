@@ -327,9 +327,9 @@ def test_a_corrupt_dataset_json_is_one_line(demo_shards, tmp_path, content, caps
 
 @pytest.mark.parametrize("args, message", [
     (lambda t: ["--config", str(t)], "is a directory: pass a YAML file"),
-    (lambda t: ["--preset", str(preset(t, dim="big"))], "model.dim must be an integer, got 'big'"),
-    (lambda t: ["--preset", str(preset(t, dropout="high"))], "model.dropout must be a number, got 'high'"),
-    (lambda t: ["--preset", str(preset(t, modalities=5))], "model.modalities must be a list, got 5"),
+    (lambda t: ["--preset", str(preset(t, dim="big"))], "preset.json: model.dim must be an integer, got 'big'"),
+    (lambda t: ["--preset", str(preset(t, dropout="high"))], "preset.json: model.dropout must be a number, got 'high'"),
+    (lambda t: ["--preset", str(preset(t, modalities=5))], "preset.json: model.modalities must be a list, got 5"),
     (lambda t: ["--preset", str(preset(t, fusion_kwargs=3))], "model.fusion_kwargs must be a mapping"),
     (lambda t: ["--fusion", "bottleneck", "--set", "model.fusion_kwargs.layers=-1"],
      "model.fusion_kwargs.layers must be an integer >= 1, got -1"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import ConfigError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -64,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         from pathlib import Path
 
-        from ..errors import ConfigError
-
         run_config = Path(args.resume) / "run_config.yaml"
         if not run_config.is_file():
             raise ConfigError(f"--resume {args.resume} holds no run to resume ({run_config.name} is missing)")
@@ -110,6 +110,22 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     for assignment in args.set:
         set_dotted(overrides, assignment)
-    config = resolve(preset_layer, file_layer, flags, overrides)
+    try:
+        config = resolve(preset_layer, file_layer, flags, overrides)
+    except ConfigError as err:
+        if preset_layer and str(err) == _alone(preset_layer):  # the preset's own mistake: name its file
+            raise ConfigError(f"--preset {args.preset}: {err}") from None
+        raise
     finetune(config, overwrite=args.overwrite)
     return 0
+
+
+def _alone(layer: dict[str, Any]) -> str | None:
+    """The error a config layer raises over the defaults alone, or None."""
+    from ..config import resolve
+
+    try:
+        resolve(layer)
+    except ConfigError as err:
+        return str(err)
+    return None
