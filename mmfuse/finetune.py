@@ -90,7 +90,7 @@ class FinetuneRun:
     """One fine-tuning run: set-up, the epoch loop with resumable checkpoints, and the final test."""
 
     def __init__(self, config: RunConfig, echo: Any = print, resume: bool = False, overwrite: bool = False) -> None:
-        self.config, self.started = config, time.perf_counter()
+        self.config, self.started, self.time_before = config, time.perf_counter(), 0.0
         self.env: DistEnv = init_distributed(config.train.device)
         self.echo = echo if self.env.is_main else (lambda *_: None)
         self.out = Path(config.out) if config.out else default_run_dir(config)
@@ -206,7 +206,8 @@ class FinetuneRun:
                 "optimizer": t.optimizer_state(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
                 "nonfinite_skipped": t.watch.skipped, "incomplete": dict(self.incomplete),
-                "selection": self.selection.to_dict(), "log_lines": self.log.lines if self.env.is_main else 0}
+                "selection": self.selection.to_dict(), "log_lines": self.log.lines if self.env.is_main else 0,
+                "train_time_s": self._train_time()}
 
     def _save(self, kind: str, train_state: bool = False) -> None:
         # collectives: every rank takes part (the gather; under FSDP the optimizer state and the weights)
@@ -234,6 +235,7 @@ class FinetuneRun:
                               f"): its weights or optimizer state come from another run") from None
         t.step, t.micro_step = state["step"], state["micro_step"]
         t.watch.skipped = state.get("nonfinite_skipped", 0)
+        self.time_before = state.get("train_time_s", 0.0)
         self.incomplete = state.get("incomplete", {})
         if len(state["ranks"]) != self.env.world_size:
             raise ConfigError(f"{ckpt} was written by {len(state['ranks'])} processes; resume with as many")
@@ -256,6 +258,9 @@ class FinetuneRun:
         t, train = self.trainer, self.config.train
         self.skipped.update(info["skipped"])
         self.acc["skipped"] += sample_skips(info["skipped"])
+        # per step, so that a mid-epoch checkpoint carries the epoch's time so far across a resume
+        self.acc["data_s"] += info.get("data_s", 0.0)
+        self.acc["compute_s"] += info.get("compute_s", 0.0)
         for reason, n in info["skipped"].items():
             if reason.startswith(SHARD_REASON):
                 self.acc["shards"][reason] = self.acc["shards"].get(reason, 0) + n
@@ -296,12 +301,10 @@ class FinetuneRun:
         bar = tqdm(total=rank_batches, initial=self.acc["batches"], leave=False,
                    desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
                    dynamic_ncols=True)
-        stats = self.trainer.train_epoch(self._tally(loader), self._after_step, bar, padding=self._padding_batch,
-                                         stop=lambda: self.stop_requested)
+        self.trainer.train_epoch(self._tally(loader), self._after_step, bar, padding=self._padding_batch,
+                                 stop=lambda: self.stop_requested)  # its times and counts are tallied per step
         bar.close()
         self.trainer.watch.check()  # the losses not read yet: no evaluation of a model trained on a NaN
-        self.acc["data_s"] += stats["data_s"]
-        self.acc["compute_s"] += stats["compute_s"]
         samples = sum(gather_objects(self.acc["samples"], self.env))
         skipped = sum(gather_objects(self.acc["skipped"], self.env))
         shards = sum_counters(Counter(self.acc["shards"]), self.env)
@@ -395,6 +398,10 @@ class FinetuneRun:
             self.ignored.update(batch.get("ignored", {}))
             yield batch
 
+    def _train_time(self) -> float:
+        """Seconds of this run so far: this process's, plus those of the processes it resumes."""
+        return self.time_before + time.perf_counter() - self.started
+
     @staticmethod
     def _new_epoch_acc() -> dict[str, Any]:
         return {"loss_sum": 0.0, "batches": 0, "samples": 0, "skipped": 0, "data_s": 0.0, "compute_s": 0.0,
@@ -468,7 +475,7 @@ class FinetuneRun:
             "nonfinite_skipped": self.trainer.watch.skipped,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
             "device": str(self.env.device), "precision": self.trainer.precision,
-            "train_time_s": round(time.perf_counter() - self.started, 1), "data": str(self.info.root),
+            "train_time_s": round(self._train_time(), 1), "data": str(self.info.root),
         }
         if self.env.is_main:
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))

@@ -142,7 +142,11 @@ class Predictor:
     def _batches(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         chunk: list[dict[str, Any]] = []
         for i, record in enumerate(records):
-            chunk.append(self.prepare(record, i))
+            sample = self.prepare(record, i)
+            if all(sample[m] is None for m in self.preprocessors):  # the head would answer from its bias alone
+                raise DataError(f"record '{sample['key']}' has none of the model's modalities "
+                                f"({', '.join(self.modalities)}) set: nothing to predict from")
+            chunk.append(sample)
             if len(chunk) == self.batch_size:
                 yield self._to_device(self._collate(chunk))
                 chunk = []

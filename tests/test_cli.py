@@ -14,6 +14,7 @@ import mmfuse
 from mmfuse.cli import main
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import read_records
+from mmfuse.errors import DataError
 
 TINY_FLAGS = ["--set", "model.dim=32", "--set", "model.encoders.text.kwargs.width=16",
               "--set", "model.encoders.image.kwargs.width=16", "--set", "model.encoders.image.kwargs.image_size=32",
@@ -49,6 +50,10 @@ def test_finetune_writes_run_and_load_reproduces_test_accuracy(demo_shards, tmp_
     assert accuracy == metrics["test"]["accuracy"]
     emb = predictor.embed([{"text": "an oak toy"}, {"image": records[0]["image"]}, {}], normalize=True)
     assert emb.shape == (3, 32) and abs(float((emb**2).sum(1).mean()) - 1.0) < 1e-5
+    # a record with none of the model's modalities: an error naming it, never a label answered from the head's bias
+    for empty in ({}, {"key": "x9", "audio": b"RIFF"}, {"text": None}):
+        with pytest.raises(DataError, match=r"record '(0|x9)' has none of the model's modalities \(image, text\)"):
+            predictor.predict([empty])
 
 
 @pytest.mark.parametrize("modalities", ["text", "image"])

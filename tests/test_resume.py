@@ -15,6 +15,7 @@ import pytest
 from mmfuse.cli import main
 from mmfuse.config import resolve
 from mmfuse.finetune import finetune
+from mmfuse.train.state import read_state
 from mmfuse.train.trainer import Trainer
 
 
@@ -56,8 +57,16 @@ def test_crash_then_resume_matches_an_uninterrupted_run(tiny_layers, tmp_path, m
         finetune(config, echo=lambda *_: None)
     monkeypatch.setattr(Trainer, "train_step", original)
     assert not (tmp_path / "run" / "metrics.json").exists()
+    state = read_state(tmp_path / "run" / "checkpoints" / "resume")
     resumed = finetune(config, echo=lambda *_: None, resume=True)
     assert comparable(resumed) == comparable(reference)
+    # times carry across the resume: the run's total and the interrupted epoch's data wait + compute so far
+    interrupted = state["epoch"]
+    assert state["train_time_s"] > 0 and resumed["train_time_s"] >= round(state["train_time_s"], 1)
+    before = state["ranks"][0]["acc"]
+    assert before["compute_s"] > 0 and before["data_s"] > 0
+    epoch = resumed["epochs"][interrupted - 1]
+    assert epoch["compute_s"] >= round(before["compute_s"], 3) and epoch["data_s"] >= round(before["data_s"], 3)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
     strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("data_s", "compute_s")}  # noqa: E731

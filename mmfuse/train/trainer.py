@@ -184,14 +184,16 @@ class Trainer:
                 loaded = time.perf_counter()
                 loss = self.train_step(batch).double()  # stays on the device: no host sync per step
                 done = time.perf_counter()
-                data_time, compute_time, tick = data_time + loaded - tick, compute_time + done - loaded, done
+                step_data, step_compute = loaded - tick, done - loaded
+                data_time, compute_time, tick = data_time + step_data, compute_time + step_compute, done
                 seen, loss_sum, batches = seen + batch_size(batch), loss_sum + loss, batches + 1
                 if progress is not None:
                     progress.update(1)
                     if batches % PROGRESS_EVERY == 1:
                         progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
                 info = {"loss": loss, "size": batch_size(batch), "skipped": batch["skipped"],
-                        "cursor": batch.get("cursor"), "stop": stopping}
+                        "cursor": batch.get("cursor"), "stop": stopping, "data_s": step_data,
+                        "compute_s": step_compute}
             else:
                 if batch is not None:  # every sample skipped: only counts
                     after_step({"skipped": batch["skipped"], "size": 0, "cursor": batch.get("cursor")})
