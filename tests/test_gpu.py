@@ -85,8 +85,11 @@ def assert_parity(a: np.ndarray, b: np.ndarray, minimum: float = 0.99) -> None:
 def image_records(n: int = 12) -> list[dict]:
     rng = np.random.default_rng(0)
     texts = ["an oak toy", "a small steel block with a smooth finish", "walnut", "", "pine figure", "iron token"]
+    # every third record has no image, and an empty text always comes with one: each record has a modality
+    # (`predict` refuses a record with none)
     return [{"key": f"r{i}", "text": texts[i % len(texts)],
-             **({"image": rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)} if i % 3 else {})} for i in range(n)]
+             **({"image": rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)} if i % 3 or not texts[i % len(texts)]
+                else {})} for i in range(n)]
 
 
 def test_predictor_honours_bf16_autocast_on_the_cpu_and_returns_fp32(tiny_config, demo_shards):
