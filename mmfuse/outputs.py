@@ -11,6 +11,7 @@ The kernel drops the lock when the process dies, so a killed run never leaves a 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -39,11 +40,9 @@ def _unwritable(directory: Path) -> str | None:
         return f"{directory} is a file, not a directory"
     if os.access(directory, os.W_OK | os.X_OK):  # root passes mode bits, never a read-only mount (EROFS)
         return None
-    try:
+    with contextlib.suppress(OSError):
         if os.statvfs(directory).f_flag & os.ST_RDONLY:
             return f"{directory} is on a read-only filesystem"
-    except OSError:
-        pass
     return f"{directory} is not writable (permission denied)"
 
 
@@ -82,10 +81,8 @@ class OutputLock:
         """Remove the lock file, drop the lock, and remove the folders `hold` made if they are still empty."""
         if self._fd is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             self.file.unlink(missing_ok=True)  # while still held: a waiting opener then retries on a new file
-        except OSError:
-            pass
         os.close(self._fd)
         self._fd = None
         for folder in self._created:  # deepest first

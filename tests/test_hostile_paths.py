@@ -101,10 +101,15 @@ def dataset_copy(demo_shards, tmp_path) -> Path:
     return copy
 
 
-def edit_dataset(folder: Path, edit) -> None:
-    meta = json.loads((folder / "dataset.json").read_text())
+def edit_json(path: Path, edit) -> None:
+    """Apply `edit` to the JSON object in `path`, in place."""
+    meta = json.loads(path.read_text())
     edit(meta)
-    (folder / "dataset.json").write_text(json.dumps(meta))
+    path.write_text(json.dumps(meta))
+
+
+def edit_dataset(folder: Path, edit) -> None:
+    edit_json(folder / "dataset.json", edit)
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "../../../../../../etc/passwd", "/dev/zero", "../../../../dev/zero",
@@ -168,9 +173,7 @@ def run_copy(saved_run, tmp_path) -> Path:
 
 
 def tamper(run: Path, edit) -> None:
-    meta = json.loads((run / "config.json").read_text())
-    edit(meta)
-    (run / "config.json").write_text(json.dumps(meta))
+    edit_json(run / "config.json", edit)
 
 
 def outside_assets(run: Path, tmp_path: Path) -> str:
