@@ -17,7 +17,7 @@ from mmfuse.data.info import DatasetInfo
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
 from mmfuse.inference import load
-from mmfuse.tasks import create_model_and_task, list_tasks
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.checkpoint import save_checkpoint
 
 TINY_FLAGS = ["--no-progress", "--batch-size", "16", "--set", "model.dim=32",
@@ -39,10 +39,6 @@ def task_shards(tmp_path_factory) -> dict[str, Path]:
         out[kind] = root / kind
         assert main([*common, "--out", str(out[kind]), *extra]) == 0
     return out
-
-
-def test_tasks_are_registered():
-    assert list_tasks() == ["classification", "contrastive", "interactions", "multilabel", "regression"]
 
 
 def test_multilabel_finetune_and_predict(task_shards, tmp_path, capsys):
