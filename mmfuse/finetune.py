@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .config import RunConfig, dump_yaml
 from .data.demo import DemoSpec, demo_dataset
@@ -32,6 +31,7 @@ from .data.position import LoaderPosition
 from .errors import ConfigError, DataError, OutputError, TrainingError
 from .model import build_model
 from .outputs import OutputLock
+from .progress import progress_bar
 from .tasks import task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import (
@@ -298,7 +298,7 @@ class FinetuneRun:
                               shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
                               epoch_samples=self.epoch_samples, position=self.position)
         rank_batches = math.ceil(self.epoch_samples / self.env.world_size / self.rank_batch)
-        bar = tqdm(total=rank_batches, initial=self.acc["batches"], leave=False,
+        bar = progress_bar(total=rank_batches, initial=self.acc["batches"], leave=False,
                    desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
                    dynamic_ncols=True)
         self.trainer.train_epoch(self._tally(loader), self._after_step, bar, padding=self._padding_batch,
