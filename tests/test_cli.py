@@ -269,3 +269,25 @@ def test_progress_in_a_redirected_log_is_sparse(demo_shards, tmp_path):
     bar_writes = len(re.findall(r"epoch \d/2: +\d+%", text))
     assert 2 <= bar_writes <= 6, text  # each bar opens (and may refresh once per 30 s of a slow epoch)
     assert text.count("\r") <= 12, text
+
+
+def test_progress_bar_is_sparse_off_a_terminal(monkeypatch):
+    from mmfuse.progress import SPARSE_INTERVAL, progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.delenv("TQDM_MAXINTERVAL", raising=False)
+    log = io.StringIO()
+    with progress_bar(total=500, file=log, desc="epoch") as bar:
+        assert bar.mininterval == bar.maxinterval == SPARSE_INTERVAL
+        for _ in range(500):
+            bar.update(1)
+    assert log.getvalue().count("\r") <= 2 and "500/500" in log.getvalue()  # opened and closed, nothing between
+    with progress_bar(total=5, file=Terminal(), mininterval=0.5) as bar:
+        assert bar.mininterval == 0.5 and bar.maxinterval == 10  # a terminal: tqdm as asked
+    monkeypatch.setenv("TQDM_MININTERVAL", "2")
+    with progress_bar(total=5, file=io.StringIO()) as bar:
+        assert bar.mininterval < SPARSE_INTERVAL  # left to tqdm, which reads its TQDM_* variables at import
