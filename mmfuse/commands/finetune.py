@@ -1,16 +1,20 @@
 """`mmfuse finetune`: flags and config layers -> `RunConfig` -> `mmfuse.finetune.finetune`.
 
 Most flags set one config field: `FIELD_FLAGS` names them, and each flag's type, help and default come from that
-field (its annotation, docstring and default in `mmfuse/config.py` / `mmfuse/model.py`). The rest (--preset,
---config, --set, --resume, --overwrite, --no-progress, --lora, the encoder flags) are written out below.
+field (its annotation, docstring and default in `mmfuse/config.py`). The rest (--preset, --config, --set, --resume,
+--overwrite, --no-progress, --lora, the encoder flags) are written out below.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import functools
 import inspect
+import textwrap
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,74 +55,77 @@ HELP = {
 }
 """A flag's own words where its field's docstring reads as config, not as a command line."""
 
-DEFAULT_TEXT = {"--modalities": "text,image"}
-"""Defaults built by a factory (not literal in the source)."""
-
 METAVARS = {"--init-from": "RUN_DIR"}
 
 RESUME_TAKES = ("resume", "no_progress")
 """What --resume combines with: the rest of a resumed run's settings are its run_config.yaml."""
 
-SECTIONS = (("model", "model.py", "ModelConfig"), ("data", "config.py", "DataConfig"),
-            ("train", "config.py", "TrainConfig"), ("", "config.py", "RunConfig"))
-TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list[str]": str}
-"""Annotation -> the flag's type; a list is given comma-separated (the config splits it)."""
-
 
 @dataclass(frozen=True)
 class FieldDoc:
-    annotation: str
-    """The annotation's source, `| None` removed."""
+    kind: type | None
+    """The flag's type: int, float, str or bool; str for a list (given comma-separated, the config splits it);
+    None for a field no flag can give (a mapping)."""
     default: Any
-    """The literal default, or None (none, None, or built by a factory)."""
+    """The field's value in a default `RunConfig` (what a run without this setting gets)."""
     doc: str
-    """The field's docstring, on one line."""
+    """The field's docstring, on one line ('' if it has none)."""
 
 
 @functools.cache
 def config_fields() -> dict[str, FieldDoc]:
-    """`section.name` (or `name` at the top) -> FieldDoc of every field of the run config's dataclasses.
+    """`section.name` (`name` at the top) -> FieldDoc of every field of `RunConfig` and its sections."""
+    from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
-    Read from their source with `ast`: importing them would import torch just to print `--help`.
-    """
-    package = Path(__file__).resolve().parents[1]
+    defaults = RunConfig().to_dict()
     fields: dict[str, FieldDoc] = {}
-    for section, filename, class_name in SECTIONS:
-        tree = ast.parse((package / filename).read_text(encoding="utf-8"))
-        body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name).body
-        for node, after in zip(body, [*body[1:], None], strict=True):
-            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-                continue
-            annotation = ast.unparse(node.annotation).replace(" | None", "").replace("None | ", "")
-            try:
-                default = ast.literal_eval(node.value) if node.value is not None else None
-            except ValueError:  # field(default_factory=...)
-                default = None
-            doc = ""
-            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and \
-                    isinstance(after.value.value, str):
-                doc = " ".join(inspect.cleandoc(after.value.value).split())
-            fields[f"{section}.{node.target.id}" if section else node.target.id] = FieldDoc(annotation, default, doc)
+    for section, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig), ("", RunConfig)):
+        hints, docs = typing.get_type_hints(cls), field_docstrings(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}" if section else f.name
+            default = defaults[section][f.name] if section else defaults[f.name]
+            fields[key] = FieldDoc(_flag_type(hints[f.name]), default, docs.get(f.name, ""))
     return fields
+
+
+def field_docstrings(cls: type) -> dict[str, str]:
+    """A dataclass's field docstrings (the string literal under a field), each on one line."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+def _flag_type(hint: Any) -> type | None:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = options[0] if len(options) == 1 else None
+    if typing.get_origin(hint) is list:
+        return str
+    return hint if hint in (int, float, str, bool) else None
 
 
 def add_field_flag(p: argparse.ArgumentParser, flag: str, key: str) -> None:
     """`flag` for config field `key`: its type, its docstring (or `HELP`) and default as help; argparse's own
     default stays None so that an absent flag leaves the lower config layers alone."""
     spec = config_fields()[key]
+    if spec.kind is None:
+        raise TypeError(f"{flag}: config field {key} takes no command-line value")
     text = HELP.get(flag) or spec.doc.rstrip(".")
     if text.split()[0].istitle():  # a docstring's sentence case, not a name like AdamW or RUN_DIR
         text = text[0].lower() + text[1:]
     text = f"{key}: {text}"
-    default = DEFAULT_TEXT.get(flag, spec.default)
-    if "(default" not in text and default is not None and default is not False:
+    default = ",".join(map(str, spec.default)) if isinstance(spec.default, list) else spec.default
+    if "(default" not in text and default is not None and default is not False and default != "":
         text += f" (default: {default})"
     text = text.replace("%", "%%")  # argparse %-formats help
-    kind = TYPES[spec.annotation]
-    if kind is bool:
+    if spec.kind is bool:
         p.add_argument(flag, action="store_true", default=None, help=text)
     else:
-        p.add_argument(flag, type=kind, metavar=METAVARS.get(flag), help=text)
+        p.add_argument(flag, type=spec.kind, metavar=METAVARS.get(flag), help=text)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
