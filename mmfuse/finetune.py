@@ -21,8 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .config import RunConfig, dump_yaml
 from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
@@ -30,6 +28,7 @@ from .data.loader import SHARD_REASON, make_loader, sample_skips
 from .data.position import LoaderPosition
 from .errors import ConfigError, DataError, OutputError, TrainingError
 from .outputs import OutputLock
+from .progress import progress_bar
 from .tasks import check_model_config, create_model_and_task, create_task, task_class
 from .tasks.base import join_parts
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
@@ -282,7 +281,7 @@ class FinetuneRun:
                               shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
                               epoch_samples=self.epoch_samples, position=self.position)
         rank_batches = math.ceil(self.epoch_samples / self.env.world_size / self.rank_batch)
-        bar = tqdm(total=rank_batches, initial=self.tally.batches, leave=False,
+        bar = progress_bar(total=rank_batches, initial=self.tally.batches, leave=False,
                    desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
                    dynamic_ncols=True)
         for step in self.trainer.steps(self._tally(loader), bar, padding=self._padding_batch,
