@@ -1,7 +1,9 @@
-"""Manifests: a JSONL or CSV catalogue of items, read row by row, and the config that maps its columns to modalities.
+"""Manifests: a JSONL or CSV catalogue of items (read row by row by `mmfuse.data.rows`), and the config that maps
+its columns to modalities.
 
 A row names a key, one or several text columns, an image path, an audio path and a label; paths are relative to
-the media root (or absolute). `ShardConfig` says which column is which and how to split and shard the records.
+the media root (or absolute). `ShardConfig` says which column is which and how to split and shard the records; the
+supervision columns are those the target kind asks for (`mmfuse.data.targets`).
 """
 
 from __future__ import annotations
