@@ -30,9 +30,8 @@ from .data.info import DatasetInfo
 from .data.loader import SHARD_REASON, make_loader, sample_skips
 from .data.position import LoaderPosition
 from .errors import ConfigError, DataError, OutputError, TrainingError
-from .model import build_model
 from .outputs import OutputLock
-from .tasks import task_class
+from .tasks import check_model_config, create_model_and_task, create_task, task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import (
     DistEnv,
@@ -121,6 +120,7 @@ class FinetuneRun:
 
     def _setup(self, resume: bool) -> None:
         config = self.config
+        check_model_config(config.model)  # task and fusion names before any data is read
         data, train = config.data, config.train
         # the contrastive demo paints each shape in the colour its text names: something for retrieval to find
         # the interactions demo adds users who like (shape, material) combinations
@@ -139,11 +139,11 @@ class FinetuneRun:
         seed_everything(train.seed)
         if train.init_from:
             model, self.model_config, init = init_from_run(train.init_from, self.model_config)
+            self.task = create_task(self.model_config)
             self.echo(f"mmfuse: initialised from {init['source']}: {len(init['kept'])} labels kept, "
                       f"{len(init['new'])} new{': ' + ', '.join(init['new']) if init['new'] else ''}")
         else:
-            model = build_model(self.model_config)
-        self.task = model.task
+            model, self.task = create_model_and_task(self.model_config)
         apply_freeze(model, train.freeze, train.unfreeze_top)
         if train.grad_checkpointing:
             for encoder in model.encoders.values():
@@ -156,7 +156,7 @@ class FinetuneRun:
         total_steps = max(1, self.micro_batches // train.grad_accum) * train.epochs
         if train.max_steps is not None:
             total_steps = min(total_steps, train.max_steps)
-        self.trainer = Trainer(model, train, self.env.device, total_steps, self.env)
+        self.trainer = Trainer(model, self.task, train, self.env.device, total_steps, self.env)
         self.preprocessors = model.preprocessors()
         self.cache = None
         if train.cache_frozen and model.frozen_towers():

@@ -18,11 +18,11 @@ import torch
 
 from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
-from .model import FusionModel, ModelConfig, build_model
+from .model import FusionModel, ModelConfig
 from .names import inside
 from .records import error_reason, length_order, windows
 from .serving import cast_inputs, check_backend, quantize_int8
-from .tasks import create_task
+from .tasks import create_model_and_task, create_task
 from .train.checkpoint import load_checkpoint
 from .train.precision import autocast, choose_precision, resolve_device
 
@@ -59,7 +59,8 @@ class Predictor:
         self.model = model.to(device).eval()
         self.backend = backend
         self.config = config
-        self.task = model.task if model.task is not None else create_task(config)
+        self.task = create_task(config)
+        self.task.bind(self.model)
         self.labels = list(config.labels)
         self.device = device
         self.batch_size = batch_size
@@ -366,6 +367,6 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
     config = ModelConfig(**{**load_preset(str(source)), "labels": list(UNTRAINED_LABELS)})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model(config)
+        model, _ = create_model_and_task(config)
     return Predictor(model, config, resolve_device(device), batch_size, source=str(source), trained=False,
                      backend=backend, onnx_file=onnx_file, precision=precision)

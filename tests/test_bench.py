@@ -21,7 +21,8 @@ from mmfuse.cli import main
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import build_pipeline
 from mmfuse.errors import ConfigError
-from mmfuse.model import ModelConfig, build_model
+from mmfuse.model import ModelConfig
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.trainer import Trainer
 
 FAST = ["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--min-time", "0"]
@@ -120,8 +121,8 @@ def test_compare_prints_ratios(tiny_report, tmp_path, capsys):
 
 def test_raw_decode_yields_the_loaders_batches(demo_shards):
     info = DatasetInfo.load(demo_shards)
-    model = build_model(ModelConfig(["text", "image"], build_cases(BenchConfig(preset="tiny"))[0].encoders(),
-                                    labels=list(info.labels)))
+    model = create_model_and_task(ModelConfig(["text", "image"], build_cases(BenchConfig(preset="tiny"))[0].encoders(),
+                                    labels=list(info.labels)))[0]
     pre = model.preprocessors()
     ours = list(build_pipeline(info, "val", pre, 8))
     raw = list(raw_batches(info, "val", pre, 8))

@@ -31,7 +31,9 @@ from ..data.info import DatasetInfo
 from ..data.loader import build_pipeline, make_loader, read_records
 from ..errors import ConfigError
 from ..inference import Predictor
-from ..model import FusionModel, ModelConfig, build_model
+from ..model import FusionModel, ModelConfig
+from ..tasks import create_model_and_task
+from ..tasks.classification import ClassificationTask
 from ..train.precision import DTYPES
 from ..train.trainer import Trainer
 from .presets import BenchConfig, CaseSpec
@@ -53,7 +55,7 @@ class Context:
 def _model(ctx: Context, spec: CaseSpec) -> FusionModel:
     torch.manual_seed(0)
     config = ModelConfig(list(spec.modalities), spec.encoders(), labels=list(ctx.info.labels), fusion=spec.fusion)
-    return build_model(config)
+    return create_model_and_task(config)[0]
 
 
 def _batches(ctx: Context, model: FusionModel, spec: CaseSpec, n: int = 1) -> list[dict[str, Any]]:
@@ -192,7 +194,7 @@ def run_train(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     model = _model(ctx, spec)
     baseline_model = copy.deepcopy(model).to(ctx.device).train()
     train_cfg = TrainConfig(device=str(ctx.device), precision=ctx.precision, progress=False, lr=1e-4)
-    trainer = Trainer(model, train_cfg, ctx.device, total_steps=1_000_000)
+    trainer = Trainer(model, ClassificationTask.for_head(model), train_cfg, ctx.device, total_steps=1_000_000)
     trainer.model.train()
     _compile(trainer.model, ctx)
     _compile(baseline_model, ctx)

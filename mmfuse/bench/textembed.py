@@ -23,8 +23,9 @@ import torch
 
 from ..errors import ConfigError
 from ..inference import UNTRAINED_LABELS, Predictor
-from ..model import ModelConfig, build_model
+from ..model import ModelConfig
 from ..serving import cosine_parity
+from ..tasks import create_model_and_task
 from .backends import backend_predictors, compare
 from .presets import CaseSpec
 from .timing import PeakMemory, interleaved, paired_ratio
@@ -63,7 +64,7 @@ def _predictor(model_dir: Path, max_length: int, device: torch.device, batch_siz
         "model": str(model_dir), "pooling": "mean", "max_length": max_length}}}, labels=list(UNTRAINED_LABELS))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model(config)
+        model, _ = create_model_and_task(config)
     return Predictor(model, config, device, batch_size, source=str(model_dir), trained=False)
 
 

@@ -19,7 +19,7 @@ from ..config import TrainConfig
 from ..data.batch import batch_size, to_device
 from ..errors import ConfigError, TrainingError
 from ..model import FusionModel
-from ..tasks.classification import ClassificationTask
+from ..tasks import Task
 from . import fsdp
 from .distributed import DistEnv, in_step, lockstep, sum_counters
 from .finite import LossWatch, weights_finite
@@ -35,16 +35,18 @@ class Trainer:
 
     `train_step(batch)` runs one micro-batch forward + backward and, every `grad_accum` micro-batches, one
     optimizer step; `evaluate(loader)` returns the task's metrics over all ranks; `train_epoch` runs a pass. The
-    loss and the metrics come from the model's task (`mmfuse.tasks`; a hand-built model is a classifier).
+    loss and the metrics come from `task` (`mmfuse.tasks`; for a classifier assembled by hand,
+    `ClassificationTask.for_head(model)`).
     """
 
-    def __init__(self, model: FusionModel, cfg: TrainConfig, device: torch.device, total_steps: int,
+    def __init__(self, model: FusionModel, task: Task, cfg: TrainConfig, device: torch.device, total_steps: int,
                  env: DistEnv | None = None) -> None:
         self.cfg = cfg
         self.env = env or DistEnv(device=device)
         self.device = device
         self.model = model.to(device)
-        self.task = model.task if model.task is not None else ClassificationTask.for_head(model)
+        self.task = task
+        task.bind(self.model)
         self.engine: torch.nn.Module = self.model
         self.fsdp = self.env.distributed and cfg.strategy == "fsdp"
         if self.fsdp and not self.task.shards:
