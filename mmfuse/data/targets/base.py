@@ -28,8 +28,6 @@ from ...errors import DataError
 class ShardOptions(Protocol):
     """The `mmfuse.data.manifest.ShardConfig` fields a kind reads."""
 
-    manifest: str
-    task: str
     label: str
     labels: list[str] | None
     label_sep: str
@@ -42,12 +40,10 @@ class ShardOptions(Protocol):
 class Described(Protocol):
     """The `mmfuse.data.info.DatasetInfo` fields a kind reads (`meta`: the whole `dataset.json`)."""
 
-    root: Path
     labels: list[str]
     label_field: str
     label_encoding: str
     targets: list[str]
-    target_stats: dict[str, list[float]]
     users: list[str]
     meta: dict[str, Any]
 
