@@ -143,7 +143,7 @@ def test_train_case_times_the_trainers_own_step(demo_shards, monkeypatch):
     (spec,) = build_cases(cfg)
     result = RUNNERS["train"](Context(cfg, torch.device("cpu"), "fp32", info), spec)
     steps = result["steps_per_repeat"]
-    # warm-up + sizing step + repeats, then the loader-fed train_epoch pass
+    # warm-up + sizing step + repeats, then the loader-fed Trainer.steps pass
     assert len(calls) == 1 + 1 + 3 * steps + result["split"]["steps"]
     assert len(result["series"]["mmfuse"]["values"]) == len(result["series"]["baseline"]["values"]) == 3
 

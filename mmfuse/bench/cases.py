@@ -5,7 +5,7 @@ calibration after the cases is known.
     encode  inference throughput of one encoder on real batches
     train   `Trainer.train_step` -- the step `finetune` runs -- vs a minimal hand-written loop (fused AdamW) on an
             identical copy of the model and the same batch, interleaved; then a loader-fed pass through
-            `Trainer.train_epoch` for the data-wait vs compute split
+            `Trainer.steps` for the data-wait vs compute split
     embed   `Predictor.embed` on raw records vs `FusionModel.embed` on the same, already collated batches
     text-embed  `Predictor.encode` (fp32, int8, onnx) vs sentence-transformers on the same weights (`textembed.py`)
     embed-backends  `Predictor.embed` fp32 vs int8 vs onnx on raw records, with cosine parity (`backends.py`)
@@ -35,7 +35,7 @@ from ..model import FusionModel, ModelConfig
 from ..tasks import create_model_and_task
 from ..tasks.classification import ClassificationTask
 from ..train.precision import DTYPES
-from ..train.trainer import Trainer
+from ..train.trainer import EpochTally, Trainer
 from .presets import BenchConfig, CaseSpec
 from .rawdecode import raw_batches
 from .timing import PeakMemory, count_flops, interleaved, paired_ratio, summarize, synchronize, timed
@@ -206,12 +206,14 @@ def run_train(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
                          num_workers=ctx.cfg.workers, pin_memory=ctx.device.type == "cuda", drop_last=True)
     fed_steps = max(2, min(2 * steps, ctx.info.count(ctx.split) // spec.batch_size))
     with PeakMemory(ctx.device) as memory:
-        stats = trainer.train_epoch(islice(loader, fed_steps), after_step=lambda info: False)
+        tally = EpochTally()
+        for step in trainer.steps(islice(loader, fed_steps)):
+            tally.add(step)
     synchronize(ctx.device)
-    busy = stats["data_s"] + stats["compute_s"]
-    split = {"steps": fed_steps, "samples": stats["samples"], "data_s": stats["data_s"],
-             "compute_s": stats["compute_s"], "data_fraction": stats["data_s"] / busy if busy else 0.0,
-             "samples_per_s": stats["samples"] / busy if busy else 0.0}
+    busy = tally.data_s + tally.compute_s
+    split = {"steps": fed_steps, "samples": tally.samples, "data_s": round(tally.data_s, 3),
+             "compute_s": round(tally.compute_s, 3), "data_fraction": tally.data_s / busy if busy else 0.0,
+             "samples_per_s": tally.samples / busy if busy else 0.0}
     return _result(spec, rates, steps, flops_per_sample=flops / spec.batch_size, split=split,
                    baseline="hand-written loop: forward, cross_entropy, backward, AdamW(fused=True), zero_grad",
                    memory={"kind": memory.kind, "bytes": memory.bytes})

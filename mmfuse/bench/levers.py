@@ -31,7 +31,7 @@ from ..train.feature_cache import FeatureCache
 from ..train.freeze import apply_freeze
 from ..train.optim import param_groups, warmup_cosine
 from ..train.precision import autocast
-from ..train.trainer import Trainer
+from ..train.trainer import EpochTally, Trainer
 from .cases import Context, _batches, _model, _result, _steps
 from .presets import CaseSpec
 from .timing import PeakMemory, interleaved, timed
@@ -62,8 +62,10 @@ def _lever_cache(ctx: Context, spec: CaseSpec) -> tuple[Callable[[], int], Calla
     build_s = time.perf_counter() - tick
 
     def epoch(loader: Any) -> tuple[int, float]:
-        stats = trainer.train_epoch(loader, after_step=lambda info: False)
-        return stats["samples"], stats["loss_sum"] / max(1, stats["batches"])
+        tally = EpochTally()
+        for step in trainer.steps(loader):
+            tally.add(step)
+        return tally.samples, float(tally.loss_sum) / max(1, tally.batches)
 
     def cached_loader() -> Any:
         return cache.attach(split, make_loader(ctx.info, split, cached, spec.batch_size, drop_last=True, **source))
