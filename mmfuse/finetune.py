@@ -160,6 +160,7 @@ class FinetuneRun:
             self.cache = FeatureCache(model, self.model_config.encoders, self.info, self.env.device,
                                       self.trainer.precision, data.eval_batch_size, train.cache_dir, self.env,
                                       self.echo, strict=data.strict)
+            self.cache.install(model)  # frozen towers read their cached outputs; weights and names stay the encoders'
         # the DataLoader's real worker count (make_loader caps it at the number of shards unless resampled)
         self.train_workers = data.num_workers if data.resampled else min(
             data.num_workers, len(self.info.shard_urls(data.train_split)))
@@ -344,11 +345,9 @@ class FinetuneRun:
 
     def _loader(self, split: str, batch_size: int, **kwargs: Any):
         """The loader of `split`; cached towers' modalities are looked up by key instead of decoded."""
-        if self.cache is None:
-            return make_loader(self.info, split, self.preprocessors, batch_size, **{**self.loader_kwargs, **kwargs})
-        preprocessors = self.cache.preprocessors(split, self.preprocessors)
-        return self.cache.attach(split, make_loader(self.info, split, preprocessors, batch_size,
-                                                    **{**self.loader_kwargs, **self.cache.source(split), **kwargs}))
+        source = self.cache.source(split) if self.cache is not None else {}
+        return make_loader(self.info, split, self.preprocessors, batch_size,
+                           **{**self.loader_kwargs, **source, **kwargs})
 
     def _coverage(self, split: str, read: int, skipped: int, counts: dict[str, int], error: bool = False) -> None:
         """Report a pass over `split` that yielded fewer samples (`read` + `skipped`) than dataset.json lists, with

@@ -3,10 +3,15 @@
 TorchMultimodal's `LateFusion` composition: the class receives built modules; `build_model` takes a plain
 `ModelConfig` (`mmfuse.config`) and builds the encoders and the fusion through their registries around the head it
 is handed. The model knows no task: a task (`mmfuse.tasks`) supplies the head and owns the loss.
+
+The model knows no feature cache either: a training run that caches a frozen tower's outputs swaps that tower's
+encoder for a `CachedEncoder` (mmfuse.train.feature_cache), which answers `forward(batch)` like the encoder. Encoder
+outputs computed elsewhere (the ONNX export) go through `project(outputs, batch)`, the step after the encoders.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -43,9 +48,9 @@ class FusionModel(nn.Module):
     `forward(batch)` -> head outputs (B, C) (the fused embedding (B, D) for a model without head);
     `forward(batch, outputs=True)` -> {head (B, C) or None, pooled {m: (B, D)}, present {m: (B,) bool} and, in
     training mode with an `alignment`, alignment (a scalar)}: what a task's loss and metrics read;
-    `embed(batch)` -> fused embedding (B, D); `encode(batch)` -> per-modality `ModalityFeatures` at width D. The
-    batch layout is documented in `mmfuse.data.batch`. In training mode each modality of a sample is hidden from the
-    fusion with probability `modality_dropout`.
+    `embed(batch)` -> fused embedding (B, D); `encode(batch)` -> per-modality `ModalityFeatures` at width D, the
+    encoders' outputs through `project(outputs, batch)`. The batch layout is documented in `mmfuse.data.batch`. In
+    training mode each modality of a sample is hidden from the fusion with probability `modality_dropout`.
     """
 
     def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: nn.Module | None,
@@ -67,10 +72,16 @@ class FusionModel(nn.Module):
 
     def encode(self, batch: dict[str, Any], modalities: list[str] | None = None) -> dict[str, ModalityFeatures]:
         """Per-modality features at width D; `modalities` (default all) limits which encoders run."""
+        names = self.modalities if modalities is None else sorted(modalities)
+        return self.project({m: self.encoders[m](batch) for m in names}, batch)
+
+    def project(self, outputs: Mapping[str, EncoderOutput], batch: dict[str, Any]) -> dict[str, ModalityFeatures]:
+        """Encoder outputs (tokens (B, T, W), mask (B, T), pooled (B, W) per modality) -> `ModalityFeatures` at
+        width D: projected (token fusions: plus the modality-type embedding), present where `batch` says
+        (`present_<m>`; default: every sample), and in training mode hidden with probability `modality_dropout`."""
         features = {}
-        for m in self.modalities if modalities is None else sorted(modalities):
-            out = cached_output(batch, m) if f"cached_{m}_pooled" in batch else self.encoders[m](batch)
-            project = self.projections[m]
+        for m in sorted(outputs):
+            out, project = outputs[m], self.projections[m]
             present = batch.get(f"present_{m}")
             if present is None:
                 present = torch.ones(out.pooled.shape[0], dtype=torch.bool, device=out.pooled.device)
@@ -114,13 +125,6 @@ class FusionModel(nn.Module):
     def preprocessors(self) -> dict[str, Any]:
         """The encoders' preprocessors keyed by modality (what the loader and `Predictor` apply)."""
         return {m: self.encoders[m].preprocessor for m in self.modalities}
-
-
-def cached_output(batch: dict[str, Any], m: str) -> EncoderOutput:
-    """The encoder output of modality `m` a feature cache put in the batch: `cached_<m>_pooled` (B, W),
-    `cached_<m>_tokens` (B, T, W) and `cached_<m>_mask` (B, T)."""
-    return EncoderOutput(tokens=batch[f"cached_{m}_tokens"], mask=batch[f"cached_{m}_mask"],
-                         pooled=batch[f"cached_{m}_pooled"])
 
 
 def drop_modalities(features: dict[str, ModalityFeatures], p: float) -> None:

@@ -95,8 +95,7 @@ class _Graph(torch.nn.Module):
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         batch = dict(zip(self.keys, tensors, strict=True))
         outputs = {m: self.model.encoders[m](batch) for m in self.model.modalities}
-        features = self.model.encode({**batch, **{f"cached_{m}_{k}": getattr(o, k) for m, o in outputs.items()
-                                                  for k in ("pooled", "tokens", "mask")}})
+        features = self.model.project(outputs, batch)
         per_modality = [t for m in self.model.modalities for t in (features[m].pooled, outputs[m].pooled)]
         return (self.model.fusion(features), *per_modality)  # (B, D), then (B, D) and (B, W) per modality
 

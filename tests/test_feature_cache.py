@@ -141,13 +141,19 @@ def test_with_every_tower_cached_the_tar_files_are_not_read_again(tiny_config, d
     apply_freeze(model, ["image", "text"])
     cache = FeatureCache(model, tiny_config.model.encoders, info, torch.device("cpu"), "fp32", 16,
                          echo=lambda *_: None)
-    preprocessors = cache.preprocessors("train", model.preprocessors())
+    preprocessors, source = model.preprocessors(), cache.source("train")
+    cache.install(model)
     kwargs = {"shuffle": True, "seed": 3, "epoch": 2, "shuffle_buffer": 20}
-    from_tars = list(cache.attach("train", make_loader(info, "train", preprocessors, 16, **kwargs)))
+
+    def with_features(batches: list[dict]) -> list[dict]:  # each batch with its towers' cached outputs
+        return [{**b, **{f"{m}_{k}": getattr(model.encoders[m](b), k) for m in model.modalities
+                         for k in ("pooled", "tokens", "mask")}} for b in batches]
+
+    from_tars = with_features(list(make_loader(info, "train", preprocessors, 16, lookups=source["lookups"],
+                                               **kwargs)))
     for url in info.shard_urls("train"):
         (tmp_path / "shards" / url.rsplit("/", 1)[1]).unlink()
-    replayed = list(cache.attach("train", make_loader(info, "train", preprocessors, 16, **kwargs,
-                                                      **cache.source("train"))))
+    replayed = with_features(list(make_loader(info, "train", preprocessors, 16, **kwargs, **source)))
     assert [b["key"] for b in replayed] == [b["key"] for b in from_tars]
     assert sum(len(b["key"]) for b in replayed) == info.count("train")
     for a, b in zip(replayed, from_tars, strict=True):

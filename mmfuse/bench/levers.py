@@ -1,7 +1,8 @@
 """Lever cases: one speed lever on ("mmfuse") vs off ("baseline"), interleaved in the same run, as a ratio.
 
     cache        an epoch over the split with every tower frozen: cached encoder outputs (no decode, no encode, no
-                 tar reading; `FeatureCache`) vs decoding and encoding each batch. The one-time cache build is
+                 tar reading; `FeatureCache`'s loader lookups and `CachedEncoder`s, swapped into the model for
+                 that epoch only) vs decoding and encoding each batch. The one-time cache build is
                  reported as `cache_build_s`, and both epochs' mean losses from the same start (`losses`): frozen
                  towers in eval mode give the same features, so the two must agree.
     compile      `Trainer.train_step` on a `torch.compile`d model vs eager (compile time in `compile_s`)
@@ -57,31 +58,32 @@ def _lever_cache(ctx: Context, spec: CaseSpec) -> tuple[Callable[[], int], Calla
     tick = time.perf_counter()
     cache = FeatureCache(model, _specs(spec), ctx.info, ctx.device, ctx.precision, spec.batch_size,
                          echo=lambda *_: None)
-    cached = cache.preprocessors(split, base)
     source = cache.source(split)
     build_s = time.perf_counter() - tick
 
-    def epoch(loader: Any) -> tuple[int, float]:
+    def epoch(cached: bool) -> tuple[int, float]:
+        if cached:  # the towers' CachedEncoders in the model for this epoch, the loader looking them up by key
+            cache.install(trainer.model)
+            loader = make_loader(ctx.info, split, base, spec.batch_size, drop_last=True, **source)
+        else:
+            loader = make_loader(ctx.info, split, base, spec.batch_size, num_workers=ctx.cfg.workers, drop_last=True)
         tally = EpochTally()
-        for step in trainer.steps(loader):
-            tally.add(step)
+        try:
+            for step in trainer.steps(loader):
+                tally.add(step)
+        finally:
+            cache.uninstall(trainer.model)
         return tally.samples, float(tally.loss_sum) / max(1, tally.batches)
-
-    def cached_loader() -> Any:
-        return cache.attach(split, make_loader(ctx.info, split, cached, spec.batch_size, drop_last=True, **source))
-
-    def recompute_loader() -> Any:
-        return make_loader(ctx.info, split, base, spec.batch_size, num_workers=ctx.cfg.workers, drop_last=True)
 
     # the same start state through both paths: the mean losses must agree (frozen towers give the same features)
     start = [copy.deepcopy(x.state_dict()) for x in (trainer.model, trainer.optimizer, trainer.scheduler)]
     losses = {}
-    for name, loader in (("mmfuse", cached_loader), ("baseline", recompute_loader)):
+    for name, cached in (("mmfuse", True), ("baseline", False)):
         for x, state in zip((trainer.model, trainer.optimizer, trainer.scheduler), start, strict=True):
             x.load_state_dict(state)
         torch.manual_seed(0)  # the same dropout masks
-        losses[name] = round(epoch(loader())[1], 6)
-    return (lambda: epoch(cached_loader())[0], lambda: epoch(recompute_loader())[0],
+        losses[name] = round(epoch(cached)[1], 6)
+    return (lambda: epoch(True)[0], lambda: epoch(False)[0],
             {"cache_build_s": round(build_s, 3), "samples_per_repeat": ctx.info.count(split), "losses": losses,
              "baseline": "an epoch decoding and encoding every batch (towers frozen, in eval mode)"})
 

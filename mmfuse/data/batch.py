@@ -1,6 +1,8 @@
 """The batch: a plain `dict` that every stage after the loader reads. This is its one documented layout.
 
     key             list[str]          sample keys, in batch order
+    split           str                the split the loader read (absent from batches built elsewhere, e.g. by
+                                       `Predictor`): with `key`, what a cached tower's features are found by
     label           (B,) int64         class index into the dataset's label vocabulary (classification), or
                     (B, C) float       multi-hot label set (multilabel); see `mmfuse.data.targets`
     target          (B, T) float       regression targets, in the dataset's `targets` order
@@ -20,13 +22,15 @@
     cursor          (int, int)         (loader worker, running raw-sample count) of the batch's last sample:
                                        the data position a resumable checkpoint stores
 
-Modalities a model does not use are not decoded and have no entries.
+Modalities a model does not use are not decoded and have no entries. A modality whose encoder outputs are cached
+(a frozen tower under `train.cache_frozen`; `KeyLookup` in the loader) is not decoded either: it has only
+`present_<m>`, and the model's `CachedEncoder` for it returns the cached outputs of (`split`, `key`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -36,10 +40,14 @@ from .targets import collate_targets
 
 
 class Collator:
-    """Join decoded samples into a batch; each modality is collated by its encoder's preprocessor."""
+    """Join decoded samples into a batch; each modality is collated by its encoder's preprocessor, except those
+    `looked_up` by key (`KeyLookup`), which get only `present_<m>`. `split` (if given) is put in every batch."""
 
-    def __init__(self, preprocessors: Mapping[str, Preprocessor]) -> None:
+    def __init__(self, preprocessors: Mapping[str, Preprocessor], looked_up: Iterable[str] = (),
+                 split: str | None = None) -> None:
         self.preprocessors = dict(preprocessors)
+        self.looked_up = frozenset(looked_up)
+        self.split = split
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         skipped: Counter[str] = Counter()
@@ -51,6 +59,8 @@ class Collator:
             if not sample.get("_empty"):
                 real.append(sample)
         batch: dict[str, Any] = {"key": [s["key"] for s in real], "skipped": dict(skipped), "ignored": dict(ignored)}
+        if self.split is not None:
+            batch["split"] = self.split
         cursors = [s["_cursor"] for s in real if "_cursor" in s]
         if cursors:
             batch["cursor"] = max(cursors, key=lambda c: c[1])
@@ -59,7 +69,8 @@ class Collator:
         batch.update(collate_targets(real))
         for m, pre in self.preprocessors.items():
             values = [s.get(m) for s in real]
-            batch.update(pre.collate(values))
+            if m not in self.looked_up:
+                batch.update(pre.collate(values))
             batch[f"present_{m}"] = torch.tensor([v is not None for v in values], dtype=torch.bool)
         return batch
 

@@ -1,9 +1,11 @@
-"""The loader's stand-ins for cached encoder outputs: no decoding of a cached modality, and, when every modality
-of the model is cached, no reading of the tar files at all.
+"""The loader's side of the frozen-feature cache: a cached modality is looked up by key instead of decoded, and,
+when every modality of the model is cached, the tar files are not read at all.
 
-`FeatureCache` (mmfuse.train.feature_cache) builds one per cached modality and split. The loader calls
-`lookup(key)` instead of the encoder's `transform`, so a cached image is never read as JPEG again; a key the cache
-does not hold (its media failed to decode when the cache was built) fails here, and the sample is skipped and counted
+`KeyLookup` is the loader stage of one cached modality in one split (`build_pipeline(..., lookups={m: ...})`,
+built by `FeatureCache.source` in mmfuse.train.feature_cache): the pipeline calls `lookup(key)` instead of the
+encoder's `transform`, so a cached image is never read as JPEG again, and the batch carries only `present_<m>` for
+it (the cached features themselves come from the model's `CachedEncoder`, by `split` and `key`). A key the cache does
+not hold (its media failed to decode when the cache was built) fails here, and the sample is skipped and counted
 under the same reason as without the cache.
 
 `index_split` records what of each raw sample the pipeline needs besides media (key, label / target members,
@@ -13,36 +15,29 @@ resume positions, skip and ignore counts are exactly those of a pass over the ta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import torch
 import webdataset as wds
 
-from ..encoders.base import Preprocessor
 from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .targets import supervision_members
 from .tario import tar_samples
 
 
-class CachedInput(Preprocessor):
-    """Presence of one modality per sample key (True: present, False: absent). Picklable for loader workers."""
+class KeyLookup:
+    """Presence of one modality per sample key of one split (True: present, False: absent): the loader's stage for
+    a modality whose encoder outputs are cached. A plain dict inside, so it pickles to loader workers."""
 
-    def __init__(self, modality: str, present: dict[str, bool]) -> None:
+    def __init__(self, modality: str, present: Mapping[str, bool]) -> None:
         self.modality = modality
-        self.present = present
+        self.present = dict(present)
 
     def lookup(self, key: str) -> bool | None:
         """True if the sample has this modality, None if not; a key missing from the cache raises KeyError."""
         if key not in self.present:
             raise KeyError(f"sample '{key}' is not in the {self.modality} feature cache")
         return True if self.present[key] else None
-
-    def transform(self, value: Any) -> Any:
-        raise TypeError("CachedInput looks samples up by key (decode_sample calls lookup)")
-
-    def collate(self, values: list[Any]) -> dict[str, torch.Tensor]:
-        return {}  # the features are attached by key after the loader (FeatureCache.attach)
 
 
 def index_split(info: DatasetInfo, split: str) -> dict[str, list[dict[str, Any]]]:

@@ -25,7 +25,7 @@ from ..encoders.base import Preprocessor
 from ..errors import DataError, FieldError
 from ..limits import LimitExceeded, too_large
 from .batch import Collator
-from .cached import CachedInput, indexed_samples
+from .cached import KeyLookup, indexed_samples
 from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
 from .targets import decode_target, get_kind, supervision_members
@@ -40,15 +40,17 @@ def _member(raw: dict[str, Any], extensions: list[str]) -> Any:
 
 
 def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping[str, Preprocessor],
-                  target: str | None = None) -> dict:
+                  target: str | None = None, lookups: Mapping[str, KeyLookup] | None = None) -> dict:
     """Raw tar members of one sample -> {'key', 'label' / 'target' (see `mmfuse.data.targets`), <modality>:
-    transformed value or None}. `target` is the kind of supervision to decode (default: the dataset's task)."""
+    transformed value or None}. `target` is the kind of supervision to decode (default: the dataset's task). A
+    modality in `lookups` is not decoded: its value is `lookups[m].lookup(key)` (True, or None when absent)."""
     sample: dict[str, Any] = {"key": raw["__key__"], "_cursor": (raw.get("__worker__", 0), raw.get("__cursor__", 0))}
     sample.update(decode_target(target or info.task, raw, info))
+    lookups = lookups or {}
     for m, pre in preprocessors.items():
         value = _member(raw, info.modalities[m])
         try:
-            sample[m] = pre.lookup(sample["key"]) if isinstance(pre, CachedInput) else pre.transform(value)
+            sample[m] = lookups[m].lookup(sample["key"]) if m in lookups else pre.transform(value)
         except LimitExceeded as err:
             raise FieldError(m, str(err)) from None
         except Exception as err:  # noqa: BLE001 - any decoder failure is a data problem of this field
@@ -73,9 +75,10 @@ def oversize_field(raw: dict[str, Any], info: DatasetInfo, read: Iterable[str]) 
 
 
 def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], strict: bool = False,
-                 target: str | None = None, shard_errors: _ShardErrorHandler | None = None):
-    """A pipeline stage: raw samples -> decoded samples; failures counted (or raised when `strict`), with the
-    unreadable shard data `shard_errors` counted."""
+                 target: str | None = None, shard_errors: _ShardErrorHandler | None = None,
+                 lookups: Mapping[str, KeyLookup] | None = None):
+    """A pipeline stage: raw samples -> decoded samples (`decode_sample`); failures counted (or raised when
+    `strict`), with the unreadable shard data `shard_errors` counted."""
 
     def stage(source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         pending: Counter[str] = Counter()
@@ -97,7 +100,7 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
                 if oversize is not None:
                     raise oversize
                 ignored.update(f"oversize member .{ext}" for ext in raw.get("__oversize__", {}))
-                sample = decode_sample(raw, info, preprocessors, target)
+                sample = decode_sample(raw, info, preprocessors, target, lookups)
             except FieldError as err:
                 if strict:
                     raise DataError(f"{raw.get('__url__')}: sample '{raw.get('__key__')}': {err}") from None
@@ -179,19 +182,24 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
                    shuffle: bool = False, seed: int = 0, epoch: int = 0, shuffle_buffer: int = 1000,
                    strict: bool = False, drop_last: bool = False, resampled: bool = False,
                    epoch_samples: int | None = None, position: LoaderPosition | None = None,
+                   lookups: Mapping[str, KeyLookup] | None = None,
                    index: dict[str, list[dict[str, Any]]] | None = None, every_rank: bool = False,
                    target: str | None = None) -> wds.DataPipeline:
     """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order.
 
     With `resampled`, shards are drawn with replacement (seeded per rank and worker) and the epoch ends after
     `epoch_samples` samples in all (default: the split's count). `position` (from batches' `cursor` entries)
-    resumes an epoch where an earlier run of the same pipeline stopped. `index` (`index_split`) replaces reading
-    the tar files when every modality is a `CachedInput`. `every_rank` reads the whole split on each rank of a
-    distributed job (instead of its own shards). `target` is the supervision decoded into the
-    batches (a kind of `mmfuse.data.targets`; default: the dataset's task; 'none' reads unlabelled samples).
+    resumes an epoch where an earlier run of the same pipeline stopped. `lookups` ({modality: `KeyLookup`}, from a
+    feature cache) look those modalities' presence up by sample key instead of decoding them: their batch entries
+    are only `present_<m>`. `index` (`index_split`) replaces reading the tar files when every modality is looked
+    up. Every batch carries `split`. `every_rank` reads the whole split on each rank of a distributed job (instead
+    of its own shards). `target` is the supervision decoded into the batches (a kind of `mmfuse.data.targets`;
+    default: the dataset's task; 'none' reads unlabelled samples).
     """
     urls = info.shard_urls(split)
     info.require_modalities(list(preprocessors))
+    if unread := sorted(set(lookups or ()) - set(preprocessors)):
+        raise ValueError(f"lookups for modalities the loader does not read: {unread}")
     if resampled:
         stages: list[Any] = [wds.ResampledShards(urls, seed=seed * 1000 + epoch, deterministic=True)]
     else:
@@ -204,10 +212,11 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
     stages.append(indexed_samples(index) if index is not None else tar_samples(handler=shard_errors))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
-    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict, target, shard_errors)]
+    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict, target, shard_errors, lookups)]
     if resampled:
         stages.append(epoch_limit(epoch_samples if epoch_samples is not None else info.count(split)))
-    stages.append(wds.batched(batch_size, collation_fn=Collator(preprocessors), partial=not drop_last))
+    collate = Collator(preprocessors, looked_up=list(lookups or ()), split=split)
+    stages.append(wds.batched(batch_size, collation_fn=collate, partial=not drop_last))
     return wds.DataPipeline(*stages)
 
 

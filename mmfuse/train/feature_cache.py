@@ -9,10 +9,17 @@ split is encoded once per cached modality (eval mode, no grad, the run's autocas
     tokens   (sum n_i, W) each sample's tokens up to its last real one (only when the fusion reads tokens)
     mask     (sum n_i,)   bool, and offsets (N + 1,) int64 into tokens / mask
 
-Afterwards the loader reads the shards but never decodes a cached modality (`CachedInput`), and `attach` puts
-`cached_<m>_pooled` (B, W), `cached_<m>_tokens` (B, T, W), `cached_<m>_mask` (B, T) into each batch, which
-`FusionModel.encode` uses instead of running the encoder. When every tower is cached the tar files are not even
-read again: the loader replays a per-shard index of keys and labels (`index_split`) through the same pipeline.
+Two stages then stand in for the tower, and nothing else knows of the cache:
+
+- in the loader, a `KeyLookup` per cached modality (`source(split)`, the `make_loader` arguments of a split) looks
+  each sample's presence up by key instead of decoding its media: the batch has only `present_<m>` for it. When
+  every tower is cached the tar files are not even read again: the loader replays a per-shard index of keys and
+  labels (`index_split`) through the same pipeline.
+- in the model, a `CachedEncoder` replaces the tower's encoder for the run (`install(model)`): its `forward(batch)`
+  returns the rows of (`batch['split']`, `batch['key']`), padded as the encoder would, so `FusionModel` runs as it
+  always does. It presents the real encoder's parameters, buffers and submodules as its own (the same dicts, not
+  copies): parameter names (`encoders.<m>.*`), state dicts, checkpoints, DDP and FSDP see the real weights, so
+  the swap may come after the trainer wrapped the model, and a checkpoint of a cached run loads anywhere.
 
 With `train.cache_dir` the packed features are also written as safetensors files named by a fingerprint of the
 encoder weights, its spec (preprocessing), the split's shard checksums and labels from dataset.json and the
@@ -24,20 +31,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
+from torch import nn
 
 from ..data.batch import batch_size as count
 from ..data.batch import to_device
-from ..data.cached import CachedInput, index_split
+from ..data.cached import KeyLookup, index_split
 from ..data.info import DatasetInfo
 from ..data.loader import make_loader
-from ..encoders.base import Encoder
+from ..encoders.base import Encoder, EncoderOutput
 from ..model import EncoderSpec, FusionModel
 from ..outputs import atomic_file
 from .distributed import DistEnv, barrier
@@ -60,8 +68,9 @@ class SplitFeatures:
     def __post_init__(self) -> None:
         self.index = {key: i for i, key in enumerate(self.keys)}
 
-    def batch(self, keys: list[str], m: str) -> dict[str, torch.Tensor]:
-        """Batch entries `cached_<m>_{pooled,tokens,mask}` for `keys`, tokens padded to the longest (at least 1)."""
+    def output(self, keys: list[str]) -> EncoderOutput:
+        """The encoder output of `keys` (CPU): pooled (B, W), tokens (B, T, W) and mask (B, T), tokens padded to
+        the longest (at least 1)."""
         rows = torch.tensor([self.index[k] for k in keys], dtype=torch.long)
         pooled = self.pooled[rows]  # (B, W)
         if self.tokens is None:  # a pooled-only fusion never reads tokens: one masked zero token
@@ -75,13 +84,55 @@ class SplitFeatures:
             for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
                 tokens[i, : e - s] = self.tokens[s:e]
                 mask[i, : e - s] = self.mask[s:e]
-        return {f"cached_{m}_pooled": pooled, f"cached_{m}_tokens": tokens, f"cached_{m}_mask": mask}
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
+
+    def lookup(self, modality: str) -> KeyLookup:
+        """The loader stage of this split's `modality`: presence by key."""
+        return KeyLookup(modality, dict(zip(self.keys, self.present.tolist(), strict=True)))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"pooled": self.pooled, "present": self.present}
         if self.tokens is not None:
             out.update(tokens=self.tokens, mask=self.mask, offsets=self.offsets)
         return {k: v.contiguous() for k, v in out.items()}
+
+
+class CachedEncoder(nn.Module):
+    """A frozen encoder's stand-in for a run: `forward(batch)` returns the cached outputs of the batch's samples,
+    looked up by `batch['split']` and `batch['key']` in `splits` ({split: `SplitFeatures`}, filled as splits are
+    prepared), on the device of `batch['present_<m>']`.
+
+    It shares the real `encoder`'s parameter, buffer and submodule dicts (see the module docstring), and answers
+    `modality`, `width`, `preprocessor` and `save_assets` as it does; `encoder` is the real one (not a submodule).
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        # the same dicts, not copies: state_dict, named_parameters, .to() and load_state_dict reach the real tensors
+        # under the real names
+        self.__dict__.update(_parameters=encoder._parameters, _buffers=encoder._buffers, _modules=encoder._modules,
+                             _non_persistent_buffers_set=encoder._non_persistent_buffers_set, encoder=encoder)
+        self.modality, self.width, self.preprocessor = encoder.modality, encoder.width, encoder.preprocessor
+        self.training = encoder.training
+        self.splits: dict[str, SplitFeatures] = {}
+
+    @torch.compiler.disable  # per-key Python lookups: a compiled model calls it eagerly
+    def forward(self, batch: dict[str, Any]) -> EncoderOutput:
+        split = batch.get("split")
+        if split not in self.splits:
+            raise KeyError(f"the {self.modality} features of split '{split}' are not cached (batches of a cached "
+                           f"run come from a loader built with FeatureCache.source(split))")
+        out = self.splits[split].output(batch["key"])
+        device = batch[f"present_{self.modality}"].device
+        return EncoderOutput(*(t.to(device, non_blocking=True) for t in (out.tokens, out.mask, out.pooled)))
+
+    def train(self, mode: bool = True) -> CachedEncoder:
+        super().train(mode)
+        self.encoder.training = mode  # the real encoder's submodules just followed; so does its own flag
+        return self
+
+    def save_assets(self, directory: str) -> dict[str, Any]:
+        return self.encoder.save_assets(directory)
 
 
 def weights_digest(encoder: Encoder) -> str:
@@ -165,20 +216,28 @@ def load_features(path: Path, digest: str) -> SplitFeatures | None:
 
 
 class FeatureCache:
-    """Cached outputs of a model's frozen towers, built per split on first use (see the module docstring)."""
+    """Cached outputs of a model's frozen towers, built per split on first use (see the module docstring).
+
+    `source(split)`: the `make_loader` arguments of a split (its `KeyLookup`s, and the replayed index when every
+    tower is cached); `install(model)`: the frozen towers' `CachedEncoder`s in place of their encoders.
+    """
 
     def __init__(self, model: FusionModel, specs: dict[str, EncoderSpec], info: DatasetInfo, device: torch.device,
                  precision: str, batch_size: int, directory: str | Path | None = None, env: DistEnv | None = None,
                  echo: Callable[[str], Any] = print, **loader_kwargs: Any) -> None:
-        self.model, self.specs, self.info = model, specs, info
+        self.specs, self.info = specs, info
         self.device, self.precision, self.batch_size = device, precision, batch_size
         self.directory = Path(directory) if directory else None
         self.env = env or DistEnv(device=device)
         self.echo, self.loader_kwargs = echo, loader_kwargs
         self.tokens = model.fusion.uses_tokens
         self.towers = model.frozen_towers()
-        self.weights = {m: weights_digest(model.encoders[m]) for m in self.towers}
+        real = {m: model.encoders[m] for m in self.towers}
+        real = {m: e.encoder if isinstance(e, CachedEncoder) else e for m, e in real.items()}
+        self.encoders = {m: CachedEncoder(e) for m, e in real.items()}
+        self.weights = {m: weights_digest(e) for m, e in real.items()}
         self.splits: dict[tuple[str, str], SplitFeatures] = {}
+        self.lookups: dict[tuple[str, str], KeyLookup] = {}
         self.indexes: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.all_cached = set(self.towers) == set(model.modalities)
 
@@ -186,15 +245,29 @@ class FeatureCache:
         """Encode (or load) every cached tower's features of `split` unless already held."""
         for m in self.towers:
             if (m, split) not in self.splits:
-                self.splits[(m, split)] = self._features(m, split)
+                features = self._features(m, split)
+                self.splits[(m, split)] = self.encoders[m].splits[split] = features
+                self.lookups[(m, split)] = features.lookup(m)
         if self.all_cached and split not in self.indexes:
             self.indexes[split] = index_split(self.info, split)
 
     def source(self, split: str) -> dict[str, Any]:
-        """Extra `make_loader` arguments for `split`: the sample index that replaces the tar files when every
-        modality is cached (else nothing)."""
+        """The `make_loader` arguments that read `split` with its cached modalities looked up by key (`lookups`)
+        and, when every modality is cached, the sample index that replaces the tar files (`index`). Encodes the
+        split's features on first use."""
         self.prepare(split)
-        return {"index": self.indexes[split]} if self.all_cached else {}
+        lookups = {m: self.lookups[(m, split)] for m in self.towers}
+        return {"lookups": lookups, "index": self.indexes[split]} if self.all_cached else {"lookups": lookups}
+
+    def install(self, model: FusionModel) -> None:
+        """Replace each cached tower's encoder in `model` by its `CachedEncoder` (parameter names unchanged)."""
+        for m, cached in self.encoders.items():
+            model.encoders[m] = cached
+
+    def uninstall(self, model: FusionModel) -> None:
+        """Put the real encoders back into `model`."""
+        for m, cached in self.encoders.items():
+            model.encoders[m] = cached.encoder
 
     def _features(self, m: str, split: str) -> SplitFeatures:
         digest = fingerprint(self.weights[m], self.specs[m], self.info, split, m, self.precision, self.tokens)
@@ -211,27 +284,10 @@ class FeatureCache:
 
     def _encode(self, m: str, split: str, path: Path | None, digest: str) -> SplitFeatures:
         tick = time.perf_counter()
-        features = encode_split(self.model.encoders[m], self.info, split, self.batch_size, self.device,
+        features = encode_split(self.encoders[m].encoder, self.info, split, self.batch_size, self.device,
                                 self.precision, self.tokens, **self.loader_kwargs)
         if path is not None:
             save_features(features, path, digest)
         self.echo(f"mmfuse: cached frozen {m} features of '{split}' ({len(features.keys)} samples, "
                   f"{time.perf_counter() - tick:.1f}s){f' -> {path}' if path else ''}")
         return features
-
-    def preprocessors(self, split: str, base: dict[str, Any]) -> dict[str, Any]:
-        """`base` (the model's preprocessors, in order) with each cached modality replaced by a `CachedInput`."""
-        self.prepare(split)
-        out = dict(base)
-        for m in self.towers:
-            features = self.splits[(m, split)]
-            out[m] = CachedInput(m, dict(zip(features.keys, features.present.tolist(), strict=True)))
-        return out
-
-    def attach(self, split: str, loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Batches of a loader built with `preprocessors(split)`, with the cached towers' features added."""
-        for batch in loader:
-            if count(batch):
-                for m in self.towers:
-                    batch.update(self.splits[(m, split)].batch(batch["key"], m))
-            yield batch
