@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from mmfuse.config import resolve
+from mmfuse.data.cached import KeyLookup
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader
 from mmfuse.encoders.timm_image import ImagePreprocessor
 from mmfuse.finetune import finetune
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.feature_cache import FeatureCache, fingerprint, weights_digest
+from mmfuse.train.feature_cache import FeatureCache, SplitFeatures, fingerprint, weights_digest
 from mmfuse.train.freeze import apply_freeze
 
 
@@ -176,3 +177,62 @@ def test_each_rank_caches_the_whole_split(tiny_config, demo_shards, monkeypatch)
                          echo=lambda *_: None)
     cache.prepare("train")
     assert len(set(cache.splits[("image", "train")].keys)) == info.count("train")
+
+
+def features(rows: dict[str, tuple[list[list[float]], bool]], width: int = 2) -> SplitFeatures:
+    """Packed features from {key: (tokens, present)}; each token a `width`-vector, pooled = the tokens' mean."""
+    keys = list(rows)
+    tokens = [torch.tensor(t, dtype=torch.float32).reshape(-1, width) for t, _ in rows.values()]
+    lengths = torch.tensor([0] + [len(t) for t in tokens]).cumsum(0)
+    return SplitFeatures(keys, torch.stack([t.mean(0) if len(t) else torch.zeros(width) for t in tokens]),
+                         torch.tensor([p for _, p in rows.values()]), torch.cat(tokens),
+                         torch.ones(int(lengths[-1]), dtype=torch.bool), lengths)
+
+
+def test_cached_encoder_looks_rows_up_by_split_and_key_with_the_real_encoders_weights(tiny_config, demo_shards):
+    info = DatasetInfo.load(demo_shards)
+    model = create_model_and_task(replace(tiny_config.model, labels=info.labels, fusion="cross-attention"))[0]
+    apply_freeze(model, ["image"])
+    names = sorted(model.state_dict())
+    real = model.encoders["image"]
+    cache = FeatureCache(model, tiny_config.model.encoders, info, torch.device("cpu"), "fp32", 16,
+                         echo=lambda *_: None)
+    cached = cache.encoders["image"]
+    cached.splits["val"] = features({"a": ([[1, 1]], True), "b": ([[2, 2], [4, 4], [6, 6]], True),
+                                     "c": ([], False)})
+    cached.splits["test"] = features({"a": ([[7, 7], [9, 9]], True)})  # the same key in another split
+    cache.install(model)
+    assert model.encoders["image"] is cached and cached.encoder is real
+    assert sorted(model.state_dict()) == names  # encoders.image.* as before: checkpoints save the real weights
+    assert cached.state_dict().keys() == real.state_dict().keys() and cached.preprocessor is real.preprocessor
+    assert all(p is q for p, q in zip(cached.parameters(), real.parameters(), strict=True))
+
+    present = torch.ones(3, dtype=torch.bool)
+    out = model.encoders["image"]({"split": "val", "key": ["c", "b", "a"], "present_image": present})
+    assert out.tokens.shape == (3, 3, 2) and out.mask.tolist() == [[False] * 3, [True] * 3, [True, False, False]]
+    assert out.tokens[1].tolist() == [[2, 2], [4, 4], [6, 6]] and out.tokens[2].tolist() == [[1, 1], [0, 0], [0, 0]]
+    assert out.pooled.tolist() == [[0, 0], [4, 4], [1, 1]]  # the absent 'c': its stored (placeholder) row
+    out = cached({"split": "test", "key": ["a"], "present_image": present[:1]})
+    assert out.tokens.tolist() == [[[7, 7], [9, 9]]] and out.pooled.tolist() == [[8, 8]]
+    out = cached({"split": "val", "key": ["c"], "present_image": present[:1]})
+    assert out.tokens.shape == (1, 1, 2) and not out.mask.any()  # no real token: one masked one, as before
+    with pytest.raises(KeyError, match="split 'train' are not cached"):
+        cached({"split": "train", "key": ["a"], "present_image": present[:1]})
+    cache.uninstall(model)
+    assert model.encoders["image"] is real
+
+
+def test_a_looked_up_modality_is_never_decoded_and_an_unknown_key_is_skipped_like_a_decode_failure(
+        tiny_config, demo_shards, monkeypatch):
+    info = DatasetInfo.load(demo_shards)
+    model = create_model_and_task(replace(tiny_config.model, labels=info.labels))[0]
+    keys = [b["key"] for b in make_loader(info, "val", model.preprocessors(), 64)][0]
+    present = {k: i % 3 != 0 for i, k in enumerate(keys[1:])}  # keys[0] is not in the cache
+    calls = count_image_decodes(monkeypatch)
+    batches = list(make_loader(info, "val", model.preprocessors(), 64,
+                               lookups={"image": KeyLookup("image", present)}))
+    assert calls[0] == 0 and len(batches) == 1
+    b = batches[0]
+    assert b["key"] == keys[1:] and b["split"] == "val" and "image" not in b and "text_ids" in b
+    assert b["present_image"].tolist() == list(present.values())
+    assert b["skipped"] == {"image: cannot decode": 1}

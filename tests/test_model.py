@@ -84,3 +84,20 @@ def test_every_preset_is_a_valid_model_config(name):
 def test_unknown_preset_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown model preset 'tiny_cross'.*did you mean"):
         load_preset("tiny_cross")
+
+
+def test_encode_has_no_cache_key_path_and_project_takes_given_outputs():
+    """The model knows no feature cache: entries named like the old cache keys are ignored; encoder outputs computed
+    elsewhere go through `project` (what the ONNX export uses) and give exactly `encode`'s features."""
+    model = create_model_and_task(tiny_config("cross-attention"))[0].eval()
+    b = batch(model)
+    fused = model.embed(b)
+    w = model.encoders["text"].width
+    bogus = {"cached_text_pooled": torch.full((4, w), 9.0), "cached_text_tokens": torch.full((4, 2, w), 9.0),
+             "cached_text_mask": torch.ones(4, 2, dtype=torch.bool)}
+    torch.testing.assert_close(model.embed({**b, **bogus}), fused, rtol=0, atol=0)
+    outputs = {m: model.encoders[m](b) for m in model.modalities}
+    given, encoded = model.project(outputs, b), model.encode(b)
+    for m in model.modalities:
+        assert torch.equal(given[m].pooled, encoded[m].pooled) and torch.equal(given[m].tokens, encoded[m].tokens)
+    torch.testing.assert_close(model.fusion(given), fused, rtol=0, atol=0)
