@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 
 from mmfuse.cli import main
 from mmfuse.config import resolve
@@ -72,6 +73,28 @@ def test_crash_then_resume_matches_an_uninterrupted_run(tiny_layers, tmp_path, m
     strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("data_s", "compute_s")}  # noqa: E731
                           for r in rows]
     assert strip(lines) == strip(ref_lines)  # the log has no duplicated or missing records either
+
+
+def test_crash_then_resume_with_the_feature_cache_matches(tiny_layers, tmp_path, monkeypatch):
+    """A frozen image tower served from the feature cache (its `CachedEncoder` in the model): a mid-epoch checkpoint
+    holds the real encoder's weights under their names, and the resumed run ends as the uninterrupted one."""
+    layers = lambda out: layers_for(tiny_layers, out, epochs=2, freeze=["image"], precision="fp32")  # noqa: E731
+    reference = finetune(resolve(layers(tmp_path / "ref")), echo=lambda *_: None)
+    original = Trainer.train_step
+
+    def crashing_step(self, batch):
+        if self.micro_step + 1 == 5:
+            raise Crash
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing_step)
+    config = resolve(layers(tmp_path / "run"))
+    with pytest.raises(Crash):
+        finetune(config, echo=lambda *_: None)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    weights = safetensors.torch.load_file(tmp_path / "run" / "checkpoints" / "resume" / "model.safetensors")
+    assert any(name.startswith("encoders.image.") for name in weights)
+    assert comparable(finetune(config, echo=lambda *_: None, resume=True)) == comparable(reference)
 
 
 def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, capsys):
