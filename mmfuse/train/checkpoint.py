@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+import torch
 from safetensors import SafetensorError
 
 from ..config import EncoderSpec, ModelConfig, from_dict
@@ -155,3 +156,16 @@ def load_checkpoint(directory: str | Path) -> tuple[FusionModel, ModelConfig, di
         raise ConfigError(f"{weights} does not match its config: missing {list(missing)[:3]}, "
                           f"unexpected {list(unexpected)[:3]}")
     return model, config, meta
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint directory by parameter name, without building its model (resume, the final
+    test of the best epoch, `--init-from`)."""
+    weights = resolve_checkpoint_dir(directory) / WEIGHTS
+    if not weights.exists():
+        raise ConfigError(f"{weights.parent} has no {WEIGHTS}")
+    try:
+        return safetensors.torch.load_file(str(weights))
+    except (SafetensorError, OSError):
+        raise ConfigError(f"{weights} is corrupt (not a readable safetensors file); rewrite it or use another "
+                          f"run") from None
