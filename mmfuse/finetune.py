@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from .config import RunConfig, dump_yaml
@@ -30,9 +29,8 @@ from .data.info import DatasetInfo
 from .data.loader import SHARD_REASON, make_loader, sample_skips
 from .data.position import LoaderPosition
 from .errors import ConfigError, DataError, OutputError, TrainingError
-from .model import build_model
 from .outputs import OutputLock
-from .tasks import task_class
+from .tasks import check_model_config, create_model_and_task, create_task, task_class
 from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import (
     DistEnv,
@@ -51,7 +49,7 @@ from .train.run_dir import claim_run_dir
 from .train.selection import Selection
 from .train.state import read_state, rng_state, seed_everything, set_rng_state
 from .train.tensorboard import open_tensorboard
-from .train.trainer import MetricsLog, Trainer, mean_loss
+from .train.trainer import EpochTally, MetricsLog, Step, Trainer
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -121,6 +119,7 @@ class FinetuneRun:
 
     def _setup(self, resume: bool) -> None:
         config = self.config
+        check_model_config(config.model)  # task and fusion names before any data is read
         data, train = config.data, config.train
         # the contrastive demo paints each shape in the colour its text names: something for retrieval to find
         # the interactions demo adds users who like (shape, material) combinations
@@ -139,11 +138,11 @@ class FinetuneRun:
         seed_everything(train.seed)
         if train.init_from:
             model, self.model_config, init = init_from_run(train.init_from, self.model_config)
+            self.task = create_task(self.model_config)
             self.echo(f"mmfuse: initialised from {init['source']}: {len(init['kept'])} labels kept, "
                       f"{len(init['new'])} new{': ' + ', '.join(init['new']) if init['new'] else ''}")
         else:
-            model = build_model(self.model_config)
-        self.task = model.task
+            model, self.task = create_model_and_task(self.model_config)
         apply_freeze(model, train.freeze, train.unfreeze_top)
         if train.grad_checkpointing:
             for encoder in model.encoders.values():
@@ -156,7 +155,7 @@ class FinetuneRun:
         total_steps = max(1, self.micro_batches // train.grad_accum) * train.epochs
         if train.max_steps is not None:
             total_steps = min(total_steps, train.max_steps)
-        self.trainer = Trainer(model, train, self.env.device, total_steps, self.env)
+        self.trainer = Trainer(model, self.task, train, self.env.device, total_steps, self.env)
         self.preprocessors = model.preprocessors()
         self.cache = None
         if train.cache_frozen and model.frozen_towers():
@@ -177,7 +176,7 @@ class FinetuneRun:
         self.skipped: Counter[str] = Counter()
         self.incomplete: dict[str, dict[str, int]] = {}  # splits that yielded fewer samples than dataset.json lists
         self.ignored: Counter[str] = Counter()
-        self.acc = self._new_epoch_acc()
+        self.tally = EpochTally()
         self.stop_requested = False  # SIGTERM on this rank
         self.stop_everywhere = False  # ... seen by every rank at the same step
         self.stopped_early = False
@@ -195,8 +194,7 @@ class FinetuneRun:
     def _rank_state(self) -> dict[str, Any]:
         """What differs between ranks: data position, RNG streams, this epoch's tallies, skip counts."""
         return {"position": self.position.to_dict(), "rng": rng_state(),
-                "acc": {**self.acc, "loss_sum": float(self.acc["loss_sum"]),  # device tensors mid-epoch
-                    "nonfinite": int(self.acc["nonfinite"])},
+                "acc": self.tally.to_dict(),
                 "skipped": dict(self.skipped), "ignored": dict(self.ignored)}
 
     def _train_state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -242,7 +240,7 @@ class FinetuneRun:
         mine = state["ranks"][self.env.rank]
         self.epoch, self.position = state["epoch"], LoaderPosition.from_dict(mine["position"])
         self.best, self.records = state["best"], state["records"]
-        self.acc = {**self._new_epoch_acc(), **mine["acc"]}
+        self.tally = EpochTally.from_dict(mine["acc"])
         if "selection" in state:
             self.selection = Selection.from_dict(state["selection"])
         elif self.best.get("epoch"):  # a resumable checkpoint from before model selection: only `best`
@@ -253,38 +251,25 @@ class FinetuneRun:
         return state["log_lines"]
 
     # -- the loop ------------------------------------------------------------------------------------------------
-    def _after_step(self, info: dict[str, Any]) -> bool:
-        """Book-keeping after each micro-batch; True stops the epoch (max_steps or SIGTERM)."""
+    def _after_step(self, step: Step) -> bool:
+        """Book-keeping after each micro-batch: counts, data position, the step's log line and checkpoints. True
+        ends the epoch (max_steps)."""
         t, train = self.trainer, self.config.train
-        self.skipped.update(info["skipped"])
-        self.acc["skipped"] += sample_skips(info["skipped"])
-        # per step, so that a mid-epoch checkpoint carries the epoch's time so far across a resume
-        self.acc["data_s"] += info.get("data_s", 0.0)
-        self.acc["compute_s"] += info.get("compute_s", 0.0)
-        for reason, n in info["skipped"].items():
-            if reason.startswith(SHARD_REASON):
-                self.acc["shards"][reason] = self.acc["shards"].get(reason, 0) + n
-        if info.get("cursor") is not None:
-            worker, cursor = info["cursor"]
+        self.skipped.update(step.skipped)
+        self.tally.add(step, skip_nonfinite=train.nonfinite == "skip")
+        if step.cursor is not None:
+            worker, cursor = step.cursor
             self.position.advance(worker, cursor, self.train_workers)
-        self.stop_everywhere |= info.get("stop", False)  # the same on every rank at the same step
-        if info["size"]:
-            loss = info["loss"]
-            if train.nonfinite == "skip":  # the epoch's loss is the mean of the finite ones
-                finite = torch.isfinite(loss)
-                loss, self.acc["nonfinite"] = torch.where(finite, loss, 0.0), self.acc["nonfinite"] + ~finite
-            self.acc["loss_sum"] += loss  # a device tensor: summed without a host sync
-            self.acc["batches"] += 1
-            self.acc["samples"] += info["size"]
-        elif not info.get("padding"):  # a batch whose samples were all skipped: no step was taken
+        self.stop_everywhere |= step.stop  # the same on every rank at the same step
+        if not step.size and not step.padding:  # a batch whose samples were all skipped: no step was taken
             return False
         if t.micro_step % train.grad_accum:
             return False
-        if self.env.is_main and t.step % train.log_every == 0 and info["size"]:
-            self.log.write({"epoch": self.epoch, "step": t.step, "loss": float(info["loss"]),
+        if self.env.is_main and t.step % train.log_every == 0 and step.size:
+            self.log.write({"epoch": self.epoch, "step": t.step, "loss": float(step.loss),
                             "lr": t.scheduler.get_last_lr()[-1]})
         done = train.max_steps is not None and t.step >= train.max_steps
-        # every rank is at this step (`Trainer.train_epoch`), so the checkpoint's collectives may run here
+        # every rank is at this step (`Trainer.steps`), so the checkpoint's collectives may run here
         if self.stop_everywhere:
             self._save("resume", train_state=True)
             raise Preempted
@@ -298,16 +283,18 @@ class FinetuneRun:
                               shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
                               epoch_samples=self.epoch_samples, position=self.position)
         rank_batches = math.ceil(self.epoch_samples / self.env.world_size / self.rank_batch)
-        bar = tqdm(total=rank_batches, initial=self.acc["batches"], leave=False,
+        bar = tqdm(total=rank_batches, initial=self.tally.batches, leave=False,
                    desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
                    dynamic_ncols=True)
-        self.trainer.train_epoch(self._tally(loader), self._after_step, bar, padding=self._padding_batch,
-                                 stop=lambda: self.stop_requested)  # its times and counts are tallied per step
+        for step in self.trainer.steps(self._tally(loader), bar, padding=self._padding_batch,
+                                       stop=lambda: self.stop_requested):
+            if self._after_step(step):
+                break
         bar.close()
         self.trainer.watch.check()  # the losses not read yet: no evaluation of a model trained on a NaN
-        samples = sum(gather_objects(self.acc["samples"], self.env))
-        skipped = sum(gather_objects(self.acc["skipped"], self.env))
-        shards = sum_counters(Counter(self.acc["shards"]), self.env)
+        samples = sum(gather_objects(self.tally.samples, self.env))
+        skipped = sum(gather_objects(self.tally.skipped, self.env))
+        shards = sum_counters(Counter(self.tally.shards), self.env)
         if not samples:
             raise DataError(f"split '{data.train_split}' of {self.info.root} yielded no training sample "
                             f"(dataset.json lists {self.info.count(data.train_split)}): "
@@ -319,10 +306,10 @@ class FinetuneRun:
         val = self.evaluate(data.val_split)
         self._coverage(data.val_split, val["count"], sample_skips(val["skipped"]), val["skipped"])
         record = {"epoch": self.epoch, "step": self.trainer.step,
-                  "train_loss": mean_loss(self.acc["loss_sum"], self.acc["batches"] - int(self.acc["nonfinite"])),
+                  "train_loss": self.tally.mean_loss,
                   "train_samples": samples,
                   "train_skipped": skipped,
-                  "data_s": round(self.acc["data_s"], 3), "compute_s": round(self.acc["compute_s"], 3),
+                  "data_s": round(self.tally.data_s, 3), "compute_s": round(self.tally.compute_s, 3),
                   **{f"val_{k}": v for k, v in scalar_metrics(val).items()}}
         if train.nonfinite == "skip":
             record["nonfinite_skipped"] = self.trainer.watch.skipped - sum(r.get("nonfinite_skipped", 0)
@@ -402,11 +389,6 @@ class FinetuneRun:
         """Seconds of this run so far: this process's, plus those of the processes it resumes."""
         return self.time_before + time.perf_counter() - self.started
 
-    @staticmethod
-    def _new_epoch_acc() -> dict[str, Any]:
-        return {"loss_sum": 0.0, "batches": 0, "samples": 0, "skipped": 0, "data_s": 0.0, "compute_s": 0.0,
-                "nonfinite": 0, "shards": {}}
-
     def run(self) -> dict[str, Any]:
         train = self.config.train
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -428,7 +410,7 @@ class FinetuneRun:
                     finished = True
                 self.epoch += 1
                 self.position = LoaderPosition()
-                self.acc = self._new_epoch_acc()
+                self.tally = EpochTally()
                 if finished or self.epoch > train.epochs:
                     break
                 self._save("resume", train_state=True)

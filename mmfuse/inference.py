@@ -288,7 +288,8 @@ class Predictor(Embedder):
                  precision: str = "fp32") -> None:
         super().__init__(model, device, batch_size, source, backend, onnx_file, precision)
         self.config = config
-        self.task = create_task(config)
+        self.task = create_task(config)  # from the checkpoint's ModelConfig: the model knows no task
+        self.task.bind(self.model)
         self.labels = list(config.labels)
 
     @torch.inference_mode()

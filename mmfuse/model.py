@@ -1,17 +1,18 @@
-"""`FusionModel`: per-modality encoders -> projection to a shared width -> fusion -> task head.
+"""`FusionModel`: per-modality encoders -> projection to a shared width -> fusion -> head.
 
 TorchMultimodal's `LateFusion` composition: the class receives built modules; `build_model` takes a plain
-`ModelConfig` and builds them through the encoder and fusion registries.
+`ModelConfig` (`mmfuse.config`) and builds the encoders and the fusion through their registries around the head it
+is handed. The model knows no task: a task (`mmfuse.tasks`) supplies the head and owns the loss.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from .config import MODALITIES, EncoderSpec, ModelConfig
 from .encoders import Encoder, create_encoder
 from .encoders.base import EncoderOutput
 from .encoders.registry import split_encoder_name
@@ -19,88 +20,8 @@ from .errors import ConfigError
 from .fusion import Fusion, ModalityFeatures, create_fusion
 from .fusion.base import check_fusion_kwargs
 
-MODALITIES = ("text", "image", "audio")
-
-
-@dataclass
-class EncoderSpec:
-    """Which encoder a modality uses: a registered `name` (optionally `name:backbone`) and its keyword arguments."""
-
-    name: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = True
-    """Load pretrained weights (ignored by the random-init `tiny-*` presets)."""
-
-    def build(self) -> Encoder:
-        name, implied = split_encoder_name(self.name)
-        try:
-            return create_encoder(name, pretrained=self.pretrained, **{**implied, **self.kwargs})
-        except TypeError as err:  # an option the encoder does not take
-            raise ConfigError(f"encoder '{self.name}': {err}") from None
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model; saved as `config.json` beside its weights."""
-
-    modalities: list[str]
-    """Modalities the model reads, any of text, image, audio."""
-    encoders: dict[str, EncoderSpec]
-    """Encoder per modality (entries for unused modalities are ignored)."""
-    labels: list[str] = field(default_factory=list)
-    """Output names: class names (classification, multilabel) or target names (regression); filled from the
-    dataset at training time; empty for contrastive."""
-    fusion: str = "concat-mlp"
-    """A registered fusion (`mmfuse list`)."""
-    dim: int = 128
-    """Shared width every modality is projected to; the fused embedding's size."""
-    fusion_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments of the fusion."""
-    dropout: float = 0.1
-    """Dropout before the classifier."""
-    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-tower parameter-efficient fine-tuning, e.g. {text: {method: lora, r: 8}}; that tower's base is frozen."""
-    modality_dropout: float = 0.0
-    """Training only: probability of hiding each modality of a sample from the fusion (never all of a sample's
-    present modalities at once), so a model trained on several modalities still serves a sample with one."""
-    task: str = "classification"
-    """What the model learns (`mmfuse list`): classification | multilabel | regression | contrastive. A checkpoint
-    without this field is a classifier."""
-    task_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Task options, e.g. {loss: huber} (regression), {threshold: 0.3} (multilabel), {ks: [1, 5]} (contrastive)."""
-    contrastive_loss: str = "infonce"
-    """Alignment loss between the modalities' pooled projections: infonce (CLIP) | siglip. Used by the contrastive
-    task, and by any task when `contrastive_weight` > 0."""
-    contrastive_weight: float = 0.0
-    """Weight of the contrastive alignment added to a supervised task's loss (0: none). A model setting, not a
-    train one: the alignment's learnable temperature is part of the checkpoint."""
-
-    def __post_init__(self) -> None:
-        self.encoders = {m: s if isinstance(s, EncoderSpec) else EncoderSpec(**s) for m, s in self.encoders.items()}
-        for m in self.modalities:
-            if m not in MODALITIES:
-                raise ConfigError(f"unknown modality '{m}'; choose from {', '.join(MODALITIES)}")
-            if m not in self.encoders:
-                raise ConfigError(f"modality '{m}' has no encoder: set model.encoders.{m}")
-        if not self.modalities:
-            raise ConfigError("at least one modality is needed")
-        if len(set(self.modalities)) != len(self.modalities):
-            raise ConfigError(f"modalities repeat: {', '.join(self.modalities)}")
-        if self.dim <= 0:
-            raise ConfigError(f"model.dim must be > 0, got {self.dim}")
-        check_fusion_kwargs(self.fusion, self.fusion_kwargs)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout is a probability in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.modality_dropout < 1.0:
-            raise ConfigError(f"model.modality_dropout is a probability in [0, 1), got {self.modality_dropout}")
-        from .tasks import TASKS
-
-        TASKS.get(self.task)  # an unknown task is a ConfigError naming the known ones
-        if not 0 <= self.contrastive_weight < float("inf"):  # NaN fails too
-            raise ConfigError(f"model.contrastive_weight must be a finite number >= 0, got {self.contrastive_weight}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["MODALITIES", "ClassificationHead", "EncoderSpec", "FusionModel", "ModelConfig", "build_encoder",
+           "build_model"]
 
 
 class ClassificationHead(nn.Module):
@@ -120,14 +41,15 @@ class FusionModel(nn.Module):
     (+ a contrastive `alignment` of the modalities).
 
     `forward(batch)` -> head outputs (B, C) (the fused embedding (B, D) for a model without head);
-    `forward(batch, outputs=True)` -> the dict a `Task` reads (`mmfuse.tasks.base`); `embed(batch)` -> fused
-    embedding (B, D); `encode(batch)` -> per-modality `ModalityFeatures` at width D. The batch layout is documented
-    in `mmfuse.data.batch`. In training mode each modality of a sample is hidden from the fusion with probability
-    `modality_dropout`.
+    `forward(batch, outputs=True)` -> {head (B, C) or None, pooled {m: (B, D)}, present {m: (B,) bool} and, in
+    training mode with an `alignment`, alignment (a scalar)}: what a task's loss and metrics read;
+    `embed(batch)` -> fused embedding (B, D); `encode(batch)` -> per-modality `ModalityFeatures` at width D. The
+    batch layout is documented in `mmfuse.data.batch`. In training mode each modality of a sample is hidden from the
+    fusion with probability `modality_dropout`.
     """
 
     def __init__(self, encoders: dict[str, Encoder], fusion: Fusion, head: nn.Module | None,
-                 modality_dropout: float = 0.0, alignment: nn.Module | None = None, task: Any = None) -> None:
+                 modality_dropout: float = 0.0, alignment: nn.Module | None = None) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.projections = nn.ModuleDict({m: nn.Linear(e.width, fusion.dim) for m, e in encoders.items()})
@@ -138,7 +60,6 @@ class FusionModel(nn.Module):
         self.head = head
         self.alignment = alignment
         self.modality_dropout = modality_dropout
-        self.task = task  # the `mmfuse.tasks.Task` it was built for (None: a classifier assembled by hand)
 
     @property
     def modalities(self) -> list[str]:
@@ -212,22 +133,24 @@ def drop_modalities(features: dict[str, ModalityFeatures], p: float) -> None:
         features[m].present = features[m].present & (~drops[m] | ~keeps_one)
 
 
-def build_model(config: ModelConfig) -> FusionModel:
-    """Build encoders, fusion, the task's head (and the contrastive alignment) from a `ModelConfig`."""
-    from .tasks import create_task
+def build_encoder(spec: EncoderSpec) -> Encoder:
+    """The encoder a spec names (`name` or `name:backbone`), with its keyword arguments."""
+    name, implied = split_encoder_name(spec.name)
+    try:
+        return create_encoder(name, pretrained=spec.pretrained, **{**implied, **spec.kwargs})
+    except TypeError as err:  # an option the encoder does not take
+        raise ConfigError(f"encoder '{spec.name}': {err}") from None
 
-    task = create_task(config)
-    encoders = {m: config.encoders[m].build() for m in config.modalities}
+
+def build_model(config: ModelConfig, head: nn.Module | None, alignment: nn.Module | None = None) -> FusionModel:
+    """Encoders and fusion built from `config` around `head` (None: the model outputs the fused embedding) and an
+    optional contrastive `alignment`. A task builds both: `mmfuse.tasks.create_model_and_task(config)`."""
+    check_fusion_kwargs(config.fusion, config.fusion_kwargs)
+    encoders = {m: build_encoder(config.encoders[m]) for m in config.modalities}
     if config.adapters:
         from .adapters import apply_adapters
 
         apply_adapters(encoders, config.adapters)
     fusion = create_fusion(config.fusion, modalities=list(config.modalities), dim=config.dim,
                            **config.fusion_kwargs)
-    alignment = None
-    if task.aligns:
-        from .tasks.contrastive import Alignment
-
-        alignment = Alignment(list(config.modalities), config.contrastive_loss)
-    return FusionModel(encoders, fusion, task.build_head(config.dim, config.dropout),
-                       modality_dropout=config.modality_dropout, alignment=alignment, task=task)
+    return FusionModel(encoders, fusion, head, modality_dropout=config.modality_dropout, alignment=alignment)

@@ -54,21 +54,13 @@ def build_untrained(config: ModelConfig, seed: int = 0) -> FusionModel:
     their adapters) and projections and fusion initialised from `seed` (the global RNG is left as it was).
 
     The weights are those `mmfuse.load(preset)` has always had, from when a preset carried a placeholder two-class
-    head: that head's draws from the RNG (before the projections') are still made, so a preset keeps embedding alike.
+    head: that head's draws from the RNG (before the encoders') are still made, so a preset keeps embedding alike.
     """
     import torch
 
-    from .fusion import create_fusion
-    from .model import FusionModel
+    from .model import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoders = {m: config.encoders[m].build() for m in config.modalities}
-        if config.adapters:
-            from .adapters import apply_adapters
-
-            apply_adapters(encoders, config.adapters)
-        fusion = create_fusion(config.fusion, modalities=list(config.modalities), dim=config.dim,
-                               **config.fusion_kwargs)
         torch.nn.Linear(config.dim, 2)  # the placeholder head's draws (see above), then thrown away
-        return FusionModel(encoders, fusion, head=None)
+        return build_model(config, head=None)

@@ -22,7 +22,8 @@ from mmfuse.cli import main
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import build_pipeline
 from mmfuse.errors import ConfigError
-from mmfuse.model import ModelConfig, build_model
+from mmfuse.model import ModelConfig
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.trainer import Trainer
 
 FAST = ["--preset", "tiny", "--repeats", "1", "--warmup", "0", "--min-time", "0"]
@@ -121,8 +122,8 @@ def test_compare_prints_ratios(tiny_report, tmp_path, capsys):
 
 def test_raw_decode_yields_the_loaders_batches(demo_shards):
     info = DatasetInfo.load(demo_shards)
-    model = build_model(ModelConfig(["text", "image"], build_cases(BenchConfig(preset="tiny"))[0].encoders(),
-                                    labels=list(info.labels)))
+    model = create_model_and_task(ModelConfig(["text", "image"], build_cases(BenchConfig(preset="tiny"))[0].encoders(),
+                                    labels=list(info.labels)))[0]
     pre = model.preprocessors()
     ours = list(build_pipeline(info, "val", pre, 8))
     raw = list(raw_batches(info, "val", pre, 8))
@@ -143,7 +144,7 @@ def test_train_case_times_the_trainers_own_step(demo_shards, monkeypatch):
     (spec,) = build_cases(cfg)
     result = RUNNERS["train"](Context(cfg, torch.device("cpu"), "fp32", info), spec)
     steps = result["steps_per_repeat"]
-    # warm-up + sizing step + repeats, then the loader-fed train_epoch pass
+    # warm-up + sizing step + repeats, then the loader-fed Trainer.steps pass
     assert len(calls) == 1 + 1 + 3 * steps + result["split"]["steps"]
     assert len(result["series"]["mmfuse"]["values"]) == len(result["series"]["baseline"]["values"]) == 3
 

@@ -6,6 +6,7 @@ import pytest
 
 from mmfuse.config import RunConfig, load_yaml, resolve, set_dotted
 from mmfuse.errors import ConfigError
+from mmfuse.model import build_encoder
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -75,4 +76,4 @@ def test_naming_an_encoder_replaces_its_options():
 def test_an_option_the_encoder_does_not_take_is_a_config_error():
     cfg = resolve({"model": {"encoders": {"text": {"name": "tiny-text", "kwargs": {"widht": 8}}}}})
     with pytest.raises(ConfigError, match="encoder 'tiny-text'.*widht"):
-        cfg.model.encoders["text"].build()
+        build_encoder(cfg.model.encoders["text"])

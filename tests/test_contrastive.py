@@ -12,13 +12,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from mmfuse.alignment import Alignment, infonce_loss, siglip_loss
 from mmfuse.config import resolve
 from mmfuse.data.demo import DemoSpec, build_demo
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
 from mmfuse.inference import load
 from mmfuse.retrieval import chance_recall
-from mmfuse.tasks.contrastive import Alignment, infonce_loss, siglip_loss
 
 
 def pairs(n: int = 6, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -204,12 +204,13 @@ def test_a_predictor_answers_from_its_head_by_the_task_of_its_config(tmp_path, t
     give are known without running it. The task comes from the checkpoint's ModelConfig."""
     import torch
 
-    from mmfuse.model import ModelConfig, build_model
+    from mmfuse.model import ModelConfig
     from mmfuse.presets import load_preset
+    from mmfuse.tasks import create_model_and_task
     from mmfuse.train.checkpoint import save_checkpoint
 
     config = ModelConfig(**{**load_preset("tiny_bottleneck"), "labels": ["oak", "steel", "pine"], "task": task})
-    model = build_model(config)
+    model, _ = create_model_and_task(config)
     bias = torch.tensor([0.5, 2.0, -1.0])
     with torch.no_grad():
         model.head.linear.weight.zero_()

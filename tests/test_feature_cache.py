@@ -14,7 +14,7 @@ from mmfuse.data.loader import make_loader
 from mmfuse.encoders.timm_image import ImagePreprocessor
 from mmfuse.finetune import finetune
 from mmfuse.fingerprint import weights_fingerprint
-from mmfuse.model import build_model
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.feature_cache import FeatureCache, fingerprint
 from mmfuse.train.freeze import apply_freeze
 
@@ -102,7 +102,7 @@ def test_disk_cache_is_reused_and_a_changed_encoder_misses(tiny_layers, tmp_path
 
 def test_fingerprint_follows_weights_spec_and_shards(tiny_config, demo_shards):
     info = DatasetInfo.load(demo_shards)
-    model = build_model(replace(tiny_config.model, labels=info.labels))
+    model = create_model_and_task(replace(tiny_config.model, labels=info.labels))[0]
     spec = tiny_config.model.encoders["image"]
     weights = weights_fingerprint(model.encoders["image"])
     base = fingerprint(weights, spec, info, "train", "image", "fp32", False)
@@ -121,7 +121,7 @@ def test_fingerprint_follows_weights_spec_and_shards(tiny_config, demo_shards):
 
 def test_only_fully_frozen_towers_are_cached_and_they_stay_in_eval_mode(tiny_config, demo_shards):
     info = DatasetInfo.load(demo_shards)
-    model = build_model(replace(tiny_config.model, labels=info.labels))
+    model = create_model_and_task(replace(tiny_config.model, labels=info.labels))[0]
     apply_freeze(model, ["image"])
     apply_freeze(model, ["text"], unfreeze_top=1)
     model.train()
@@ -139,7 +139,7 @@ def test_only_fully_frozen_towers_are_cached_and_they_stay_in_eval_mode(tiny_con
 def test_with_every_tower_cached_the_tar_files_are_not_read_again(tiny_config, demo_shards, tmp_path):
     shards = shutil.copytree(demo_shards, tmp_path / "shards")
     info = DatasetInfo.load(shards)
-    model = build_model(replace(tiny_config.model, labels=info.labels, fusion="cross-attention"))
+    model = create_model_and_task(replace(tiny_config.model, labels=info.labels, fusion="cross-attention"))[0]
     apply_freeze(model, ["image", "text"])
     cache = FeatureCache(model, tiny_config.model.encoders, info, torch.device("cpu"), "fp32", 16,
                          echo=lambda *_: None)
@@ -166,7 +166,7 @@ def test_each_rank_caches_the_whole_split(tiny_config, demo_shards, monkeypatch)
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     info = DatasetInfo.load(demo_shards)
-    model = build_model(replace(tiny_config.model, labels=info.labels))
+    model = create_model_and_task(replace(tiny_config.model, labels=info.labels))[0]
     apply_freeze(model, ["image"])
     cache = FeatureCache(model, tiny_config.model.encoders, info, torch.device("cpu"), "fp32", 16,
                          echo=lambda *_: None)

@@ -30,8 +30,8 @@ from mmfuse.data.loader import make_loader, read_records
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import FinetuneRun, finetune
 from mmfuse.inference import Predictor, resolve_precision
-from mmfuse.model import build_model
 from mmfuse.serving import cosine_parity
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.train.feature_cache import FeatureCache
 from mmfuse.train.freeze import apply_freeze
@@ -55,8 +55,8 @@ def trainer_on(device: torch.device, tiny_config, demo_shards, **train) -> tuple
     """A tiny model's `Trainer` on `device` and the train split's batches of 16 (pinned when `device` is CUDA)."""
     info = DatasetInfo.load(demo_shards)
     model_cfg = replace(tiny_config.model, labels=info.labels)
-    model = build_model(model_cfg)
-    trainer = Trainer(model, replace(tiny_config.train, device=str(device), **train), device, total_steps=100)
+    model, task = create_model_and_task(model_cfg)
+    trainer = Trainer(model, task, replace(tiny_config.train, device=str(device), **train), device, total_steps=100)
     batches = list(make_loader(info, "train", model.preprocessors(), 16, pin_memory=device.type == "cuda"))
     return trainer, model_cfg, batches
 
@@ -95,7 +95,7 @@ def image_records(n: int = 12) -> list[dict]:
 def test_predictor_honours_bf16_autocast_on_the_cpu_and_returns_fp32(tiny_config, demo_shards):
     info = DatasetInfo.load(demo_shards)
     config = replace(tiny_config.model, labels=info.labels)
-    model = build_model(config).eval()
+    model = create_model_and_task(config)[0].eval()
     fp32 = Predictor(copy.deepcopy(model), config, CPU, batch_size=5)
     bf16 = Predictor(copy.deepcopy(model), config, CPU, batch_size=5, precision="bf16")
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
@@ -169,13 +169,13 @@ def test_the_gpu_checks_modules_import_without_open_clip_or_soundfile():
     code = ("import sys\n"
             "sys.modules.update(open_clip=None, soundfile=None)  # as if not installed: import fails, find_spec None\n"
             "import mmfuse, mmfuse.cli, mmfuse.finetune, mmfuse.bench.suite, mmfuse.bench.cases, mmfuse.inference\n"
-            "from mmfuse.model import ModelConfig, build_model\n"
+            "from mmfuse.model import ModelConfig\nfrom mmfuse.tasks import create_model_and_task\n"
             "from mmfuse.bench.presets import BenchConfig, build_cases\n"
             "for case in build_cases(BenchConfig(preset='gpu', cases=['encode', 'train', 'embed'])):\n"
             "    assert case.encoders()\n"
             "from mmfuse.config import default_encoders\n"
             "encoders = {m: s for m, s in default_encoders().items() if m != 'audio'}\n"
-            "model = build_model(ModelConfig(['image', 'text'], encoders, labels=['a', 'b']))\n"
+            "model = create_model_and_task(ModelConfig(['image', 'text'], encoders, labels=['a', 'b']))[0]\n"
             "assert mmfuse.load('tiny_bottleneck').embed([{'text': 'an oak toy'}]).shape == (1, 16)\n"
             "loaded = [m for m, v in sys.modules.items() if v and m.startswith(('open_clip', 'soundfile'))]\n"
             "print(sorted(loaded))\n")
@@ -329,7 +329,7 @@ def test_frozen_feature_cache_on_the_gpu(tiny_config, tiny_layers, demo_shards, 
     features = []
     for device, precision in ((CPU, "fp32"), (cuda, cuda_precisions()[0])):
         torch.manual_seed(0)
-        model = build_model(config).to(device)
+        model = create_model_and_task(config)[0].to(device)
         apply_freeze(model, ["image"])
         cache = FeatureCache(model, config.encoders, info, device, precision, 16, echo=lambda *_: 0)
         cache.prepare("val")

@@ -17,8 +17,9 @@ from mmfuse.data.manifest import ShardConfig
 from mmfuse.data.shard import write_shards
 from mmfuse.encoders.registry import saved_kwargs
 from mmfuse.errors import ConfigError, DataError
-from mmfuse.model import ModelConfig, build_model
+from mmfuse.model import ModelConfig
 from mmfuse.names import inside, split_name_problem
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -162,7 +163,7 @@ def test_a_shard_named_like_a_url_is_read_as_a_file_never_run(dataset_copy, tmp_
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory) -> Path:
     config = ModelConfig(modalities=["text", "image"], labels=["a", "b"], **TINY_MODEL)
-    return save_checkpoint(build_model(config), config, tmp_path_factory.mktemp("runs") / "run")
+    return save_checkpoint(create_model_and_task(config)[0], config, tmp_path_factory.mktemp("runs") / "run")
 
 
 @pytest.fixture
@@ -271,7 +272,7 @@ def test_a_saved_timm_checkpoint_path_is_never_reloaded(tmp_path):
     image = {"name": "timm-image:vit_tiny_patch16_224", "pretrained": False,
              "kwargs": {"image_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}}
     config = ModelConfig(modalities=["image"], labels=["a", "b"], dim=16, encoders={"image": image})
-    run = save_checkpoint(build_model(config), config, tmp_path / "run")
+    run = save_checkpoint(create_model_and_task(config)[0], config, tmp_path / "run")
     tamper(run, lambda meta: meta["model"]["encoders"]["image"]["kwargs"].update(checkpoint="/nonexistent/w.pt"))
     model, loaded, _ = load_checkpoint(run)  # the path is dropped: loading it would fail
     assert "checkpoint" not in loaded.encoders["image"].kwargs

@@ -19,8 +19,9 @@ from conftest import TINY_MODEL
 
 from mmfuse.cli import main
 from mmfuse.errors import OutputError
-from mmfuse.model import ModelConfig, build_model
+from mmfuse.model import ModelConfig
 from mmfuse.outputs import LOCK, check_output_dir, hold
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.checkpoint import save_checkpoint
 
 HOLDER = """
@@ -276,7 +277,7 @@ def test_check_output_dir_accepts_new_and_existing_dirs(tmp_path):
 @pytest.fixture
 def saved_run(tmp_path) -> Path:
     config = ModelConfig(modalities=["text", "image"], labels=["a", "b"], **TINY_MODEL)
-    return save_checkpoint(build_model(config), config, tmp_path / "saved")
+    return save_checkpoint(create_model_and_task(config)[0], config, tmp_path / "saved")
 
 
 @pytest.mark.parametrize("content", [b"\x00\xff garbage", b"\xff" * 8 + b"{}", b""])

@@ -367,12 +367,12 @@ def test_fsdp_is_refused_with_a_config_error(interaction_shards):
     from conftest import TINY_MODEL
 
     from mmfuse.config import TrainConfig, resolve
-    from mmfuse.model import build_model
-    from mmfuse.tasks import task_class
+    from mmfuse.tasks import create_model_and_task, task_class
     from mmfuse.train.distributed import DistEnv
     from mmfuse.train.trainer import Trainer
 
     config = resolve({"model": {**TINY_MODEL, "task": "interactions"}}).model
-    model = build_model(task_class("interactions").prepare(config, DatasetInfo.load(interaction_shards)))
+    config = task_class("interactions").prepare(config, DatasetInfo.load(interaction_shards))
+    model, task = create_model_and_task(config)
     with pytest.raises(ConfigError, match="does not train under train.strategy=fsdp"):
-        Trainer(model, TrainConfig(strategy="fsdp"), torch.device("cpu"), 1, DistEnv(world_size=2))
+        Trainer(model, task, TrainConfig(strategy="fsdp"), torch.device("cpu"), 1, DistEnv(world_size=2))

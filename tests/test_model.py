@@ -9,8 +9,9 @@ import torch
 from mmfuse.data.batch import Collator
 from mmfuse.errors import ConfigError
 from mmfuse.fusion import list_fusions
-from mmfuse.model import ModelConfig, build_model
+from mmfuse.model import ModelConfig
 from mmfuse.presets import list_presets, load_preset
+from mmfuse.tasks import create_model_and_task
 
 LABELS = ["a", "b", "c"]
 
@@ -36,7 +37,7 @@ def batch(model, n: int = 4, audio_missing: tuple[int, ...] = (1,)) -> dict:
 
 @pytest.mark.parametrize("fusion", list_fusions())
 def test_gradients_reach_every_encoder(fusion):
-    model = build_model(tiny_config(fusion))
+    model = create_model_and_task(tiny_config(fusion))[0]
     b = batch(model)
     assert b["audio"].ndim == 3 and b["present_audio"].tolist() == [True, False, True, True]
     logits = model(b)
@@ -48,19 +49,19 @@ def test_gradients_reach_every_encoder(fusion):
 
 @pytest.mark.parametrize("fusion", ["cross-attention", "bottleneck", "lmf"])
 def test_sample_with_audio_absent_is_the_same_in_any_batch(fusion):
-    model = build_model(tiny_config(fusion)).eval()
+    model = create_model_and_task(tiny_config(fusion))[0].eval()
     together = model.embed(batch(model, 4, audio_missing=(1,)))[1]
     b = batch(model, 4, audio_missing=(0, 1, 2, 3))
     torch.testing.assert_close(model.embed(b)[1], together, atol=1e-5, rtol=1e-4)
 
 
 def test_token_fusions_get_modality_type_embeddings():
-    assert set(build_model(tiny_config("cross-attention")).type_embeddings) == {"audio", "image", "text"}
-    assert not hasattr(build_model(tiny_config("concat-mlp")), "type_embeddings")
+    assert set(create_model_and_task(tiny_config("cross-attention"))[0].type_embeddings) == {"audio", "image", "text"}
+    assert not hasattr(create_model_and_task(tiny_config("concat-mlp"))[0], "type_embeddings")
 
 
 def test_modality_dropout_hides_modalities_in_training_only_never_all():
-    model = build_model(tiny_config("cross-attention", modality_dropout=0.6))
+    model = create_model_and_task(tiny_config("cross-attention", modality_dropout=0.6))[0]
     b = batch(model, 8, audio_missing=())
     model.train()
     present = torch.stack([f.present for f in model.encode(b).values()])  # (M, B)
@@ -76,7 +77,7 @@ def test_every_preset_is_a_valid_model_config(name):
     config = ModelConfig(**load_preset(name), labels=LABELS)
     assert config.modalities and all(m in config.encoders for m in config.modalities)
     if name.startswith("tiny_"):
-        model = build_model(config)
+        model = create_model_and_task(config)[0]
         assert model(batch(model)).shape == (4, 3)
 
 

@@ -119,10 +119,11 @@ def test_export_takes_a_bare_model_and_its_preprocessors(tmp_path):
     pytest.importorskip("onnxruntime")
     from mmfuse.fingerprint import weights_fingerprint
     from mmfuse.inference import Embedder
-    from mmfuse.model import ModelConfig, build_model
+    from mmfuse.model import ModelConfig
     from mmfuse.onnx_export import OnnxSession, export_onnx, output_names
+    from mmfuse.tasks import create_model_and_task
 
-    model = build_model(ModelConfig(**{**TEXT_IMAGE, "labels": ["a", "b"]})).eval()
+    model = create_model_and_task(ModelConfig(**{**TEXT_IMAGE, "labels": ["a", "b"]}))[0].eval()  # with a head
     path = export_onnx(model, model.preprocessors(), tmp_path / "bare.onnx")
     session = OnnxSession(path, weights_fingerprint(model), model.modalities)
     assert [o.name for o in session.session.get_outputs()] == output_names(["image", "text"])

@@ -11,7 +11,7 @@ import pytest
 from mmfuse.config import resolve
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
-from mmfuse.model import build_model
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.checkpoint import load_checkpoint
 from mmfuse.train.layer_decay import encoder_layers, layer_ids
 from mmfuse.train.optim import param_groups
@@ -22,7 +22,7 @@ def test_layer_decay_scales_each_encoder_block_and_leaves_the_head(tiny_config):
                      encoders={**tiny_config.model.encoders,
                                "text": replace(tiny_config.model.encoders["text"],
                                                kwargs={"width": 16, "layers": 3, "heads": 2})})
-    model = build_model(config)
+    model = create_model_and_task(config)[0]
     train = replace(tiny_config.train, lr=1e-3, encoder_lr=1e-4, layer_decay=0.5)
     lr_of = {id(p): g["lr"] for g in param_groups(model, train) for p in g["params"]}
     text = model.encoders["text"]

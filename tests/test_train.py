@@ -9,7 +9,7 @@ import torch
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader
 from mmfuse.errors import ConfigError
-from mmfuse.model import build_model
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.train.optim import warmup_cosine
 from mmfuse.train.precision import choose_precision, cpu_has_fast_bf16
@@ -19,8 +19,8 @@ from mmfuse.train.trainer import Trainer
 def setup(tiny_config, demo_shards, **train):
     info = DatasetInfo.load(demo_shards)
     model_cfg = replace(tiny_config.model, labels=info.labels)
-    model = build_model(model_cfg)
-    trainer = Trainer(model, replace(tiny_config.train, **train), torch.device("cpu"), total_steps=100)
+    model, task = create_model_and_task(model_cfg)
+    trainer = Trainer(model, task, replace(tiny_config.train, **train), torch.device("cpu"), total_steps=100)
     batches = list(make_loader(info, "train", model.preprocessors(), 16))
     return trainer, model_cfg, batches, info
 
@@ -89,7 +89,8 @@ def accumulated_and_big_batch_updates(tiny_config, demo_shards, precision: str) 
     trainer_a, cfg, batches, info = setup(tiny_config, demo_shards, grad_accum=2, grad_clip=0.0, precision=precision)
     model_b = copy.deepcopy(trainer_a.model)
     model_b.load_state_dict(trainer_a.model.state_dict())
-    trainer_b = Trainer(model_b, replace(trainer_a.cfg, grad_accum=1), torch.device("cpu"), total_steps=100)
+    trainer_b = Trainer(model_b, trainer_a.task, replace(trainer_a.cfg, grad_accum=1), torch.device("cpu"),
+                        total_steps=100)
     assert trainer_a.precision == trainer_b.precision == precision
     before = {name: p.detach().clone() for name, p in trainer_a.model.named_parameters()}
     for m in (trainer_a.model, trainer_b.model):

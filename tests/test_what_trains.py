@@ -12,7 +12,7 @@ from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
-from mmfuse.model import build_model
+from mmfuse.tasks import create_model_and_task
 from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.train.freeze import apply_freeze
 from mmfuse.train.trainer import Trainer
@@ -24,7 +24,7 @@ def test_frozen_tower_does_not_change_while_the_rest_trains(tiny_layers):
     summary = finetune(config, echo=lambda *_: None)
     model, _, _ = load_checkpoint(f"{config.out}/checkpoints/last")
     torch.manual_seed(config.train.seed)
-    init = build_model(replace(config.model, labels=summary["labels"]))  # the same seeded initialisation
+    init = create_model_and_task(replace(config.model, labels=summary["labels"]))[0]  # the same seeded initialisation
     for name, p in model.encoders["image"].state_dict().items():
         torch.testing.assert_close(p, init.encoders["image"].state_dict()[name], msg=name)
     assert not torch.equal(model.head.linear.weight, init.head.linear.weight)
@@ -32,12 +32,12 @@ def test_frozen_tower_does_not_change_while_the_rest_trains(tiny_layers):
 
 
 def test_unfreeze_top_layers_and_tower_learning_rates(tiny_config):
-    model = build_model(replace(tiny_config.model, labels=["a", "b"]))
+    model, task = create_model_and_task(replace(tiny_config.model, labels=["a", "b"]))
     apply_freeze(model, ["text"], unfreeze_top=1)
     trainable = {n for n, p in model.encoders["text"].named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("backbone.encoder.layer.0.") for n in trainable)  # 1 layer: the top one
     cfg = replace(tiny_config.train, lr=1e-3, encoder_lr=1e-4, tower_lr={"image": 5e-5})
-    trainer = Trainer(model, cfg, torch.device("cpu"), total_steps=10)
+    trainer = Trainer(model, task, cfg, torch.device("cpu"), total_steps=10)
     lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert lrs["head"] == 1e-3 and lrs["text"] == 1e-4 and lrs["image"] == 5e-5
 
@@ -50,13 +50,13 @@ def test_unknown_tower_is_a_config_error():
 def test_lora_trains_a_few_percent_of_the_tower_and_reloads(tiny_config, demo_shards, tmp_path):
     info = DatasetInfo.load(demo_shards)
     cfg = replace(tiny_config.model, labels=info.labels, adapters={"text": {"method": "lora", "r": 4}})
-    model = build_model(cfg)
+    model, task = create_model_and_task(cfg)
     text = model.encoders["text"]
     total = sum(p.numel() for p in text.parameters())
     trainable = [n for n, p in text.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert sum(p.numel() for n, p in text.named_parameters() if p.requires_grad) < 0.05 * total
-    trainer = Trainer(model, replace(tiny_config.train, lr=1e-2), torch.device("cpu"), total_steps=40)
+    trainer = Trainer(model, task, replace(tiny_config.train, lr=1e-2), torch.device("cpu"), total_steps=40)
     batch = next(iter(make_loader(info, "train", model.preprocessors(), 16)))
     base = {n: p.clone() for n, p in text.named_parameters() if not p.requires_grad}
     first = trainer.train_step(batch).item()
@@ -79,14 +79,14 @@ def test_bad_adapter_options_are_config_errors(tiny_config):
                               ({"text": {"rank": 4}}, "unknown adapter option"),
                               ({"audio": {}}, "model.adapters names 'audio'")):
         with pytest.raises(ConfigError, match=message):
-            build_model(replace(tiny_config.model, labels=["a", "b"], adapters=adapters))
+            create_model_and_task(replace(tiny_config.model, labels=["a", "b"], adapters=adapters))[0]
 
 
 def test_grad_checkpointing_gives_the_same_gradients(tiny_config, demo_shards):
     info = DatasetInfo.load(demo_shards)
     cfg = replace(tiny_config.model, labels=info.labels, dropout=0.0)
-    plain = build_model(cfg).train()
-    ckpt = build_model(cfg).train()
+    plain = create_model_and_task(cfg)[0].train()
+    ckpt = create_model_and_task(cfg)[0].train()
     ckpt.load_state_dict(plain.state_dict())
     for encoder in ckpt.encoders.values():
         encoder.set_grad_checkpointing(True)

@@ -5,7 +5,7 @@ calibration after the cases is known.
     encode  inference throughput of one encoder on real batches
     train   `Trainer.train_step` -- the step `finetune` runs -- vs a minimal hand-written loop (fused AdamW) on an
             identical copy of the model and the same batch, interleaved; then a loader-fed pass through
-            `Trainer.train_epoch` for the data-wait vs compute split
+            `Trainer.steps` for the data-wait vs compute split
     embed   `Embedder.embed` on raw records vs `FusionModel.embed` on the same, already collated batches
     text-embed  `Embedder.encode` (fp32, int8, onnx) vs sentence-transformers on the same weights (`textembed.py`)
     embed-backends  `Embedder.embed` fp32 vs int8 vs onnx on raw records, with cosine parity (`backends.py`)
@@ -27,8 +27,9 @@ from ..data.batch import batch_size as count
 from ..data.loader import make_loader, read_records
 from ..inference import Embedder
 from ..model import FusionModel
+from ..tasks.classification import ClassificationTask
 from ..train.precision import DTYPES
-from ..train.trainer import Trainer
+from ..train.trainer import EpochTally, Trainer
 from .backends import run_embed_backends
 from .common import Context, case_batches, case_model, case_result, repeat_steps
 from .presets import CaseSpec
@@ -139,7 +140,7 @@ def run_train(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     model = case_model(ctx, spec)
     baseline_model = copy.deepcopy(model).to(ctx.device).train()
     train_cfg = TrainConfig(device=str(ctx.device), precision=ctx.precision, progress=False, lr=1e-4)
-    trainer = Trainer(model, train_cfg, ctx.device, total_steps=1_000_000)
+    trainer = Trainer(model, ClassificationTask.for_head(model), train_cfg, ctx.device, total_steps=1_000_000)
     trainer.model.train()
     _compile(trainer.model, ctx)
     _compile(baseline_model, ctx)
@@ -151,12 +152,14 @@ def run_train(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
                          num_workers=ctx.cfg.workers, pin_memory=ctx.device.type == "cuda", drop_last=True)
     fed_steps = max(2, min(2 * steps, ctx.info.count(ctx.split) // spec.batch_size))
     with PeakMemory(ctx.device) as memory:
-        stats = trainer.train_epoch(islice(loader, fed_steps), after_step=lambda info: False)
+        tally = EpochTally()
+        for step in trainer.steps(islice(loader, fed_steps)):
+            tally.add(step)
     synchronize(ctx.device)
-    busy = stats["data_s"] + stats["compute_s"]
-    split = {"steps": fed_steps, "samples": stats["samples"], "data_s": stats["data_s"],
-             "compute_s": stats["compute_s"], "data_fraction": stats["data_s"] / busy if busy else 0.0,
-             "samples_per_s": stats["samples"] / busy if busy else 0.0}
+    busy = tally.data_s + tally.compute_s
+    split = {"steps": fed_steps, "samples": tally.samples, "data_s": round(tally.data_s, 3),
+             "compute_s": round(tally.compute_s, 3), "data_fraction": tally.data_s / busy if busy else 0.0,
+             "samples_per_s": tally.samples / busy if busy else 0.0}
     return case_result(spec, rates, steps, flops_per_sample=flops / spec.batch_size, split=split,
                        baseline="hand-written loop: forward, cross_entropy, backward, AdamW(fused=True), zero_grad",
                        memory={"kind": memory.kind, "bytes": memory.bytes})

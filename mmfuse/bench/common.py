@@ -13,7 +13,8 @@ from ..data.batch import to_device
 from ..data.info import DatasetInfo
 from ..data.loader import build_pipeline
 from ..errors import ConfigError
-from ..model import FusionModel, ModelConfig, build_model
+from ..model import FusionModel, ModelConfig
+from ..tasks import create_model_and_task
 from .presets import BenchConfig, CaseSpec
 from .timing import paired_ratio, summarize
 
@@ -33,7 +34,7 @@ def case_model(ctx: Context, spec: CaseSpec) -> FusionModel:
     """The case's model, built from seed 0, with the dataset's labels."""
     torch.manual_seed(0)
     config = ModelConfig(list(spec.modalities), spec.encoders(), labels=list(ctx.info.labels), fusion=spec.fusion)
-    return build_model(config)
+    return create_model_and_task(config)[0]
 
 
 def case_batches(ctx: Context, model: FusionModel, spec: CaseSpec, n: int = 1) -> list[dict[str, Any]]:

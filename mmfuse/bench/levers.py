@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..data.loader import make_loader
 from ..model import EncoderSpec, FusionModel
+from ..tasks.classification import ClassificationTask
 from ..train.feature_cache import FeatureCache
 from ..train.freeze import apply_freeze
 from ..train.optim import param_groups, warmup_cosine
 from ..train.precision import autocast
-from ..train.trainer import Trainer
+from ..train.trainer import EpochTally, Trainer
 from .common import Context, case_batches, case_model, case_result, repeat_steps
 from .presets import CaseSpec
 from .timing import PeakMemory, interleaved, timed
@@ -42,7 +43,7 @@ QUALITY_STEPS = 24
 
 def _trainer(model: FusionModel, ctx: Context) -> Trainer:
     cfg = TrainConfig(device=str(ctx.device), precision=ctx.precision, progress=False, lr=1e-4)
-    trainer = Trainer(model, cfg, ctx.device, total_steps=1_000_000)
+    trainer = Trainer(model, ClassificationTask.for_head(model), cfg, ctx.device, total_steps=1_000_000)
     trainer.model.train()
     return trainer
 
@@ -61,8 +62,10 @@ def _lever_cache(ctx: Context, spec: CaseSpec) -> tuple[Callable[[], int], Calla
     build_s = time.perf_counter() - tick
 
     def epoch(loader: Any) -> tuple[int, float]:
-        stats = trainer.train_epoch(loader, after_step=lambda info: False)
-        return stats["samples"], stats["loss_sum"] / max(1, stats["batches"])
+        tally = EpochTally()
+        for step in trainer.steps(loader):
+            tally.add(step)
+        return tally.samples, float(tally.loss_sum) / max(1, tally.batches)
 
     def cached_loader() -> Any:
         return cache.attach(split, make_loader(ctx.info, split, cached, spec.batch_size, drop_last=True, **source))
@@ -159,7 +162,8 @@ def _quality(ctx: Context, spec: CaseSpec, model: FusionModel) -> dict[str, Any]
                                "val_samples": sum(len(b["label"]) for b in val)}
     for name, precision in (("mmfuse", "bf16"), ("baseline", "fp32")):
         cfg = TrainConfig(device=str(ctx.device), precision=precision, progress=False, warmup=0.1)
-        trainer = Trainer(copy.deepcopy(model), cfg, ctx.device, total_steps=QUALITY_STEPS)
+        copied = copy.deepcopy(model)
+        trainer = Trainer(copied, ClassificationTask.for_head(copied), cfg, ctx.device, total_steps=QUALITY_STEPS)
         trainer.model.train()
         torch.manual_seed(0)  # the same dropout masks
         losses = [float(trainer.train_step(train[i % len(train)])) for i in range(QUALITY_STEPS)]

@@ -46,7 +46,7 @@ def _split(report: dict[str, Any], plt: Any, path: Path) -> None:
     ax.set_yticks(range(len(cases)), [c["name"] for c in cases], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.15)
-    ax.set_xlabel("fraction of a loader-fed Trainer.train_epoch")
+    ax.set_xlabel("fraction of a loader-fed Trainer.steps")
     ax.set_title("train: data wait vs compute")
     if cases:
         ax.legend(fontsize=7, loc="lower right")

@@ -121,7 +121,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _precision_rows(report)
     split_rows = [c for c in report["cases"] if c["split"]]
     if split_rows:
-        lines += ["## Train: data wait vs compute (loader-fed `Trainer.train_epoch`)", "",
+        lines += ["## Train: data wait vs compute (loader-fed `Trainer.steps`)", "",
                   "| case | steps | samples/s | data wait s | compute s | data fraction |", "|---|---|---|---|---|---|"]
         lines += [f"| `{c['name']}` | {c['split']['steps']} | {c['split']['samples_per_s']:.1f} | "
                   f"{c['split']['data_s']:.2f} | {c['split']['compute_s']:.2f} | {c['split']['data_fraction']:.1%} |"

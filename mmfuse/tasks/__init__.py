@@ -1,41 +1,45 @@
 """Training tasks: classification, multilabel, regression, contrastive alignment and interactions (see `base.Task`).
 
-`create_task(model_config)` builds the task a `ModelConfig` names (`model.task`); `list_tasks()` names them all.
+A task is handed to the trainer beside the model: it supplies the model's head (and its contrastive alignment) and
+owns the loss, the metrics and what "best" means. `create_task(model_config)` builds the task a `ModelConfig`
+names (`model.task`); `create_model_and_task(model_config)` builds both; `list_tasks()` names them all.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..registry import Registry
+from . import classification, contrastive, interactions, multilabel, regression  # noqa: F401 - register the tasks
 from .base import Accumulator, SupervisedTask, Task
+from .registry import TASKS, list_tasks, register_task, task_class
 
 if TYPE_CHECKING:
-    from ..model import ModelConfig
-
-TASKS: Registry[type[Task]] = Registry("task")
+    from ..model import FusionModel, ModelConfig
 
 
-def register_task(name: str):
-    def decorator(cls: type[Task]) -> type[Task]:
-        cls.name = name
-        return TASKS.register(name)(cls)
+def check_model_config(config: ModelConfig) -> None:
+    """The names a (torch-free) `ModelConfig` gives, against their registries: its task and its fusion's options.
+    Raises `ConfigError` naming the key; run before any work (`finetune` does)."""
+    from ..fusion.base import check_fusion_kwargs
 
-    return decorator
-
-
-def task_class(name: str) -> type[Task]:
-    return TASKS.get(name)
+    task_class(config.task)
+    check_fusion_kwargs(config.fusion, config.fusion_kwargs)
 
 
 def create_task(config: ModelConfig) -> Task:
-    return TASKS.get(config.task)(config)
+    """The task `config.task` names, for `config`'s labels, modalities and options."""
+    return task_class(config.task)(config)
 
 
-def list_tasks() -> list[str]:
-    return TASKS.names()
+def create_model_and_task(config: ModelConfig) -> tuple[FusionModel, Task]:
+    """The model of `config` with its task's head (and contrastive alignment), and the task, bound to that model."""
+    from ..model import build_model
+
+    task = create_task(config)
+    model = build_model(config, head=task.build_head(config.dim, config.dropout), alignment=task.build_alignment())
+    task.bind(model)
+    return model, task
 
 
-from . import classification, contrastive, interactions, multilabel, regression  # noqa: E402,F401 - register the tasks
-
-__all__ = ["Accumulator", "SupervisedTask", "Task", "create_task", "list_tasks", "register_task", "task_class"]
+__all__ = ["TASKS", "Accumulator", "SupervisedTask", "Task", "check_model_config", "create_model_and_task",
+           "create_task", "list_tasks", "register_task", "task_class"]

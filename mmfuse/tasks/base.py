@@ -1,7 +1,10 @@
 """The task protocol: what a model is trained to output, its loss, its metrics and what "best" means.
 
-A `Task` is built from a `ModelConfig` (`task`, `task_kwargs`, `labels`, `contrastive_*`) by `create_task`. It gives
+A `Task` is built from a `ModelConfig` (`task`, `task_kwargs`, `labels`, `contrastive_*`) by `create_task` and handed
+to the trainer beside the model (the model knows no task). It gives
     build_head(dim, dropout)   the head on the fused embedding, or None (contrastive: no head)
+    build_alignment()          the model's contrastive `Alignment`, or None
+    bind(model)                called once with the model it trains (a task whose loss reads the head's parameters)
     loss(outputs, batch)       a scalar from the model's `forward(batch, outputs=True)` dict and the batch
     metrics()                  an `Accumulator`: update(outputs, batch) per eval batch, compute(env) over all ranks
     best_metric, higher_is_better, metric_names
@@ -19,46 +22,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .accumulators import Accumulator, Combined, RetrievalAccumulator
 
 if TYPE_CHECKING:
     from ..data.info import DatasetInfo
     from ..model import ModelConfig
-    from ..train.distributed import DistEnv
-
-
-class Accumulator(ABC):
-    """Evaluation state summed over batches and reduced across ranks."""
-
-    count = 0
-
-    @abstractmethod
-    def update(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        """Add one evaluation batch's outputs (the model's outputs dict) and targets."""
-
-    @abstractmethod
-    def compute(self, env: DistEnv) -> dict[str, Any]:
-        """The metrics over every rank's batches (a collective under torchrun: every rank calls it)."""
-
-    def reference(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        """A batch of the train split, for a task with `needs_reference` (others ignore it)."""
-        return None
-
-
-class Combined(Accumulator):
-    """Several accumulators' metrics in one dict (a supervised task with auxiliary retrieval metrics)."""
-
-    def __init__(self, *parts: Accumulator) -> None:
-        self.parts = parts
-
-    def update(self, outputs: dict[str, Any], batch: dict[str, Any]) -> None:
-        for part in self.parts:
-            part.update(outputs, batch)
-
-    def compute(self, env: DistEnv) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for part in reversed(self.parts):  # the first (supervised) part's count wins
-            out.update(part.compute(env))
-        return out
 
 
 class Task(ABC):
@@ -115,6 +83,17 @@ class Task(ABC):
 
         return ClassificationHead(dim, len(self.labels), dropout)
 
+    def build_alignment(self) -> nn.Module | None:
+        """The contrastive alignment of the model's modalities when the task uses one (`aligns`), else None."""
+        if not self.aligns:
+            return None
+        from ..alignment import Alignment
+
+        return Alignment(self.modalities, self.contrastive_loss)
+
+    def bind(self, model: nn.Module) -> None:  # noqa: B027 - most tasks need nothing of the model
+        """Called once with the model the task trains or evaluates (by `create_model_and_task` and the trainer)."""
+
     @property
     def aligns(self) -> bool:
         """Whether the model carries a contrastive alignment between its modalities."""
@@ -127,11 +106,6 @@ class Task(ABC):
     @abstractmethod
     def metrics(self) -> Accumulator:
         """A fresh accumulator for one evaluation pass."""
-
-    def better(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return True
-        return value > best if self.higher_is_better else value < best
 
     output_noun: ClassVar[str] = "label"
     """What a head output is called in `summary` (regression: target)."""
@@ -181,6 +155,4 @@ class SupervisedTask(Task):
     def metrics(self) -> Accumulator:
         if not self.aligns:
             return self.supervised_metrics()
-        from .contrastive import RetrievalAccumulator
-
         return Combined(self.supervised_metrics(), RetrievalAccumulator(self.modalities[:2]))

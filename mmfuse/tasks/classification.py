@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..metrics import confusion_matrix, metrics_from_confusion
 from ..train.distributed import all_reduce_sum
-from . import register_task
 from .base import Accumulator, SupervisedTask
+from .registry import register_task
 
 if TYPE_CHECKING:
     from ..model import ModelConfig
@@ -49,12 +49,14 @@ class ClassificationTask(SupervisedTask):
 
     @classmethod
     def for_head(cls, model: torch.nn.Module) -> ClassificationTask:
-        """The task of a classifier assembled by hand (no `model.task`): one class per head output."""
+        """The task of a classifier assembled by hand (a `ClassificationHead`): one class per head output, named
+        '0', '1', ...; no contrastive alignment."""
         from types import SimpleNamespace
 
         classes = model.head.linear.out_features
-        return cls(SimpleNamespace(task_kwargs={}, labels=[str(i) for i in range(classes)],
-                                   modalities=list(model.modalities), contrastive_weight=0.0))
+        return cls(SimpleNamespace(task="classification", task_kwargs={}, labels=[str(i) for i in range(classes)],
+                                   modalities=list(model.modalities), contrastive_weight=0.0,
+                                   contrastive_loss="infonce"))
 
     def summary(self) -> str:
         return f"{len(self.labels)} labels{self.alignment_summary()}"

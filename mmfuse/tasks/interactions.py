@@ -29,12 +29,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..alignment import gather_rows
 from ..errors import ConfigError
 from ..retrieval import ndcg_at_k, recall_at_k
 from ..train.distributed import gather_objects
-from . import register_task
 from .base import Accumulator, Task
-from .contrastive import gather_rows
+from .registry import register_task
 
 if TYPE_CHECKING:
     from ..data.info import DatasetInfo
@@ -222,8 +222,11 @@ class InteractionsTask(Task):
     def build_head(self, dim: int, dropout: float) -> UserTower:
         if not self.labels:
             raise ConfigError("an interactions model needs its users (model.labels: the dataset's user ids)")
-        self.tower = UserTower(len(self.labels), dim)
-        return self.tower
+        return UserTower(len(self.labels), dim)
+
+    def bind(self, model: nn.Module) -> None:
+        """The loss and the metrics score items against the model's user table (its head)."""
+        self.tower = model.head
 
     def loss(self, outputs: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
         items = F.normalize(outputs["head"].float(), dim=-1)  # (B, D)

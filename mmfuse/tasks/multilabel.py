@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..metrics import multilabel_metrics
 from ..train.distributed import gather_objects
-from . import register_task
 from .base import Accumulator, SupervisedTask
+from .registry import register_task
 
 if TYPE_CHECKING:
     from ..model import ModelConfig

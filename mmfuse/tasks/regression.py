@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..metrics import regression_metrics, regression_sums
 from ..train.distributed import all_reduce_sum
-from . import register_task
 from .base import Accumulator, SupervisedTask
+from .registry import register_task
 
 if TYPE_CHECKING:
     from ..data.info import DatasetInfo

@@ -18,9 +18,10 @@ from typing import Any
 import safetensors.torch
 from safetensors import SafetensorError
 
+from ..config import EncoderSpec, ModelConfig, from_dict
 from ..encoders.registry import WEIGHT_SOURCES, saved_kwargs, split_encoder_name
 from ..errors import ConfigError
-from ..model import EncoderSpec, FusionModel, ModelConfig, build_model
+from ..model import FusionModel
 from ..names import inside
 from .state import write_state
 
@@ -106,10 +107,12 @@ def read_checkpoint_config(directory: str | Path) -> tuple[ModelConfig, dict[str
         raise ConfigError(f"{directory} is not an mmfuse checkpoint: {CONFIG} is missing")
     try:
         meta = json.loads(file.read_text())
-        config = ModelConfig(**meta.pop("model"))
+        config = from_dict(ModelConfig, meta.pop("model"), "model")  # the same validation as a run config's
         assets = {m: set(keys) for m, keys in meta.pop("asset_kwargs", {}).items()}
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as err:
         raise ConfigError(f"{file} is corrupt ({type(err).__name__}); rewrite it or use another run") from None
+    except ConfigError as err:
+        raise ConfigError(f"{file} is corrupt: {err}") from None
     config.encoders = {m: _trusted_spec(file, directory, m, config.encoders[m], assets.get(m, set()))
                        for m in config.modalities}
     return config, meta
@@ -135,7 +138,9 @@ def load_checkpoint(directory: str | Path) -> tuple[FusionModel, ModelConfig, di
     """Rebuild the model of a checkpoint directory and load its weights (strict)."""
     directory = resolve_checkpoint_dir(directory)
     config, meta = read_checkpoint_config(directory)
-    model = build_model(config)
+    from ..tasks import create_model_and_task
+
+    model, _ = create_model_and_task(config)
     weights = directory / WEIGHTS
     if not weights.exists():
         raise ConfigError(f"{directory} has no {WEIGHTS}")

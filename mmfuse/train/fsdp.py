@@ -4,7 +4,7 @@ Each encoder with trainable parameters is its own FSDP unit and the model is the
 out (`ignored_params`): replicated, never all-gathered, so their forward needs no collective (and the feature cache
 can encode on rank 0 alone). Checkpoints gather full state dicts (a collective: every rank calls it; rank 0 gets the
 tensors) and load them back sharded. Uneven shares are handled as under DDP: a rank whose share has run out takes
-zero-weight padding steps until every rank's has (`Trainer.train_epoch`), and evaluation gathers the full weights
+zero-weight padding steps until every rank's has (`Trainer.steps`), and evaluation gathers the full weights
 once (`gathered`) so each rank runs its own share with no collective per batch.
 """
 

@@ -24,7 +24,8 @@ import torch
 
 from ..encoders.registry import split_encoder_name
 from ..errors import ConfigError
-from ..model import FusionModel, ModelConfig, build_model
+from ..model import FusionModel, ModelConfig
+from ..tasks import create_model_and_task
 from .checkpoint import CONFIG, load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir
 
 
@@ -79,7 +80,7 @@ def init_from_run(run_dir: str | Path, config: ModelConfig) -> tuple[FusionModel
     task_kwargs = merged_task_kwargs(config, old_config, labels)
     new_config = replace(old_config, labels=labels, task_kwargs=task_kwargs, dropout=config.dropout,
                          modality_dropout=config.modality_dropout)
-    model = build_model(new_config)  # fresh head rows for new names come from here
+    model, _ = create_model_and_task(new_config)  # fresh head rows for new names come from here
     old_model, _, _ = load_checkpoint(source)
     state = old_model.state_dict()
     rows = {name: state.pop(name) for name in HEAD if name in state}

@@ -7,8 +7,9 @@ import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
 from ..data.batch import batch_size, to_device
+from ..data.loader import SHARD_REASON, sample_skips
 from ..errors import ConfigError, TrainingError
 from ..model import FusionModel
-from ..tasks.classification import ClassificationTask
+from ..tasks import Task
 from . import fsdp
 from .distributed import DistEnv, in_step, lockstep, sum_counters
 from .finite import LossWatch, weights_finite
@@ -34,17 +36,19 @@ class Trainer:
     """Owns the model on its device (DDP-wrapped when distributed), optimizer, schedule, precision and scaler.
 
     `train_step(batch)` runs one micro-batch forward + backward and, every `grad_accum` micro-batches, one
-    optimizer step; `evaluate(loader)` returns the task's metrics over all ranks; `train_epoch` runs a pass. The
-    loss and the metrics come from the model's task (`mmfuse.tasks`; a hand-built model is a classifier).
+    optimizer step; `steps(loader)` trains on a pass, yielding a `Step` per micro-batch; `evaluate(loader)` returns
+    the task's metrics over all ranks. The loss and the metrics come from `task` (`mmfuse.tasks`; for a classifier
+    assembled by hand, `ClassificationTask.for_head(model)`).
     """
 
-    def __init__(self, model: FusionModel, cfg: TrainConfig, device: torch.device, total_steps: int,
+    def __init__(self, model: FusionModel, task: Task, cfg: TrainConfig, device: torch.device, total_steps: int,
                  env: DistEnv | None = None) -> None:
         self.cfg = cfg
         self.env = env or DistEnv(device=device)
         self.device = device
         self.model = model.to(device)
-        self.task = model.task if model.task is not None else ClassificationTask.for_head(model)
+        self.task = task
+        task.bind(self.model)
         self.engine: torch.nn.Module = self.model
         self.fsdp = self.env.distributed and cfg.strategy == "fsdp"
         if self.fsdp and not self.task.shards:
@@ -151,65 +155,55 @@ class Trainer:
         finally:
             self.model.train()
 
-    def train_epoch(self, loader: Iterable[dict[str, Any]], after_step: Callable[[dict[str, Any]], bool],
-                    progress: Any = None, padding: Callable[[], dict[str, Any]] | None = None,
-                    stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
-        """One pass over this rank's share of `loader`.
+    def steps(self, loader: Iterable[dict[str, Any]], progress: Any = None,
+              padding: Callable[[], dict[str, Any]] | None = None,
+              stop: Callable[[], bool] = lambda: False) -> Iterator[Step]:
+        """Train on this rank's share of `loader`, yielding a `Step` per micro-batch; stop iterating to end the
+        epoch (max_steps, a signal).
 
-        `after_step(batch_info)` runs after every micro-batch with its loss (a float64 tensor on the device: read
-        it only when needed, each read of a CUDA tensor waits for the GPU), size, skipped counts, data cursor and
-        `stop` (True on every rank once `stop()` was True on any); returning True ends the epoch (max_steps, a
-        signal). Under several processes every rank takes every step (`in_step`): a rank without a batch runs a
-        padding step on `padding()` (info `padding`: True) -- except for a loss that all-gathers (a contrastive
-        alignment, the interactions task), whose negatives must be real samples: there the epoch ends when the first
-        rank runs out (`lockstep`). Returns samples seen,
-        mean loss and the data-wait / compute split.
+        Under several processes every rank takes every step (`in_step`): a rank without a batch runs a padding step
+        on `padding()` (a `Step` with `padding=True`) -- except for a loss that all-gathers (a contrastive alignment,
+        the interactions task), whose negatives must be real samples: there the epoch ends when the first rank runs
+        out (`lockstep`). `Step.stop` is True on every rank once `stop()` was True on any.
         """
         self.model.train()
-        seen, loss_sum, batches = 0, 0.0, 0
-        data_time = compute_time = 0.0
+        batches = 0
         # a loss that all-gathers (the contrastive alignment, the interactions task) needs real samples on every rank
         gathers = self.model.alignment is not None or self.task.gathers
         if not self.env.distributed:
-            steps = ((batch, stop()) for batch in loader)
+            pairs = ((batch, stop()) for batch in loader)
         elif not gathers:
-            steps = in_step(loader, self.env, stop)
+            pairs = in_step(loader, self.env, stop)
         else:  # a rank's own stop() may differ: a signal is acted on at the epoch's end
-            steps = ((batch, False) for batch in lockstep(loader, self.env))
+            pairs = ((batch, False) for batch in lockstep(loader, self.env))
         pad_batch = None
         tick = time.perf_counter()
-        for batch, stopping in steps:
+        for batch, stopping in pairs:
             if batch is not None and batch_size(batch):
                 batch = to_device(batch, self.device)
                 loaded = time.perf_counter()
                 loss = self.train_step(batch).double()  # stays on the device: no host sync per step
                 done = time.perf_counter()
-                step_data, step_compute = loaded - tick, done - loaded
-                data_time, compute_time, tick = data_time + step_data, compute_time + step_compute, done
-                seen, loss_sum, batches = seen + batch_size(batch), loss_sum + loss, batches + 1
+                step = Step(size=batch_size(batch), skipped=batch["skipped"], cursor=batch.get("cursor"), loss=loss,
+                            stop=stopping, data_s=loaded - tick, compute_s=done - loaded)
+                tick, batches = done, batches + 1
                 if progress is not None:
                     progress.update(1)
                     if batches % PROGRESS_EVERY == 1:
                         progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-                info = {"loss": loss, "size": batch_size(batch), "skipped": batch["skipped"],
-                        "cursor": batch.get("cursor"), "stop": stopping, "data_s": step_data,
-                        "compute_s": step_compute}
-            else:
-                if batch is not None:  # every sample skipped: only counts
-                    after_step({"skipped": batch["skipped"], "size": 0, "cursor": batch.get("cursor")})
-                if not self.env.distributed or gathers:
-                    continue
-                if pad_batch is None:
-                    if padding is None:
-                        raise RuntimeError("train_epoch under several processes needs `padding` (a batch for "
-                                           "the steps of a rank whose share has run out)")
-                    pad_batch = to_device(padding(), self.device)
-                self.padding_step(pad_batch)
-                info = {"size": 0, "skipped": {}, "cursor": None, "padding": True, "stop": stopping}
-            if after_step(info):
-                break
-        return {"samples": seen, "loss_sum": float(loss_sum), "batches": batches,
-                "data_s": round(data_time, 3), "compute_s": round(compute_time, 3)}
+                yield step
+                continue
+            if batch is not None:  # every sample skipped: only counts
+                yield Step(size=0, skipped=batch["skipped"], cursor=batch.get("cursor"))
+            if not self.env.distributed or gathers:
+                continue
+            if pad_batch is None:
+                if padding is None:
+                    raise RuntimeError("Trainer.steps under several processes needs `padding` (a batch for the "
+                                       "steps of a rank whose share has run out)")
+                pad_batch = to_device(padding(), self.device)
+            self.padding_step(pad_batch)
+            yield Step(size=0, skipped={}, padding=True, stop=stopping)
 
     # -- state for checkpoints (collectives under FSDP: every rank calls them) ------------------------------------
     def model_state(self) -> dict[str, torch.Tensor] | None:
@@ -232,8 +226,66 @@ class Trainer:
             self.optimizer.load_state_dict(state)
 
 
-def mean_loss(loss_sum: float | torch.Tensor, batches: int) -> float:
-    return float(loss_sum) / batches if batches else math.nan
+@dataclass
+class Step:
+    """One micro-batch of `Trainer.steps`. `loss`: a float64 tensor on the device (read it only when needed: each
+    read of a CUDA tensor waits for the GPU); None when no sample was trained (`size` 0: every sample skipped, or
+    a `padding` step). `skipped`: the loader's skip counts per reason; `cursor`: (worker, position) in the data."""
+
+    size: int
+    skipped: dict[str, int]
+    cursor: tuple[int, int] | None = None
+    loss: torch.Tensor | None = None
+    stop: bool = False
+    padding: bool = False
+    data_s: float = 0.0
+    compute_s: float = 0.0
+
+
+@dataclass
+class EpochTally:
+    """A rank's running totals over an epoch's `Step`s; a mid-epoch checkpoint carries them across a resume.
+    `loss_sum` and `nonfinite` are device tensors mid-epoch (summed without a host sync)."""
+
+    loss_sum: float | torch.Tensor = 0.0
+    batches: int = 0
+    samples: int = 0
+    skipped: int = 0
+    """Samples the loader skipped (shard-level losses are counted in `shards`)."""
+    data_s: float = 0.0
+    compute_s: float = 0.0
+    nonfinite: int | torch.Tensor = 0
+    """Steps whose loss was NaN or Inf (`train.nonfinite: skip`), left out of `mean_loss`."""
+    shards: dict[str, int] = field(default_factory=dict)
+
+    def add(self, step: Step, skip_nonfinite: bool = False) -> None:
+        self.skipped += sample_skips(step.skipped)
+        self.data_s += step.data_s  # per step: a mid-epoch checkpoint carries the epoch's time so far
+        self.compute_s += step.compute_s
+        for reason, n in step.skipped.items():
+            if reason.startswith(SHARD_REASON):
+                self.shards[reason] = self.shards.get(reason, 0) + n
+        if step.loss is None:
+            return
+        loss = step.loss
+        if skip_nonfinite:  # the epoch's loss is the mean of the finite ones
+            finite = torch.isfinite(loss)
+            loss, self.nonfinite = torch.where(finite, loss, 0.0), self.nonfinite + ~finite
+        self.loss_sum += loss
+        self.batches += 1
+        self.samples += step.size
+
+    @property
+    def mean_loss(self) -> float:
+        batches = self.batches - int(self.nonfinite)
+        return float(self.loss_sum) / batches if batches else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "loss_sum": float(self.loss_sum), "nonfinite": int(self.nonfinite)}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> EpochTally:
+        return cls(**{k: v for k, v in state.items() if k in {f.name for f in fields(cls)}})
 
 
 class MetricsLog:
