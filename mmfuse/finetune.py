@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .config import RunConfig, dump_yaml
 from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
@@ -31,7 +32,6 @@ from .data.position import LoaderPosition
 from .errors import ConfigError, DataError, OutputError, TrainingError
 from .outputs import OutputLock
 from .tasks import check_model_config, create_model_and_task, create_task, task_class
-from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import (
     DistEnv,
     any_rank,

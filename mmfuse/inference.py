@@ -19,16 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import load_checkpoint
 from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
 from .fingerprint import weights_fingerprint
 from .model import FusionModel, ModelConfig
 from .names import inside
+from .precision import autocast, choose_precision, resolve_device
 from .records import error_reason, length_order, windows
 from .serving import cast_inputs, check_backend, quantize_int8
 from .tasks import create_task
-from .train.checkpoint import load_checkpoint
-from .train.precision import autocast, choose_precision, resolve_device
 
 
 class Embedder:
@@ -39,7 +39,7 @@ class Embedder:
     (path, WAV/FLAC/Ogg bytes, `(array, sample_rate)`) -- a modality may be missing -- and optionally `key`.
     Records are preprocessed by the encoders' own preprocessors. Safe to call from several threads at once.
 
-    `precision` (fp32, bf16, fp16 on CUDA, or auto: by hardware, as `train.precision`) is the autocast the
+    `precision` (fp32, bf16, fp16 on CUDA, or auto: by hardware, as `mmfuse.precision`) is the autocast the
     PyTorch model runs under; every output is returned as float32. Only the fp32 backend takes another precision.
     """
 

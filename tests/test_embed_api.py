@@ -204,10 +204,10 @@ def test_a_predictor_answers_from_its_head_by_the_task_of_its_config(tmp_path, t
     give are known without running it. The task comes from the checkpoint's ModelConfig."""
     import torch
 
+    from mmfuse.checkpoint import save_checkpoint
     from mmfuse.model import ModelConfig
     from mmfuse.presets import load_preset
     from mmfuse.tasks import create_model_and_task
-    from mmfuse.train.checkpoint import save_checkpoint
 
     config = ModelConfig(**{**load_preset("tiny_bottleneck"), "labels": ["oak", "steel", "pine"], "task": task})
     model, _ = create_model_and_task(config)

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import mmfuse
+from mmfuse.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.cli import main
 from mmfuse.config import resolve
 from mmfuse.data.batch import to_device
@@ -30,12 +31,11 @@ from mmfuse.data.loader import make_loader, read_records
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import FinetuneRun, finetune
 from mmfuse.inference import Predictor, resolve_precision
+from mmfuse.precision import CPU_BF16_ENV, DTYPES, autocast, cpu_has_fast_bf16
 from mmfuse.serving import cosine_parity
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.train.feature_cache import FeatureCache
 from mmfuse.train.freeze import apply_freeze
-from mmfuse.train.precision import CPU_BF16_ENV, DTYPES, autocast, cpu_has_fast_bf16
 from mmfuse.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -69,8 +69,8 @@ def test_bf16_backend_casts_a_copy_and_keeps_parity_on_every_modality(demo_shard
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_auto_backend_picks_bf16_only_where_it_is_native(monkeypatch, fast):
+    from mmfuse import precision
     from mmfuse.serving import check_backend
-    from mmfuse.train import precision
 
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
     assert check_backend("auto", torch.device("cpu")) == ("bf16" if fast else "fp32")

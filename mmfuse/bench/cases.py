@@ -27,8 +27,8 @@ from ..data.batch import batch_size as count
 from ..data.loader import make_loader, read_records
 from ..inference import Embedder
 from ..model import FusionModel
+from ..precision import DTYPES
 from ..tasks.classification import ClassificationTask
-from ..train.precision import DTYPES
 from ..train.trainer import EpochTally, Trainer
 from .backends import run_embed_backends
 from .common import Context, case_batches, case_model, case_result, repeat_steps

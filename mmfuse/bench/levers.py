@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..data.loader import make_loader
 from ..model import EncoderSpec, FusionModel
+from ..precision import autocast
 from ..tasks.classification import ClassificationTask
 from ..train.feature_cache import FeatureCache
 from ..train.freeze import apply_freeze
 from ..train.optim import param_groups, warmup_cosine
-from ..train.precision import autocast
 from ..train.trainer import EpochTally, Trainer
 from .common import Context, case_batches, case_model, case_result, repeat_steps
 from .presets import CaseSpec

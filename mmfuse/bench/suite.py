@@ -13,7 +13,7 @@ import torch
 
 from ..data.demo import demo_dataset
 from ..data.info import DatasetInfo
-from ..train.precision import DTYPES, choose_precision, resolve_device
+from ..precision import DTYPES, choose_precision, resolve_device
 from .cases import RUNNERS
 from .common import Context
 from .env import capture_environment, environment_tag

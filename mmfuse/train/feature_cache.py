@@ -41,8 +41,8 @@ from ..data.loader import make_loader
 from ..encoders.base import Encoder
 from ..fingerprint import weights_fingerprint
 from ..model import EncoderSpec, FusionModel
+from ..precision import autocast
 from .distributed import DistEnv, barrier
-from .precision import autocast
 
 FORMAT = "mmfuse-features/1"
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import CONFIG, load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir
 from ..encoders.registry import split_encoder_name
 from ..errors import ConfigError
 from ..model import FusionModel, ModelConfig
 from ..tasks import create_model_and_task
-from .checkpoint import CONFIG, load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir
 
 
 def source_checkpoint(run_dir: str | Path) -> Path:
