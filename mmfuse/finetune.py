@@ -21,8 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .config import RunConfig, dump_yaml
 from .data.demo import DemoSpec, demo_dataset
@@ -31,9 +29,12 @@ from .data.loader import SHARD_REASON, make_loader, sample_skips
 from .data.position import LoaderPosition
 from .errors import ConfigError, DataError, OutputError, TrainingError
 from .outputs import OutputLock
+from .progress import progress_bar
 from .tasks import check_model_config, create_model_and_task, create_task, task_class
+from .tasks.base import join_parts
 from .train.distributed import (
     DistEnv,
+    abandon,
     any_rank,
     barrier,
     gather_objects,
@@ -121,10 +122,7 @@ class FinetuneRun:
         config = self.config
         check_model_config(config.model)  # task and fusion names before any data is read
         data, train = config.data, config.train
-        # the contrastive demo paints each shape in the colour its text names: something for retrieval to find
-        # the interactions demo adds users who like (shape, material) combinations
-        demo = DemoSpec(caption_colour=config.model.task == "contrastive",
-                        interactions=config.model.task == "interactions")
+        demo = DemoSpec(**task_class(config.model.task).demo_options)  # what the task's demo needs
         self.info = DatasetInfo.load(data.path or demo_dataset(demo), verify=data.verify_shards)
         self.info.require_modalities(config.model.modalities)
         for split in (data.train_split, data.val_split, data.test_split):
@@ -283,7 +281,7 @@ class FinetuneRun:
                               shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
                               epoch_samples=self.epoch_samples, position=self.position)
         rank_batches = math.ceil(self.epoch_samples / self.env.world_size / self.rank_batch)
-        bar = tqdm(total=rank_batches, initial=self.tally.batches, leave=False,
+        bar = progress_bar(total=rank_batches, initial=self.tally.batches, leave=False,
                    desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
                    dynamic_ncols=True)
         for step in self.trainer.steps(self._tally(loader), bar, padding=self._padding_batch,
@@ -442,8 +440,7 @@ class FinetuneRun:
         ignored = sum_counters(self.ignored, self.env)
         summary = {
             "modalities": self.model_config.modalities, "fusion": self.model_config.fusion,
-            # an interactions model's labels are its users (maybe millions): the count only
-            "labels": self.model_config.labels if self.task.name != "interactions" else len(self.model_config.labels),
+            "labels": self.model_config.labels if self.task.reports_labels else len(self.model_config.labels),
             "best_epoch": self.best["epoch"],
             "val": {k: v for k, v in self.best.items() if k != "epoch"},
             "test": {**{k: test[k] for k in self.task.metric_names}, **scalar_metrics(test),
@@ -466,10 +463,9 @@ class FinetuneRun:
             self.echo(f"mmfuse: skipped {self.trainer.watch.skipped} optimizer steps with a non-finite loss or "
                       f"gradient (train.nonfinite=skip)")
         self._coverage(data.test_split, test["count"], sample_skips(test["skipped"]), test["skipped"], error=True)
-        head, _, tail = self.task.describe(test).partition("  ")
-        name, _, value = head.rpartition(" ")
+        (name, value), *rest = self.task.describe_parts(test)
         self.echo(f"test {name} ({'+'.join(self.model_config.modalities)}, best epoch {self.best['epoch']}): "
-                  f"{value}{'  ' + tail if tail else ''}  [{self.out / 'metrics.json'}]")
+                  f"{value}{'  ' + join_parts(rest) if rest else ''}  [{self.out / 'metrics.json'}]")
         return summary
 
 
@@ -482,11 +478,17 @@ def finetune(config: RunConfig, echo: Any = print, resume: bool = False, overwri
     (which removes that run's files first; see `mmfuse.train.run_dir`).
     """
     started_group = not is_initialized()  # a caller's own process group is left to the caller
-    run = FinetuneRun(config, echo, resume, overwrite)
+    run = None
     try:
+        run = FinetuneRun(config, echo, resume, overwrite)
         result = run.run()
+    except BaseException:
+        if started_group:
+            abandon()  # no barrier: the other ranks may never reach it
+        raise
     finally:
-        run.release()
+        if run is not None:
+            run.release()
     if started_group:
         shutdown(run.env)
     return result

@@ -21,7 +21,7 @@ from .fusion import Fusion, ModalityFeatures, create_fusion
 from .fusion.base import check_fusion_kwargs
 
 __all__ = ["MODALITIES", "ClassificationHead", "EncoderSpec", "FusionModel", "ModelConfig", "build_encoder",
-           "build_model"]
+           "build_model", "build_parts"]
 
 
 class ClassificationHead(nn.Module):
@@ -142,9 +142,9 @@ def build_encoder(spec: EncoderSpec) -> Encoder:
         raise ConfigError(f"encoder '{spec.name}': {err}") from None
 
 
-def build_model(config: ModelConfig, head: nn.Module | None, alignment: nn.Module | None = None) -> FusionModel:
-    """Encoders and fusion built from `config` around `head` (None: the model outputs the fused embedding) and an
-    optional contrastive `alignment`. A task builds both: `mmfuse.tasks.create_model_and_task(config)`."""
+def build_parts(config: ModelConfig) -> tuple[dict[str, Encoder], Fusion]:
+    """The encoders (with their adapters) and the fusion of `config`, in that order (a seed gives the same
+    weights)."""
     check_fusion_kwargs(config.fusion, config.fusion_kwargs)
     encoders = {m: build_encoder(config.encoders[m]) for m in config.modalities}
     if config.adapters:
@@ -153,4 +153,11 @@ def build_model(config: ModelConfig, head: nn.Module | None, alignment: nn.Modul
         apply_adapters(encoders, config.adapters)
     fusion = create_fusion(config.fusion, modalities=list(config.modalities), dim=config.dim,
                            **config.fusion_kwargs)
+    return encoders, fusion
+
+
+def build_model(config: ModelConfig, head: nn.Module | None, alignment: nn.Module | None = None) -> FusionModel:
+    """Encoders and fusion built from `config` around `head` (None: the model outputs the fused embedding) and an
+    optional contrastive `alignment`. A task builds both: `mmfuse.tasks.create_model_and_task(config)`."""
+    encoders, fusion = build_parts(config)
     return FusionModel(encoders, fusion, head, modality_dropout=config.modality_dropout, alignment=alignment)

@@ -54,13 +54,15 @@ def build_untrained(config: ModelConfig, seed: int = 0) -> FusionModel:
     their adapters) and projections and fusion initialised from `seed` (the global RNG is left as it was).
 
     The weights are those `mmfuse.load(preset)` has always had, from when a preset carried a placeholder two-class
-    head: that head's draws from the RNG (before the encoders') are still made, so a preset keeps embedding alike.
+    head: that head's draws from the RNG (after the fusion's, before the projections') are still made, so a preset
+    keeps embedding alike.
     """
     import torch
 
-    from .model import build_model
+    from .model import FusionModel, build_parts
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        encoders, fusion = build_parts(config)
         torch.nn.Linear(config.dim, 2)  # the placeholder head's draws (see above), then thrown away
-        return build_model(config, head=None)
+        return FusionModel(encoders, fusion, None, modality_dropout=config.modality_dropout)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -12,6 +16,7 @@ import yaml
 
 import mmfuse
 from mmfuse.cli import main
+from mmfuse.commands import COMMANDS
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import read_records
 from mmfuse.errors import DataError
@@ -135,3 +140,144 @@ def test_import_mmfuse_is_light():
     code = f"import sys, mmfuse; print(any(m.startswith({heavy}) for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("command", [name.replace("_", "-") for name in COMMANDS])
+def test_help_names_each_default_once(command, capsys):
+    """ArgumentDefaultsHelpFormatter appended '(default: None)' to every flag, and a second default to a help that
+    already named its own (`(default: text,image) (default: None)`)."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    options = capsys.readouterr().out.partition("options:")[2]
+    entries = [" ".join(e.split()) for e in re.split(r"\n(?=  -)", options) if e.strip()]
+    assert len(entries) > 1 or command == "list"
+    for entry in entries:
+        assert entry.count("(default") <= 1, entry
+        for empty in ("(default: None)", "(default: False)", "(default: [])", "(default: )"):
+            assert empty not in entry, entry
+    if command == "finetune":
+        modalities = next(e for e in entries if e.startswith("--modalities"))
+        assert modalities.endswith("(default: text,image)")
+        assert any(e.startswith("--lr LR train.lr:") and e.endswith("(default: 0.002)") for e in entries)
+    if command == "bench":
+        assert any(e.startswith("--repeats") and e.endswith("(default: 5)") for e in entries)
+
+
+@pytest.mark.parametrize("extra, flag", [
+    (["--epochs", "3"], "--epochs"),
+    (["--set", "train.lr=0.1"], "--set"),
+    (["--config", "configs/demo.yaml"], "--config"),
+    (["--overwrite", "--no-progress"], "--overwrite"),
+    (["--strict"], "--strict"),
+    (["--seed", "0"], "--seed"),  # a value equal to the default is still a setting the run would not use
+])
+def test_resume_refuses_other_settings(tmp_path, capsys, extra, flag):
+    assert main(["finetune", "--resume", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmfuse: error: --resume ") and err.count("\n") == 1
+    assert re.search(rf"drop {flag}\b", err) and "--no-progress" not in err
+
+
+def test_resume_still_takes_no_progress(tmp_path, capsys):
+    assert main(["finetune", "--resume", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err  # past the settings check, to the run's own
+
+
+def test_generated_flags_set_their_config_fields(monkeypatch, tmp_path):
+    import mmfuse.finetune
+
+    seen = {}
+    monkeypatch.setattr(mmfuse.finetune, "finetune", lambda config, **kw: seen.update(config=config, **kw))
+    assert main(["finetune", "--lr", "0.01", "--batch-size", "8", "--fusion", "gated", "--modalities", "text",
+                 "--workers", "1", "--strict", "--freeze", "text", "--max-steps", "5", "--seed", "3", "--epochs", "4",
+                 "--device", "cpu", "--precision", "fp32", "--task", "multilabel", "--init-from", "runs/x",
+                 "--data", "shards/y", "--out", str(tmp_path / "run"), "--no-progress",
+                 "--set", "train.epochs=6"]) == 0
+    config = seen["config"]
+    assert (config.train.lr, config.data.batch_size, config.model.fusion, config.model.modalities) == \
+        (0.01, 8, "gated", ["text"])
+    assert (config.data.num_workers, config.data.strict, config.train.freeze, config.train.max_steps) == \
+        (1, True, ["text"], 5)
+    assert (config.train.seed, config.train.device, config.train.precision, config.model.task) == \
+        (3, "cpu", "fp32", "multilabel")
+    assert (config.train.init_from, config.data.path, config.out, config.train.progress) == \
+        ("runs/x", "shards/y", str(tmp_path / "run"), False)
+    assert config.train.epochs == 6  # --set still wins over a flag
+    assert seen["echo"].keywords == {"flush": True} and seen["overwrite"] is False
+    # absent flags leave the defaults (and a config file's values) alone
+    assert main(["finetune", "--config", "configs/demo-gated.yaml", "--lr", "0.5"]) == 0
+    config = seen["config"]
+    assert config.model.fusion == "gated" and config.train.lr == 0.5 and config.data.batch_size == 64
+
+
+def test_flag_table_reads_the_config_dataclasses():
+    """Each generated flag's type, default and help come from its field: annotation, default RunConfig, docstring."""
+    from mmfuse.commands.finetune import FIELD_FLAGS, config_fields
+    from mmfuse.config import RunConfig, TrainConfig
+
+    fields = config_fields()
+    assert {k for k in fields if "." not in k} == {f.name for f in dataclasses.fields(RunConfig)}
+    kinds = {flag: fields[key].kind for flag, key in FIELD_FLAGS.items()}
+    assert (kinds["--lr"], kinds["--batch-size"], kinds["--max-steps"], kinds["--strict"]) == (float, int, int, bool)
+    assert kinds["--fusion"] is kinds["--freeze"] is kinds["--init-from"] is str  # a list is given comma-separated
+    assert fields["model.encoders"].kind is None  # a mapping: --set only
+    assert fields["model.modalities"].default == ["text", "image"] and fields["train.lr"].default == TrainConfig.lr
+    assert fields["train.lr"].doc.startswith("Peak learning rate") and "\n" not in fields["train.precision"].doc
+    assert all(fields[f"train.{f.name}"].doc for f in dataclasses.fields(TrainConfig))
+    assert all(fields[key].doc for key in FIELD_FLAGS.values())
+
+
+def test_epoch_lines_are_flushed_when_they_happen(demo_shards, tmp_path, monkeypatch):
+    """A redirected stdout is block-buffered: each epoch line is flushed as it is printed, not at exit."""
+    class Recorder(io.StringIO):
+        flushed: list[str] = []
+
+        def flush(self) -> None:
+            self.flushed.append(self.getvalue())
+
+    stdout = Recorder()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert finetune(demo_shards, tmp_path / "run", "--max-steps", "8") == 0  # --no-progress: tqdm flushes nothing
+    assert any("epoch 1: loss" in text and "epoch 2: loss" not in text for text in stdout.flushed)
+
+
+def test_progress_in_a_redirected_log_is_sparse(demo_shards, tmp_path):
+    """`mmfuse finetune > log 2>&1`: the epoch lines are in the log, and the bars wrote a few times, not once per
+    refresh (24 batches an epoch; a plain tqdm writes up to ten times a second)."""
+    log = tmp_path / "log"
+    flags = [f for f in TINY_FLAGS if f not in ("--no-progress",)]
+    flags[flags.index("--batch-size") + 1] = "4"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "TQDM_MININTERVAL")}
+    with log.open("wb") as out:
+        done = subprocess.run([sys.executable, "-m", "mmfuse", "finetune", "--data", str(demo_shards), "--out",
+                               str(tmp_path / "run"), "--epochs", "2", *flags], stdout=out, stderr=subprocess.STDOUT,
+                              env=env)
+    text = log.read_bytes().decode()
+    assert done.returncode == 0, text[-2000:]
+    assert "epoch 1: loss" in text and "epoch 2: loss" in text and "test accuracy" in text
+    bar_writes = len(re.findall(r"epoch \d/2: +\d+%", text))
+    assert 2 <= bar_writes <= 6, text  # each bar opens (and may refresh once per 30 s of a slow epoch)
+    assert text.count("\r") <= 12, text
+
+
+def test_progress_bar_is_sparse_off_a_terminal(monkeypatch):
+    from mmfuse.progress import SPARSE_INTERVAL, progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    monkeypatch.delenv("TQDM_MAXINTERVAL", raising=False)
+    log = io.StringIO()
+    with progress_bar(total=500, file=log, desc="epoch") as bar:
+        assert bar.mininterval == bar.maxinterval == SPARSE_INTERVAL
+        for _ in range(500):
+            bar.update(1)
+    assert log.getvalue().count("\r") <= 2 and "500/500" in log.getvalue()  # opened and closed, nothing between
+    with progress_bar(total=5, file=Terminal(), mininterval=0.5) as bar:
+        assert bar.mininterval == 0.5 and bar.maxinterval == 10  # a terminal: tqdm as asked
+    monkeypatch.setenv("TQDM_MININTERVAL", "2")
+    with progress_bar(total=5, file=io.StringIO()) as bar:
+        assert bar.mininterval < SPARSE_INTERVAL  # left to tqdm, which reads its TQDM_* variables at import

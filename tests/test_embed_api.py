@@ -140,6 +140,26 @@ def test_modality_subset_treats_the_others_as_absent(embedder, media):
         embedder.embed(recs, modalities="text,video")
 
 
+def test_a_preset_keeps_the_weights_it_had_with_a_placeholder_head(embedder):
+    """A preset is built without head, yet from seed 0 to the weights of its model with a two-class head: the
+    vectors a preset gives stay as they were."""
+    from dataclasses import replace
+
+    import torch
+
+    from mmfuse.model import ModelConfig
+    from mmfuse.presets import load_preset
+    from mmfuse.tasks import create_model_and_task
+
+    torch.manual_seed(0)
+    with_head, _ = create_model_and_task(replace(ModelConfig(**load_preset("tiny_bottleneck")), labels=["a", "b"]))
+    expected = {k: v for k, v in with_head.state_dict().items() if not k.startswith("head.")}
+    weights = embedder.model.state_dict()
+    assert set(weights) == set(expected)
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, expected[name]), name
+
+
 def test_one_return_type_per_method(embedder, media):
     """`embed` is always an (N, D) array -- fused, or one modality's with `modality=` -- and `embed_modalities`
     always a dict, whatever the options and however many records."""

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .common import HelpFormatter, say
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Time the loader, encoders, the trainer's step and the embedding path against baselines run "
                     "interleaved in the same process; write report.json, report.md and plots to "
                     "benchmarks/results/<environment-tag>/ (or --out).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--cases", default="loader,encode,train,embed",
                    help="comma-separated case kinds: loader, encode, train, embed, lever (speed levers on vs off), "
                         "text-embed (mmfuse fp32, int8 and onnx vs sentence-transformers on all-MiniLM-L6-v2), "
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                       workers=args.workers, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
                       data=args.data, only=[o.strip() for o in args.only.split(",") if o.strip()] if args.only
                       else None)
-    report = run_suite(cfg, argv=["mmfuse", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else None)
+    report = run_suite(cfg, echo=say, argv=["mmfuse", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else None)
     out = Path(args.out) if args.out else Path("benchmarks") / "results" / report["tag"]
     path = write_report(report, out)
     for flag in report["flags"]:

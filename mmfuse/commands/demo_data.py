@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from .common import HelpFormatter
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="write (or locate) the embedded demo dataset's shards",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--out", help="write the shards here instead of the user cache directory")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.add_argument("--caption-colour", action="store_true",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .columns import add_manifest_options
+from .common import HelpFormatter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "OUT/parts/*.parquet (id, fused, one column per modality), OUT/fused_feat.npy and "
                     "OUT/<modality>_feat.npy with OUT/i_id_mapping.csv (rows aligned), OUT/rejects.jsonl and "
                     "OUT/metadata.json. Run the same command again to resume an interrupted export.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="run directory, checkpoint directory or model preset name")
     p.add_argument("--checkpoint", default="best", help="checkpoint of a run directory")
     add_manifest_options(p, key_help="id column")

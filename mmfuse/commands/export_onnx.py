@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from .common import HelpFormatter
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-onnx", help="export a run's fused embedder to ONNX and check it against PyTorch",
                        description="Export the fused embedder (batch, token and audio-frame axes dynamic) with "
                                    "torch.onnx.export, then embed sample records with onnxruntime and PyTorch and "
                                    "print their cosine. Needs onnx and onnxruntime.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="run directory, checkpoint directory or model preset name")
     p.add_argument("--checkpoint", default="best", help="checkpoint of a run directory")
     p.add_argument("--out", required=True, help="the .onnx file to write (serve it with mmfuse.load(run, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .columns import add_manifest_options
+from .common import HelpFormatter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "unreadable audio, empty text, unknown label, duplicate key), write the accepted rows as "
                     "WebDataset shards with a dataset.json, and list the refused ones in OUT/rejects.jsonl. "
                     "With --from-shards, describe existing shards instead (no copy).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_manifest_options(p, key_help="key column (unique per row)")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--task", default="classification",

@@ -20,11 +20,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..errors import DataError
 from ..names import split_name_problem
 from ..outputs import hold
+from ..progress import progress_bar
 from .checks import Refused, check_row
 from .info import FORMAT
 from .manifest import ShardConfig, hash_split, read_manifest, require_columns
@@ -256,7 +255,7 @@ def _write_shards(config: ShardConfig, out: Path) -> ShardReport:
         writers: dict[str, SplitWriter] = {}
         formats: dict[str, Counter] = {}
         stats = _TargetStats(len(config.targets))
-        bar = tqdm(total=len(tasks), desc="shard", unit="rec", disable=not config.progress, dynamic_ncols=True)
+        bar = progress_bar(total=len(tasks), desc="shard", unit="rec", disable=not config.progress, dynamic_ncols=True)
         try:
             for task, sample, refused in _results(config, labels, tasks):
                 bar.update(1)

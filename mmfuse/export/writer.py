@@ -103,13 +103,13 @@ def export_embeddings(embedder: Embedder, items: Iterable[Item], options: Export
 
 def _export(embedder: Embedder, items: Iterable[Item], options: ExportOptions, plan: dict[str, Any], out: Path,
             selected: list[str], total: int | None, on_part: Callable[[int], Any] | None) -> dict[str, Any]:
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     parts_dir = out / "parts"
     remove_partial(parts_dir)
     seen: set[str] = set()
     count = resumed = 0
-    with tqdm(total=total, unit="item", desc="mmfuse embed", disable=not options.progress) as bar:
+    with progress_bar(total=total, unit="item", desc="mmfuse embed", disable=not options.progress) as bar:
         for index, (first, chunk) in enumerate(windows(items, options.part_size)):
             path = part_path(parts_dir, index)
             if path.exists():

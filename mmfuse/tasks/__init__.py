@@ -33,10 +33,13 @@ def create_task(config: ModelConfig) -> Task:
 
 def create_model_and_task(config: ModelConfig) -> tuple[FusionModel, Task]:
     """The model of `config` with its task's head (and contrastive alignment), and the task, bound to that model."""
-    from ..model import build_model
+    from ..model import FusionModel, build_parts
 
     task = create_task(config)
-    model = build_model(config, head=task.build_head(config.dim, config.dropout), alignment=task.build_alignment())
+    encoders, fusion = build_parts(config)  # encoders, fusion, alignment, head: a seed's order of initialisation
+    alignment = task.build_alignment()
+    head = task.build_head(config.dim, config.dropout)
+    model = FusionModel(encoders, fusion, head, modality_dropout=config.modality_dropout, alignment=alignment)
     task.bind(model)
     return model, task
 

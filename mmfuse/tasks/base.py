@@ -107,6 +107,10 @@ class Task(ABC):
     def metrics(self) -> Accumulator:
         """A fresh accumulator for one evaluation pass."""
 
+    demo_options: ClassVar[dict[str, Any]] = {}
+    """`DemoSpec` options of the demo dataset this task trains on when no data is given."""
+    reports_labels: ClassVar[bool] = True
+    """metrics.json lists the labels (False: only their count, e.g. an interactions model's millions of users)."""
     output_noun: ClassVar[str] = "label"
     """What a head output is called in `summary` (regression: target)."""
 
@@ -120,10 +124,15 @@ class Task(ABC):
         return f" + {self.contrastive_weight} x {self.contrastive_loss} alignment" if self.contrastive_weight > 0 \
             else ""
 
+    def describe_parts(self, metrics: dict[str, Any]) -> list[tuple[str, str]]:
+        """(name, value) of each metric a log line shows, the best metric first, e.g. [('accuracy', '0.9000'),
+        ('macro-F1', '0.8800')]; a name may be '' (a note such as '(40 pairs)')."""
+        return [(name.replace("macro_f1", "macro-F1").replace("micro_f1", "micro-F1"), f"{metrics[name]:.4f}")
+                for name in self.metric_names]
+
     def describe(self, metrics: dict[str, Any]) -> str:
         """The metrics of a log line, e.g. 'accuracy 0.9000  macro-F1 0.8800'."""
-        return "  ".join(f"{name.replace('macro_f1', 'macro-F1').replace('micro_f1', 'micro-F1')} "
-                         f"{metrics[name]:.4f}" for name in self.metric_names)
+        return join_parts(self.describe_parts(metrics))
 
     # -- inference -----------------------------------------------------------------------------------------------
     def proba(self, head: torch.Tensor) -> torch.Tensor:
@@ -156,3 +165,8 @@ class SupervisedTask(Task):
         if not self.aligns:
             return self.supervised_metrics()
         return Combined(self.supervised_metrics(), RetrievalAccumulator(self.modalities[:2]))
+
+
+def join_parts(parts: list[tuple[str, str]]) -> str:
+    """'name value  name value  note' from `Task.describe_parts`."""
+    return "  ".join(f"{name} {value}" if name else value for name, value in parts)

@@ -32,6 +32,7 @@ class ContrastiveTask(Task):
     metric_names = ("mean_recall",)
     best_metric = "mean_recall"
     kwargs_defaults = {"ks": [1, 5, 10]}
+    demo_options = {"caption_colour": True}  # each shape painted in the colour its text names: retrieval finds it
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -63,11 +64,12 @@ class ContrastiveTask(Task):
     def metrics(self) -> Accumulator:
         return RetrievalAccumulator(self.modalities[:2], tuple(self.kwargs["ks"]))
 
-    def describe(self, metrics: dict[str, Any]) -> str:
+    def describe_parts(self, metrics: dict[str, Any]) -> list[tuple[str, str]]:
         a, b = self.modalities[:2]
         k = self.kwargs["ks"][min(1, len(self.kwargs["ks"]) - 1)]
-        return (f"mean recall {metrics['mean_recall']:.4f}  {a}->{b} R@{k} "
-                f"{metrics.get(f'{a}_to_{b}_recall@{k}', 0.0):.4f}  ({metrics.get('pairs', 0)} pairs)")
+        return [("mean recall", f"{metrics['mean_recall']:.4f}"),
+                (f"{a}->{b} R@{k}", f"{metrics.get(f'{a}_to_{b}_recall@{k}', 0.0):.4f}"),
+                ("", f"({metrics.get('pairs', 0)} pairs)")]
 
     def predict(self, head: torch.Tensor) -> list[Any]:
         raise ConfigError("a contrastive model predicts no labels: use Predictor.embed(records, modality=...)")

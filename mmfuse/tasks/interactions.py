@@ -205,6 +205,8 @@ class InteractionsTask(Task):
     needs_reference = True
     gathers = True
     shards = False  # the loss reads the user table outside the model's forward: FSDP would hand it sharded
+    demo_options = {"interactions": True}  # users who like (shape, material) combinations
+    reports_labels = False  # the labels are the users
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -244,10 +246,11 @@ class InteractionsTask(Task):
     def summary(self) -> str:
         return f"interactions of {len(self.labels)} users, in-batch {self.kwargs['loss']}{self.alignment_summary()}"
 
-    def describe(self, metrics: dict[str, Any]) -> str:
-        return (f"recall@10 {metrics['recall@10']:.4f}  NDCG@10 {metrics['ndcg@10']:.4f}  "
-                f"user-vector recall@10 {metrics['user_recall@10']:.4f}  (chance {metrics['chance_recall@10']:.4f}, "
-                f"{metrics['users']} users x {metrics['items']} held-out items)")
+    def describe_parts(self, metrics: dict[str, Any]) -> list[tuple[str, str]]:
+        return [("recall@10", f"{metrics['recall@10']:.4f}"), ("NDCG@10", f"{metrics['ndcg@10']:.4f}"),
+                ("user-vector recall@10", f"{metrics['user_recall@10']:.4f}"),
+                ("", f"(chance {metrics['chance_recall@10']:.4f}, {metrics['users']} users x {metrics['items']} "
+                     f"held-out items)")]
 
     def proba(self, head: torch.Tensor) -> torch.Tensor:
         return self.predict(head)

@@ -70,8 +70,9 @@ class MultilabelTask(SupervisedTask):
     def supervised_metrics(self) -> Accumulator:
         return MultilabelAccumulator(self.kwargs["threshold"])
 
-    def describe(self, metrics: dict[str, Any]) -> str:
-        return f"mAP {metrics['map']:.4f}  micro-F1 {metrics['micro_f1']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
+    def describe_parts(self, metrics: dict[str, Any]) -> list[tuple[str, str]]:
+        return [("mAP", f"{metrics['map']:.4f}"), ("micro-F1", f"{metrics['micro_f1']:.4f}"),
+                ("macro-F1", f"{metrics['macro_f1']:.4f}")]
 
     def proba(self, head: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(head.float())  # (B, C), independent per label

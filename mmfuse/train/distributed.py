@@ -63,6 +63,12 @@ def shutdown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
+def abandon() -> None:
+    """Leave the process group at once, after an error (no barrier: another rank may never reach it)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier(env: DistEnv) -> None:
     """Wait for every rank (e.g. until rank 0 has written a checkpoint the others will read)."""
     if env.distributed:
