@@ -18,6 +18,16 @@ class DataError(MmfuseError, ValueError):
     """Input data is missing or malformed; the message names the file, sample key and field."""
 
 
+class FieldError(Exception):
+    """One record's `field` (a manifest column, modality or tar member) is unusable for `reason`. Not a user-facing
+    error by itself: the shard writer lists the record in `rejects.jsonl` and the loader counts it as skipped (each
+    raises a `DataError` naming file, record and field when strict)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
 class RegistryError(ConfigError, KeyError):
     """An encoder or fusion name is not registered."""
 

@@ -7,6 +7,9 @@ is a file, a read-only filesystem, no permission) with an `OutputError` naming i
 renamed into place at the end, on `.<name>.mmfuse.lock` beside it) for as long as the returned `OutputLock` is held.
 The kernel drops the lock when the process dies, so a killed run never leaves a stale lock; a second writer gets an
 `OutputError` naming the holder (pid, command, start time), which the lock file records.
+
+`atomic_file` / `write_atomic` / `atomic_dir` write a file or build a folder under a temporary name beside it and
+rename it into place at the end: a reader never sees half of it, and an interrupted write leaves only the temporary.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -176,3 +182,43 @@ def hold(target: str | Path, command: str, beside: bool = False, flag: str = "--
     os.ftruncate(fd, 0)
     os.write(fd, _record(command))
     return OutputLock(target, file, fd, created)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path` (`.<name>.<pid>.tmp`) to write; it is renamed onto `path` when the
+    block ends, and removed if the block raises."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write `data` (text as UTF-8) to `path` whole or not at all (`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, prefix: str | None = None, replace: bool = False) -> Iterator[Path]:
+    """Yields a new temporary folder beside `out` (named `prefix`... , default `.<name>-`) to fill; it is renamed
+    onto `out` when the block ends, and removed if the block raises.
+
+    An existing `out` must be empty, or, with `replace`, is removed first (the caller has checked that it may be).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out) if replace else out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

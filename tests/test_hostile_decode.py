@@ -32,7 +32,7 @@ from PIL import Image
 
 import mmfuse
 from mmfuse.cli import main
-from mmfuse.data.checks import Refused, check_audio
+from mmfuse.data.checks import check_audio
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader, read_records
 from mmfuse.data.manifest import ShardConfig
@@ -40,7 +40,7 @@ from mmfuse.data.shard import write_shards
 from mmfuse.encoders.audio_io import AudioPreprocessor, decode_audio
 from mmfuse.encoders.base import Preprocessor
 from mmfuse.encoders.image_io import decode_image, jpeg_size
-from mmfuse.errors import ConfigError, DataError
+from mmfuse.errors import ConfigError, DataError, FieldError
 from mmfuse.limits import LimitExceeded, max_image_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -420,7 +420,7 @@ def test_shard_audio_check_reads_in_blocks_up_to_the_limit(monkeypatch):
     sf.write(buf, np.concatenate([np.zeros(5 * rate), np.ones(rate) * 0.1]).astype(np.float32), rate, format="WAV")
     assert check_audio(buf.getvalue(), "wav") == "wav"
     monkeypatch.setenv("MMFUSE_MAX_AUDIO_SECONDS", "2")  # the sound starts after 5 s: only silence is read
-    with pytest.raises(Refused, match=r"silent audio \(all 16000 samples are 0\)"):
+    with pytest.raises(FieldError, match=r"silent audio \(all 16000 samples are 0\)"):
         check_audio(buf.getvalue(), "wav")
 
 
@@ -448,11 +448,12 @@ assert predictor.embed([{"audio": Path(AUDIO).read_bytes()}]).shape[0] == 1
 """
 CHECK = """
 from pathlib import Path
-from mmfuse.data.checks import Refused, check_audio, check_image
+from mmfuse.data.checks import check_audio, check_image
+from mmfuse.errors import FieldError
 assert check_audio(Path(AUDIO).read_bytes(), "flac") == "flac"
 try:
     check_image(Path(IMAGE).read_bytes(), "png")
-except Refused as err:
+except FieldError as err:
     assert err.reason.startswith("too many pixels"), err
 """
 

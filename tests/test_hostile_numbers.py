@@ -160,12 +160,13 @@ def test_nonfinite_skip_drops_and_counts_the_poisoned_step(tiny_layers, tmp_path
 
 # -- 3. finite numbers: shard and embed -----------------------------------------------------------------------------
 def test_nan_audio_is_refused_by_the_shard_check():
-    from mmfuse.data.checks import Refused, check_audio
+    from mmfuse.data.checks import check_audio
+    from mmfuse.errors import FieldError
 
     clip = np.full(4000, 0.25)
     assert check_audio(wav(clip), "wav") == "wav"
     clip[100] = np.nan
-    with pytest.raises(Refused, match=r"non-finite audio \(1 of 4000 samples are NaN or Inf\)"):
+    with pytest.raises(FieldError, match=r"non-finite audio \(1 of 4000 samples are NaN or Inf\)"):
         check_audio(wav(clip), "wav")
 
 

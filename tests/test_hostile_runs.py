@@ -255,10 +255,14 @@ def test_a_filesystem_error_while_writing_is_one_line(demo_shards, tmp_path, cap
     """A disk that fills (or turns read-only) after the checks: the OSError is one line naming the file."""
     import mmfuse.export.writer as writer
 
-    def full(path, text):
+    real = writer.write_atomic
+
+    def full(path, text):  # the disk fills after the export's plan (export.json) is written
+        if path.name == "export.json":
+            return real(path, text)
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(writer, "_write_text", full)
+    monkeypatch.setattr(writer, "write_atomic", full)
     out = tmp_path / "emb"
     assert main(["embed", "--run", "tiny_bottleneck", "--shards", str(demo_shards), "--splits", "val", "--out",
                  str(out), "--no-progress"]) == 2

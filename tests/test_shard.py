@@ -228,17 +228,18 @@ def test_audio_cut_short_or_silent_is_refused_unless_silence_is_kept(tmp_path):
 
     import numpy as np
 
-    from mmfuse.data.checks import Refused, check_audio
+    from mmfuse.data.checks import check_audio
+    from mmfuse.errors import FieldError
 
     buf = io.BytesIO()
     sf.write(buf, np.full(4000, 0.25, dtype=np.float32), 16_000, format="WAV")
     whole = buf.getvalue()
     assert check_audio(whole, "wav") == "wav"
-    with pytest.raises(Refused, match=r"truncated WAV audio: the header declares 8000 bytes of samples, the file "
+    with pytest.raises(FieldError, match=r"truncated WAV audio: the header declares 8000 bytes of samples, the file "
                                       r"holds 3956"):
         check_audio(whole[:4000], "wav")
     buf = io.BytesIO()
     sf.write(buf, np.zeros(4000, dtype=np.float32), 16_000, format="FLAC")
-    with pytest.raises(Refused, match=r"silent audio \(all 4000 samples are 0\)"):
+    with pytest.raises(FieldError, match=r"silent audio \(all 4000 samples are 0\)"):
         check_audio(buf.getvalue(), "flac")
     assert check_audio(buf.getvalue(), "flac", silent="keep") == "flac"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..outputs import write_atomic
 from .plots import write_plots
 from .schema import validate
 
@@ -146,13 +147,13 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    write_atomic(path, json.dumps(report, indent=1) + "\n")
     text = markdown(report)
     try:
         write_plots(report, out)
     except ImportError as err:  # a GPU machine without matplotlib still gets its JSON and Markdown
         text = text.replace("## Plots", f"## Plots\n\nNot drawn: {err.name} is not installed here.", 1)
-    (out / "report.md").write_text(text)
+    write_atomic(out / "report.md", text)
     return path
 
 

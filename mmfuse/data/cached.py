@@ -21,7 +21,7 @@ import webdataset as wds
 
 from ..encoders.base import Preprocessor
 from .info import PICKLE_EXTENSIONS, DatasetInfo
-from .targets import TARGET_MEMBER, USERS_MEMBER
+from .targets import supervision_members
 from .tario import tar_samples
 
 
@@ -49,11 +49,12 @@ def index_split(info: DatasetInfo, split: str) -> dict[str, list[dict[str, Any]]
     """Shard url -> its raw samples in tar order, without media: `__key__`, the label member, pickle members, and
     the members over the size limit (`__oversize__`, so a replayed epoch skips what the tar pass skipped)."""
     index: dict[str, list[dict[str, Any]]] = {}
+    members = (*sorted(supervision_members(info)), "__oversize__")  # what decoding reads
     for url in info.shard_urls(split):
         index[url] = []
         for raw in wds.DataPipeline(wds.SimpleShardList([url]), tar_samples(handler=wds.warn_and_continue)):
             kept = {"__key__": raw["__key__"], **{ext: b"" for ext in raw if ext in PICKLE_EXTENSIONS}}
-            for member in (info.label_field, TARGET_MEMBER, USERS_MEMBER, "__oversize__"):  # what decoding reads
+            for member in members:
                 if member in raw:
                     kept[member] = raw[member]
             index[url].append(kept)

@@ -14,20 +14,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..errors import FieldError
 from ..limits import LimitExceeded, max_audio_seconds, max_member_bytes, too_large
 from .manifest import ShardConfig
 
 AUDIO_FORMATS = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3", "aiff": "aiff", "w64": "w64"}
 FORMAT_NAMES = {"jpg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "GIF"}
 IMAGE_MAGIC = {b"\xff\xd8\xff": "jpg", b"\x89PNG": "png", b"GIF8": "gif"}
-
-
-class Refused(Exception):
-    """A row cannot be used: `field` names the manifest column or modality, `reason` says why."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
 
 
 def _blank(value: Any) -> bool:
@@ -39,14 +32,14 @@ def _read_media(config: ShardConfig, column: str, value: Any) -> tuple[bytes, st
     if not path.is_absolute():
         path = config.media_root / path
     if not path.is_file():
-        raise Refused(column, f"missing file {path}")
+        raise FieldError(column, f"missing file {path}")
     try:
         size = path.stat().st_size
         if size > max_member_bytes():
-            raise Refused(column, f"file {too_large(size)}: {path}")
+            raise FieldError(column, f"file {too_large(size)}: {path}")
         return path.read_bytes(), path.suffix.lower().lstrip(".")
     except OSError as err:
-        raise Refused(column, f"unreadable file {path}: {err.strerror}") from None
+        raise FieldError(column, f"unreadable file {path}: {err.strerror}") from None
 
 
 def _first_line(err: Exception) -> str:
@@ -57,22 +50,22 @@ def _first_line(err: Exception) -> str:
 
 
 def check_image(data: bytes, extension: str, column: str = "image") -> str:
-    """Decode `data` fully; return the member extension to store it under, or raise `Refused`."""
+    """Decode `data` fully; return the member extension to store it under, or raise `FieldError`."""
     from ..encoders.image_io import decode_image_bytes
 
     ext = next((e for magic, e in IMAGE_MAGIC.items() if data.startswith(magic)), None)
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         ext = "webp"
     if ext is None:
-        raise Refused(column, f"not a JPEG, PNG, WebP or GIF image (extension .{extension})")
+        raise FieldError(column, f"not a JPEG, PNG, WebP or GIF image (extension .{extension})")
     try:
         image = decode_image_bytes(data)
     except LimitExceeded as err:
-        raise Refused(column, str(err)) from None
+        raise FieldError(column, str(err)) from None
     except Exception as err:  # noqa: BLE001 - any decoder failure means the file is corrupt or truncated
-        raise Refused(column, f"unreadable or truncated {FORMAT_NAMES[ext]} image: {_first_line(err)}") from None
+        raise FieldError(column, f"unreadable or truncated {FORMAT_NAMES[ext]} image: {_first_line(err)}") from None
     if image.numel() == 0:
-        raise Refused(column, "image has no pixels")
+        raise FieldError(column, "image has no pixels")
     return ext
 
 
@@ -82,9 +75,9 @@ _SHORT_CHUNK = re.compile(r"^\s*(\w+)\s*: (\d+) \(should be (\d+)\)", re.MULTILI
 
 def check_audio(data: bytes, extension: str, column: str = "audio", silent: str = "reject") -> str:
     """Read `data` with soundfile, in blocks, up to `max_audio_seconds()`; return the member extension to store it
-    under, or raise `Refused`.
+    under, or raise `FieldError`.
 
-    Refused: unreadable files, files cut short (a chunk holds fewer bytes than its header declares), clips with no
+    FieldError: unreadable files, files cut short (a chunk holds fewer bytes than its header declares), clips with no
     samples, clips with a NaN or Inf sample (float WAV; of those read), and -- unless `silent` is 'keep' -- clips
     whose every sample (of those read) is 0.
     """
@@ -102,17 +95,17 @@ def check_audio(data: bytes, extension: str, column: str = "audio", silent: str 
                 audible = audible or bool(block.any())
                 nonfinite += block.size - int(np.isfinite(block).sum())
     except Exception as err:  # noqa: BLE001 - libsndfile raises several types for corrupt files
-        raise Refused(column, f"unreadable audio: {_first_line(err)}") from None
+        raise FieldError(column, f"unreadable audio: {_first_line(err)}") from None
     short = next((m for m in _SHORT_CHUNK.finditer(log) if m.group(1).lower() == "data"), None)
     if short is not None:
-        raise Refused(column, f"truncated {kind.upper()} audio: the header declares {short.group(2)} bytes of "
+        raise FieldError(column, f"truncated {kind.upper()} audio: the header declares {short.group(2)} bytes of "
                               f"samples, the file holds {short.group(3)}")
     if frames == 0:
-        raise Refused(column, "audio has no samples")
+        raise FieldError(column, "audio has no samples")
     if nonfinite:
-        raise Refused(column, f"non-finite audio ({nonfinite} of {frames} samples are NaN or Inf)")
+        raise FieldError(column, f"non-finite audio ({nonfinite} of {frames} samples are NaN or Inf)")
     if silent == "reject" and not audible:
-        raise Refused(column, f"silent audio (all {frames} samples are 0)")
+        raise FieldError(column, f"silent audio (all {frames} samples are 0)")
     return AUDIO_FORMATS.get(kind, extension)
 
 
@@ -123,7 +116,7 @@ def _text(config: ShardConfig, row: dict[str, Any]) -> str | None:
     text = config.text_join.join(str(p).strip() for p in parts if not _blank(p))
     if not text:
         if config.empty_text == "reject":
-            raise Refused(",".join(config.text), "empty text")
+            raise FieldError(",".join(config.text), "empty text")
         return None
     return text
 
@@ -132,7 +125,7 @@ def check_row(config: ShardConfig, row: dict[str, Any], key: str, targets: dict[
     """One manifest row -> a webdataset sample {'__key__', 'txt', '<image ext>', '<audio ext>', **targets}.
 
     `targets` are the target members already built (`cls` / `tgt`, see `mmfuse.data.targets`). A modality whose
-    column is empty or absent is left out (the loader marks it absent). Raises `Refused`.
+    column is empty or absent is left out (the loader marks it absent). Raises `FieldError`.
     """
     sample: dict[str, Any] = {"__key__": key, **targets}
     if config.text:
@@ -146,5 +139,5 @@ def check_row(config: ShardConfig, row: dict[str, Any], key: str, targets: dict[
         data, ext = _read_media(config, config.audio, row[config.audio])
         sample[check_audio(data, ext, config.audio, config.silent_audio)] = data
     if len(sample) == 1 + len(targets):
-        raise Refused("record", "no text, image or audio")
+        raise FieldError("record", "no text, image or audio")
     return sample

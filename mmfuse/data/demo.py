@@ -25,8 +25,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +32,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError, OutputError
-from ..outputs import check_output_dir
+from ..outputs import atomic_dir, check_output_dir
+from .demo_labels import LABELS, MATERIALS, SHAPES
+from .demo_users import UserDraw, user_name
+from .info import write_dataset_json
 from .writer import write_split
 
-SHAPES = ("circle", "square", "triangle")
-MATERIALS = {
-    "wood": ("wooden", "oak", "pine", "timber", "bamboo", "walnut", "birch"),
-    "metal": ("metal", "steel", "iron", "aluminium", "copper", "brass", "chrome"),
-}
-LABELS = tuple(f"{shape}-{material}" for shape in SHAPES for material in MATERIALS)
 COLOURS = {
     "red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 200), "yellow": (220, 200, 40),
     "purple": (140, 50, 170), "orange": (230, 130, 30), "teal": (30, 150, 150), "grey": (128, 128, 128),
@@ -170,8 +165,6 @@ def make_samples(spec: DemoSpec, split: str, count: int, offset: int):
     materials = list(MATERIALS)
     users = None
     if spec.interactions:
-        from .demo_users import UserDraw
-
         users = UserDraw(spec.seed, offset, spec.users, spec.users_per_item, spec.interaction_noise)
     for i in range(count):
         shape = SHAPES[rng.integers(len(SHAPES))]
@@ -197,8 +190,6 @@ def make_samples(spec: DemoSpec, split: str, count: int, offset: int):
 
 def _recording_pairs(samples, pairs: list[str]):
     """Pass samples through, noting each (user, item) pair as a CSV line."""
-    from .demo_users import user_name
-
     for sample in samples:
         pairs += [f"{user_name(int(u))},{sample['__key__']}\n" for u in sample.get("usr", "").split(",") if u]
         yield sample
@@ -213,16 +204,13 @@ def build_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     if out.exists() and any(out.iterdir()) and not _is_demo(out):
         raise OutputError(f"demo directory {out} is not empty and holds no mmfuse demo dataset: choose a new or "
                           f"empty directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=out.parent))
-    try:
+    with atomic_dir(out, prefix=".demo-", replace=True) as tmp:
         splits, offset, pairs = {}, 0, ["user,item\n"]
         for split, count in (("train", spec.train), ("val", spec.val), ("test", spec.test)):
             samples = _recording_pairs(make_samples(spec, split, count, offset), pairs)
             splits[split] = write_split(tmp, split, samples, spec.shard_size)
             offset += count
         meta = {
-            "format": "mmfuse-shards/1",
             "name": "mmfuse-demo",
             "modalities": {"text": ["txt"], "image": ["jpg"], "audio": ["flac"]},
             "label_field": "cls",
@@ -231,17 +219,9 @@ def build_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
             "generator": {"module": __name__, "spec": asdict(spec)},
         }
         if spec.interactions:
-            from .demo_users import user_name
-
             meta.update(task="interactions", users=[user_name(u) for u in range(spec.users)])
             (tmp / "pairs.csv").write_text("".join(pairs))
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_dataset_json(tmp, meta)
     return out
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import ConfigError, OutputError
 from ..outputs import check_output_dir
-from .demo import LABELS, MATERIALS, SHAPES, _draw_image, _tap_audio, _write_text
+from .demo import _draw_image, _tap_audio, _write_text
+from .demo_labels import LABELS, MATERIALS, SHAPES
 
 FAULTS = {  # key -> (field, reason prefix) that `mmfuse shard` reports for it
     "bad-missing-image": ("image", "missing file"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .demo import LABELS
+from .demo_labels import LABELS
 
 USER_STREAM, TASTE_STREAM = 101, 102
 
@@ -20,7 +20,7 @@ def user_name(index: int) -> str:
 
 
 def user_tastes(seed: int, users: int) -> list[tuple[int, ...]]:
-    """The label indices (`demo.LABELS`) each user likes: 1 or 2, every label liked by someone."""
+    """The label indices (`demo_labels.LABELS`) each user likes: 1 or 2, every label liked by someone."""
     rng = np.random.default_rng([seed, TASTE_STREAM])
     tastes = []
     for u in range(users):

@@ -7,7 +7,6 @@ samples, collects the labels and notes members that would need pickle to decode:
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -18,7 +17,7 @@ import webdataset as wds
 from ..errors import DataError
 from ..names import split_name_problem
 from ..outputs import check_output_dir
-from .info import FORMAT, PICKLE_EXTENSIONS
+from .info import FORMAT, PICKLE_EXTENSIONS, write_dataset_json
 from .tario import tar_samples
 from .writer import shard_entry
 
@@ -87,11 +86,11 @@ def index_shards(sources: list[str], mapping: dict[str, str], out: str | Path, *
     modalities: dict[str, list[str]] = {}
     for ext, modality in mapping.items():
         modalities.setdefault(modality, []).append(ext)
-    meta = {"format": FORMAT, "name": out.name, "modalities": modalities, "label_field": label_field,
+    meta = {"name": out.name, "modalities": modalities, "label_field": label_field,
             "label_encoding": encoding, "labels": labels, "splits": splits,
             "source": {"shards": sources, "map": mapping}, "report": dict(report)}
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
-    return meta
+    write_dataset_json(out, meta)
+    return {"format": FORMAT, **meta}
 
 
 def _vocabulary(found: Counter[str], labels: list[str] | None) -> tuple[str, list[str]]:

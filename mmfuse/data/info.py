@@ -12,7 +12,8 @@ from typing import Any
 
 from ..errors import DataError
 from ..names import split_name_problem
-from .targets import KINDS
+from ..outputs import write_atomic
+from .targets import get_kind, kind_names
 
 
 def sha256_file(path: Path) -> str:
@@ -23,8 +24,16 @@ def sha256_file(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
+
 FORMAT = "mmfuse-shards/1"
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def write_dataset_json(directory: Path, meta: dict[str, Any]) -> Path:
+    """Write `directory/dataset.json` (atomically) from `meta`, stamped with this `FORMAT`. Returns its path."""
+    path = Path(directory) / "dataset.json"
+    write_atomic(path, json.dumps({"format": FORMAT, **{k: v for k, v in meta.items() if k != "format"}}, indent=2))
+    return path
 
 
 def _check_types(file: Path, meta: Any) -> None:
@@ -73,13 +82,15 @@ class DatasetInfo:
     label_encoding: str = "index"
     """How `.<label_field>` members hold the label: 'index' (into `labels`) or 'name' (a member of `labels`)."""
     task: str = "classification"
-    """The supervision the samples carry: classification | multilabel | regression | none (`mmfuse.data.targets`)."""
+    """The supervision the samples carry: a registered target kind (`mmfuse.data.targets`)."""
     targets: list[str] = field(default_factory=list)
     """Regression target names, in the order of each sample's `.tgt` values."""
     target_stats: dict[str, list[float]] = field(default_factory=dict)
     """Regression only: {'mean': [...], 'std': [...]} per target over the train split."""
     users: list[str] = field(default_factory=list)
     """Interactions only: the user vocabulary; each item's `.usr` member holds indices into it."""
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The whole `dataset.json` (a target kind's own fields: `mmfuse.data.targets`)."""
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = False) -> DatasetInfo:
@@ -114,15 +125,12 @@ class DatasetInfo:
                    label_field=meta.get("label_field", "cls"), splits=meta["splits"],
                    label_encoding=meta.get("label_encoding", "index"), task=meta.get("task", "classification"),
                    targets=list(meta.get("targets", [])), target_stats=dict(meta.get("target_stats", {})),
-                   users=list(meta.get("users", [])))
+                   users=list(meta.get("users", [])), meta=meta)
         if info.label_encoding not in ("index", "name"):
             raise DataError(f"{file}: label_encoding must be 'index' or 'name', got '{info.label_encoding}'")
-        if info.task not in KINDS:
-            raise DataError(f"{file}: task must be one of {', '.join(KINDS)}, got '{info.task}'")
-        if info.task == "regression" and not info.targets:
-            raise DataError(f"{file}: a regression dataset needs its target names in 'targets'")
-        if info.task == "interactions" and not info.users:
-            raise DataError(f"{file}: an interactions dataset needs its user vocabulary in 'users'")
+        if info.task not in kind_names():
+            raise DataError(f"{file}: task must be one of {', '.join(kind_names())}, got '{info.task}'")
+        get_kind(info.task).check(file, info)
         for split in info.splits:
             if (problem := split_name_problem(split)) is not None:  # split names become file names (caches)
                 raise DataError(f"{file}: splits: {problem}")

@@ -13,7 +13,6 @@ Two shard orders: one pass over every shard (split between ranks and workers, op
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,13 +22,13 @@ import torch
 import webdataset as wds
 
 from ..encoders.base import Preprocessor
-from ..errors import DataError
+from ..errors import DataError, FieldError
 from ..limits import LimitExceeded, too_large
 from .batch import Collator
 from .cached import CachedInput, indexed_samples
 from .info import PICKLE_EXTENSIONS, DatasetInfo
 from .position import LoaderPosition, cursor_stage, split_by_worker_rotated
-from .targets import TARGET_MEMBER, USERS_MEMBER, FieldError, decode_target
+from .targets import decode_target, get_kind, supervision_members
 from .tario import tar_samples
 
 
@@ -68,7 +67,7 @@ def oversize_field(raw: dict[str, Any], info: DatasetInfo, read: Iterable[str]) 
     modalities `read` and the supervision members, as a `FieldError`; None if there is none."""
     for ext, size in raw.get("__oversize__", {}).items():
         modality = next((m for m in read if ext in info.modalities.get(m, ())), None)
-        if modality is not None or ext in (info.label_field, TARGET_MEMBER, USERS_MEMBER):
+        if modality is not None or ext in supervision_members(info):
             return FieldError(modality or f".{ext}", f"tar member {too_large(size)}")
     return None
 
@@ -189,7 +188,7 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
     resumes an epoch where an earlier run of the same pipeline stopped. `index` (`index_split`) replaces reading
     the tar files when every modality is a `CachedInput`. `every_rank` reads the whole split on each rank of a
     distributed job (instead of its own shards). `target` is the supervision decoded into the
-    batches (`mmfuse.data.targets.KINDS`; default: the dataset's task; 'none' reads unlabelled samples).
+    batches (a kind of `mmfuse.data.targets`; default: the dataset's task; 'none' reads unlabelled samples).
     """
     urls = info.shard_urls(split)
     info.require_modalities(list(preprocessors))
@@ -252,15 +251,9 @@ def read_records(info: DatasetInfo, split: str, handler: Callable[[Exception], b
     bytes for media, or absent; '_refused': '<field>: <reason>' when a member is over the size limit}. Unreadable
     shard data goes to `handler` (default: raised)."""
     source = wds.DataPipeline(wds.SimpleShardList(info.shard_urls(split)), tar_samples(handler))
+    kind = get_kind(info.task)
     for raw in source:
-        record: dict[str, Any] = {"key": raw["__key__"]}
-        if info.task in ("classification", "multilabel") and info.label_field in raw:
-            label = raw[info.label_field].decode("utf-8").strip()
-            names = [p.strip() for p in label.split(",")] if label else []
-            names = names if info.label_encoding == "name" else [info.labels[int(p)] for p in names]
-            record["label"] = names if info.task == "multilabel" else names[0]
-        elif info.task == "regression" and TARGET_MEMBER in raw:
-            record["target"] = dict(zip(info.targets, json.loads(raw[TARGET_MEMBER]), strict=True))
+        record: dict[str, Any] = {"key": raw["__key__"], **kind.record(raw, info)}
         for m, extensions in info.modalities.items():
             value = _member(raw, extensions)
             if value is not None:

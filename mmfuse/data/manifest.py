@@ -1,22 +1,21 @@
-"""Manifests: a JSONL or CSV catalogue of items, read row by row, and the config that maps its columns to modalities.
+"""Manifests: a JSONL or CSV catalogue of items (read row by row by `mmfuse.data.rows`), and the config that maps
+its columns to modalities.
 
 A row names a key, one or several text columns, an image path, an audio path and a label; paths are relative to
-the media root (or absolute). `ShardConfig` says which column is which and how to split and shard the records.
+the media root (or absolute). `ShardConfig` says which column is which and how to split and shard the records; the
+supervision columns are those the target kind asks for (`mmfuse.data.targets`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import DataError, did_you_mean
 from ..names import split_name_problem
-from .targets import KINDS
+from .rows import read_manifest
+from .targets import TARGET_KINDS, kind_names
 
 
 @dataclass
@@ -76,10 +75,7 @@ class ShardConfig:
     def columns(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(option, column) pairs the manifest must have, and the modality ones of which it needs one: a column
         left at its default may be absent (that modality is simply not used); one named explicitly may not."""
-        wanted = [("--key", self.key)]
-        if self.task in ("classification", "multilabel"):
-            wanted.append(("--label", self.label))
-        wanted += [("--targets", c) for c in self.targets]
+        wanted = [("--key", self.key), *TARGET_KINDS[self.task].columns(self)]
         modalities = [("--text", c) for c in self.text] + [(f"--{m}", getattr(self, m)) for m in ("image", "audio")
                                                             if getattr(self, m)]
         return wanted + explicit_columns(modalities), modalities
@@ -106,12 +102,12 @@ class ShardConfig:
                     raise DataError(f"split fractions: {problem}")
         if isinstance(self.targets, str):
             self.targets = [c for c in self.targets.split(",") if c]
-        if self.task not in KINDS:
-            raise DataError(f"task must be one of {', '.join(KINDS)}, got '{self.task}'")
-        if (self.task == "interactions") != bool(self.interactions):
-            raise DataError("an interactions manifest needs --interactions PAIRS.csv|jsonl; other tasks take none")
-        if (self.task == "regression") != bool(self.targets):
-            raise DataError("a regression manifest needs --targets COLUMN[,COLUMN...]; other tasks take none")
+        if self.task not in kind_names():
+            raise DataError(f"task must be one of {', '.join(kind_names())}, got '{self.task}'")
+        for kind in TARGET_KINDS.values():  # an option of one kind (--targets, --interactions) is refused by others
+            for option, problem in kind.options.items():
+                if (kind.name == self.task) != bool(getattr(self, option)):
+                    raise DataError(problem)
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise DataError("the label vocabulary has duplicates")
 
@@ -143,20 +139,6 @@ def hash_split(key: str, fractions: dict[str, float]) -> str:
         if point < total:
             return name
     return next(name for name, f in reversed(fractions.items()) if f > 0)
-
-
-def read_manifest(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """Yield (line number, row, error) per record; a row that cannot be parsed has `row=None` and the error."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest {path} does not exist")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM (Excel's CSV) is not part of a name
-            yield from (_csv_rows(f) if path.suffix.lower() == ".csv" else _jsonl_rows(f))
-    except UnicodeDecodeError as err:
-        raise DataError(f"manifest {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except csv.Error as err:
-        raise DataError(f"manifest {path} is not valid CSV: {err}") from None
 
 
 def columns_of(path: str | Path) -> list[str]:
@@ -193,24 +175,3 @@ def require_columns(manifest: str | Path, found: list[str], wanted: list[tuple[s
         named = ", ".join(f"{option} {column}" for option, column in modalities)
         raise DataError(f"manifest {manifest}: no row has a text, image or audio column ({named}); its columns "
                         f"are: {', '.join(found)}")
-
-
-def _csv_rows(f) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    reader = csv.DictReader(f)
-    for row in reader:
-        if None in row:
-            yield reader.line_num, None, f"{len(row[None])} more cells than header columns"
-        else:
-            yield reader.line_num, row, ""
-
-
-def _jsonl_rows(f) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    for number, line in enumerate(f, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            yield number, None, f"invalid JSON: {err}"
-            continue
-        yield (number, row, "") if isinstance(row, dict) else (number, None, "a line must be a JSON object")

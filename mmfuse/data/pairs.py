@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .manifest import read_manifest
+from .rows import read_manifest
 
 
 @dataclass

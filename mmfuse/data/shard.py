@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, FieldError
 from ..names import split_name_problem
-from ..outputs import hold
+from ..outputs import atomic_dir, hold
 from ..progress import progress_bar
-from .checks import Refused, check_row
-from .info import FORMAT
-from .manifest import ShardConfig, hash_split, read_manifest, require_columns
-from .pairs import PairReport, attach_pairs, read_pairs
-from .targets import TARGET_MEMBER, USERS_MEMBER, FieldError, parse_label_list, parse_number
+from .checks import check_row
+from .info import write_dataset_json
+from .manifest import ShardConfig, hash_split, require_columns
+from .rows import read_manifest
+from .targets import Joined, TargetKind, get_kind
 from .writer import SplitWriter
 
 MODALITY_OF = {"txt": "text", "jpg": "image", "png": "image", "webp": "image", "gif": "image",
@@ -43,8 +40,8 @@ class ShardReport:
     counts: dict[str, int]
     rejected: int
     reasons: dict[str, int] = field(default_factory=dict)
-    pairs: PairReport | None = None
-    """Interactions: what attaching the pair file did."""
+    joined: Joined | None = None
+    """What the target kind took from a file beside the manifest (interactions: the pair file)."""
 
     def summary(self) -> str:
         splits = ", ".join(f"{s} {n}" for s, n in self.counts.items())
@@ -52,10 +49,8 @@ class ShardReport:
         if self.rejected:
             reasons = ", ".join(f"{r} x{n}" for r, n in sorted(self.reasons.items(), key=lambda x: -x[1]))
             text += f"; refused {self.rejected} rows, listed in {self.out / 'rejects.jsonl'}: {reasons}"
-        if self.pairs is not None:
-            text += f"; {self.pairs.summary()}"
-            if self.pairs.rejected:
-                text += f", listed in {self.out / 'pair_rejects.jsonl'}"
+        if self.joined is not None:
+            text += f"; {self.joined.summary(self.out)}"
         return text
 
 
@@ -64,34 +59,9 @@ class _Task:
     line: int
     key: str
     row: dict[str, Any]
-    labels: list[str]
-    """The record's label name(s): one for classification, any number for multilabel, none otherwise."""
-    values: list[float]
-    """Regression target values, in `ShardConfig.targets` order."""
+    cell: Any
+    """The record's supervision as its target kind parsed it (`TargetKind.parse` / `join`)."""
     split: str
-
-
-def _supervision(config: ShardConfig, row: dict[str, Any], vocabulary: set[str] | None
-                 ) -> tuple[list[str], list[float]]:
-    """A row's label names and target values for `config.task`; raises `FieldError` naming the column."""
-    if config.task in ("none", "interactions"):
-        return [], []
-    if config.task == "regression":
-        return [], [parse_number(row.get(column), column) for column in config.targets]
-    value = row.get(config.label)
-    if value is None or (isinstance(value, str) and not value.strip() and config.task == "classification"):
-        raise FieldError(config.label, "missing label")
-    if config.task == "multilabel":
-        try:
-            names = parse_label_list(value, config.label_sep)
-        except FieldError as err:
-            raise FieldError(config.label, err.reason) from None
-    else:
-        names = [str(value).strip()]
-    unknown = [n for n in names if vocabulary is not None and n not in vocabulary]
-    if unknown:
-        raise FieldError(config.label, f"unknown label '{unknown[0][:40]}'")
-    return names, []
 
 
 class _Rejects:
@@ -119,7 +89,7 @@ class _Rejects:
         return dict(Counter(f"{r['field']}: {_short(r['reason'])}" for r in sorted(self.rows, key=lambda r: r['line'])))
 
 
-def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
+def _plan(config: ShardConfig, kind: TargetKind, rejects: _Rejects) -> list[_Task]:
     """First pass: keys, labels and splits; no file is opened."""
     tasks, seen = [], {}
     add = partial(rejects.add, hold=True)
@@ -134,9 +104,9 @@ def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
         key = "" if key is None else str(key).strip()
         split = hash_split(key, config.fractions) if config.split is None else str(row.get(config.split) or "")
         try:
-            names, values, refusal = *_supervision(config, row, vocabulary), None
+            cell, refusal = kind.parse(row, config, vocabulary), None
         except FieldError as err:
-            names, values, refusal = [], [], err
+            cell, refusal = None, err
         if not key:
             add(line, None, config.key, "missing key")
         elif "." in key or key.startswith("/") or key.endswith("/"):
@@ -150,52 +120,40 @@ def _plan(config: ShardConfig, rejects: _Rejects) -> list[_Task]:
         elif (problem := split_name_problem(split.strip())) is not None:  # it becomes a file-name prefix
             raise DataError(f"{config.manifest}:{line}: record '{key}': {config.split or 'split'}: {problem}")
         else:
-            tasks.append(_Task(line, key, row, names, values, split.strip()))
+            tasks.append(_Task(line, key, row, cell, split.strip()))
         if key and key not in seen:
             seen[key] = line
     require_columns(config.manifest, list(found), *config.columns())  # a typo'd column: one error, not N rejects
     return tasks
 
 
-def _attach_users(config: ShardConfig, tasks: list[_Task], rejects: _Rejects
-                  ) -> tuple[list[_Task], list[dict[str, Any]], PairReport]:
-    """Interactions: each planned item's users from the pair file (in `task.labels`); items without any refused."""
-    users, pair_rejects, report = attach_pairs(
-        read_pairs(config.interactions, config.user_column, config.item_column), {t.key for t in tasks})
+def _join(joined: Joined, tasks: list[_Task], rejects: _Rejects) -> list[_Task]:
+    """Each planned record's cell from the file beside the manifest; records it gives none are refused."""
     kept = []
     for task in tasks:
-        if task.key in users:
-            task.labels = users[task.key]
+        if task.key in joined.cells:
+            task.cell = joined.cells[task.key]
             kept.append(task)
         else:
-            rejects.add(task.line, task.key, "users", "no interactions in the pair file", hold=True)
-    return kept, pair_rejects, report
+            rejects.add(task.line, task.key, *joined.missing, hold=True)
+    return kept
 
 
-def _target_members(config: ShardConfig, labels: dict[str, int], task: _Task) -> dict[str, str]:
-    if config.task == "interactions":
-        return {USERS_MEMBER: ",".join(str(labels[u]) for u in task.labels)}
-    if config.task == "regression":
-        return {TARGET_MEMBER: json.dumps(task.values)}
-    if config.task == "none":
-        return {}
-    return {"cls": ",".join(str(labels[n]) for n in task.labels)}
-
-
-def _check(config: ShardConfig, labels: dict[str, int], task: _Task) -> tuple[_Task, dict[str, Any] | None, Any]:
+def _check(config: ShardConfig, kind: TargetKind, index: dict[str, int], task: _Task
+           ) -> tuple[_Task, dict[str, Any] | None, Any]:
     try:
-        return task, check_row(config, task.row, task.key, _target_members(config, labels, task)), None
-    except Refused as err:
+        return task, check_row(config, task.row, task.key, kind.encode(task.cell, index)), None
+    except FieldError as err:
         return task, None, (err.field, err.reason)
 
 
-def _results(config: ShardConfig, labels: dict[str, int], tasks: list[_Task]):
+def _results(config: ShardConfig, kind: TargetKind, index: dict[str, int], tasks: list[_Task]):
     """(task, sample or None, refusal) per task, in order; with several workers, from a process pool.
 
     A worker that dies (a decoder crash, the OOM killer) breaks the pool: that is a `DataError` naming the manifest
     lines being checked, never a wait on the dead process.
     """
-    check = partial(_check, config, labels)
+    check = partial(_check, config, kind, index)
     if config.workers == 1 or not tasks:
         yield from map(check, tasks)
         return
@@ -239,36 +197,32 @@ def write_shards(config: ShardConfig) -> ShardReport:
 
 
 def _write_shards(config: ShardConfig, out: Path) -> ShardReport:
+    kind = get_kind(config.task)
     rejects = _Rejects(config)
-    tasks = _plan(config, rejects)
-    pair_rejects, pairs = [], None
-    if config.task == "interactions":  # the labels are then the users, the vocabulary every user
-        tasks, pair_rejects, pairs = _attach_users(config, tasks, rejects)
-    if config.labels is not None and config.task != "interactions":
-        names = config.labels
-    else:
-        names = sorted({n for t in tasks for n in t.labels})
-    labels = {name: index for index, name in enumerate(names)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    tasks = _plan(config, kind, rejects)
+    joined = kind.join(config, {t.key for t in tasks})
+    if joined is not None:
+        tasks = _join(joined, tasks, rejects)
+    names = kind.vocabulary(config, (t.cell for t in tasks))
+    index = {name: i for i, name in enumerate(names)}
+    with atomic_dir(out) as tmp:
         writers: dict[str, SplitWriter] = {}
         formats: dict[str, Counter] = {}
-        stats = _TargetStats(len(config.targets))
+        accepted: list[tuple[str, Any]] = []
         bar = progress_bar(total=len(tasks), desc="shard", unit="rec", disable=not config.progress, dynamic_ncols=True)
         try:
-            for task, sample, refused in _results(config, labels, tasks):
+            for task, sample, refused in _results(config, kind, index, tasks):
                 bar.update(1)
                 rejects.before(task.line)
                 if sample is None:
                     rejects.add(task.line, task.key, *refused)
-                    if pairs is not None:  # its pairs go with it, counted
-                        pairs.drop("pair of a refused item", len(task.labels))
+                    if joined is not None:  # what it joined goes with it, counted
+                        joined.drop(task.cell)
                     continue
                 if task.split not in writers:
                     writers[task.split] = SplitWriter(tmp, task.split, config.shard_size, config.shard_bytes)
                 writers[task.split].write(sample)
-                stats.add(task.split, task.values)
+                accepted.append((task.split, task.cell))
                 for ext in sample:
                     if ext in MODALITY_OF:
                         formats.setdefault(MODALITY_OF[ext], Counter())[ext] += 1
@@ -279,48 +233,16 @@ def _write_shards(config: ShardConfig, out: Path) -> ShardReport:
             for writer in writers.values():
                 writer.close()
         splits = {name: writers[name].entry() for name in sorted(writers, key=_split_order)}
-        meta = {"format": FORMAT, "name": out.name, "modalities": _modalities(formats),
-                "formats": {m: dict(c) for m, c in formats.items()}, "task": config.task,
-                "label_field": TARGET_MEMBER if config.task == "regression" else "cls",
-                "labels": names if config.task in ("classification", "multilabel") else [],
-                **({"users": names, "interactions": asdict(pairs)} if pairs is not None else {}),
-                **({"targets": list(config.targets), "target_stats": stats.result()} if config.targets else {}),
-                "splits": splits, "rejected": len(rejects.rows),
-                "source": {"manifest": str(Path(config.manifest).resolve()), "config": asdict(config)}}
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
-        with open(tmp / "rejects.jsonl", "w") as f:
-            for row in sorted(rejects.rows, key=lambda r: r["line"]):
-                f.write(json.dumps(row) + "\n")
-        if pairs is not None:
-            (tmp / "pair_rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_rejects))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return ShardReport(out, {s: e["count"] for s, e in splits.items()}, len(rejects.rows), rejects.reasons(), pairs)
-
-
-class _TargetStats:
-    """Mean and std of each regression target over the train split (every split if there is no 'train')."""
-
-    def __init__(self, width: int) -> None:
-        self.sums = {split: [[0.0] * width, [0.0] * width, 0] for split in ("train", "all")}
-
-    def add(self, split: str, values: list[float]) -> None:
-        for part in ("train", "all") if split == "train" else ("all",):
-            total, squares, _ = self.sums[part]
-            for i, v in enumerate(values):
-                total[i] += v
-                squares[i] += v * v
-            self.sums[part][2] += 1
-
-    def result(self) -> dict[str, list[float]]:
-        total, squares, n = self.sums["train"] if self.sums["train"][2] else self.sums["all"]
-        mean = [t / max(n, 1) for t in total]
-        std = [max(s / max(n, 1) - m * m, 0.0) ** 0.5 for s, m in zip(squares, mean, strict=True)]
-        return {"mean": mean, "std": [s if s > 1e-12 else 1.0 for s in std]}
+        write_dataset_json(tmp, {
+            "name": out.name, "modalities": _modalities(formats), "formats": {m: dict(c) for m, c in formats.items()},
+            "task": config.task, **kind.describe(config, names, accepted), **(joined.meta() if joined else {}),
+            "splits": splits, "rejected": len(rejects.rows),
+            "source": {"manifest": str(Path(config.manifest).resolve()), "config": asdict(config)}})
+        rows = sorted(rejects.rows, key=lambda r: r["line"])
+        (tmp / "rejects.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        for name, text in (joined.files() if joined else {}).items():
+            (tmp / name).write_text(text)
+    return ShardReport(out, {s: e["count"] for s, e in splits.items()}, len(rejects.rows), rejects.reasons(), joined)
 
 
 def _short(reason: str) -> str:

@@ -10,13 +10,14 @@ parts; leftover temp files of an interrupted write are removed and that part is 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ..outputs import atomic_file
 
 META_KEY = b"mmfuse"
 
@@ -48,13 +49,8 @@ def write_part(path: Path, ids: list[str], vectors: dict[str, np.ndarray], prese
     for name, values in vectors.items():
         columns[name] = _vectors(values, present.get(name))
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def part_meta(path: Path) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.info import sha256_file
-from ..data.manifest import columns_of, explicit_columns, read_manifest, require_columns
-from ..errors import DataError
+from ..data.manifest import columns_of, explicit_columns, require_columns
+from ..data.rows import read_manifest
+from ..errors import DataError, FieldError
 
 
 @dataclass
@@ -82,7 +83,7 @@ class ManifestSource:
 
     def _item(self, key: str, row: dict[str, Any], where: str, root: Path) -> Item:
         """The row's record; a field `mmfuse shard` would refuse goes to `item.failed` with the shard's reason."""
-        from ..data.checks import Refused, check_audio, check_image
+        from ..data.checks import check_audio, check_image
         from ..encoders.image_io import read_media_file
         from ..limits import LimitExceeded
 
@@ -107,7 +108,7 @@ class ManifestSource:
                 item.record[modality] = data
             except OSError as err:
                 item.failed[modality] = f"unreadable file {path}: {err.strerror}"
-            except Refused as refused:
+            except FieldError as refused:
                 item.failed[modality] = refused.reason
             except LimitExceeded as err:
                 item.failed[modality] = str(err)

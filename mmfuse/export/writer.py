@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..inference import Embedder
-from ..outputs import LOCK, hold
+from ..outputs import LOCK, atomic_file, hold, write_atomic
 from ..records import windows
 from .parts import part_meta, part_path, read_ids, read_vectors, remove_partial, write_part
 from .sources import Item
@@ -81,9 +81,7 @@ def _start(out: Path, plan: dict[str, Any]) -> None:
     if out.exists() and any(p.name not in ("parts", LOCK) for p in out.iterdir()):
         raise DataError(f"output directory {out} is not empty and holds no mmfuse export")
     (out / "parts").mkdir(parents=True, exist_ok=True)
-    tmp = out / ".export.json.tmp"
-    tmp.write_text(json.dumps(plan, indent=2))
-    os.replace(tmp, file)
+    write_atomic(file, json.dumps(plan, indent=2))
 
 
 def export_embeddings(embedder: Embedder, items: Iterable[Item], options: ExportOptions, source: dict[str, Any],
@@ -203,25 +201,25 @@ def _finish(out: Path, plan: dict[str, Any], count: int, resumed: int) -> dict[s
     metas = [part_meta(p) for p in paths]
     names = ["fused", *plan["modalities"]]
     total = sum(len(read_ids(p)) for p in paths)
-    tmp = {name: out / f".{name}_feat.npy.tmp" for name in names}
-    matrices = {name: np.lib.format.open_memmap(tmp[name], mode="w+", dtype=np.float32,
-                                                shape=(total, plan["dim"])) for name in names}
     ids: list[str] = []
     present: Counter[str] = Counter()
-    for path in paths:
-        part_ids, vectors, valid = read_vectors(path, names)
+    with contextlib.ExitStack() as files:  # each matrix renamed into place at the end, removed on an error
+        tmp = {name: files.enter_context(atomic_file(out / f"{name}_feat.npy")) for name in names}
+        matrices = {name: np.lib.format.open_memmap(tmp[name], mode="w+", dtype=np.float32,
+                                                    shape=(total, plan["dim"])) for name in names}
+        for path in paths:
+            part_ids, vectors, valid = read_vectors(path, names)
+            for name in names:
+                matrices[name][len(ids):len(ids) + len(part_ids)] = vectors[name]
+            present.update({m: int(v.sum()) for m, v in valid.items() if m != "fused"})
+            ids += part_ids
         for name in names:
-            matrices[name][len(ids):len(ids) + len(part_ids)] = vectors[name]
-        present.update({m: int(v.sum()) for m, v in valid.items() if m != "fused"})
-        ids += part_ids
-    for name in names:
-        matrices[name].flush()
-        del matrices[name]
-        os.replace(tmp[name], out / f"{name}_feat.npy")
+            matrices[name].flush()
+            del matrices[name]
     rejected = [r for m in metas for r in m["rejected"]]
     degraded = [d for m in metas for d in m["degraded"]]
-    _write_text(out / "i_id_mapping.csv", "item_id\titemID\n" + "".join(f"{i}\t{n}\n" for n, i in enumerate(ids)))
-    _write_text(out / "rejects.jsonl", "".join(json.dumps({**r, "exported": False}) + "\n" for r in rejected) +
+    write_atomic(out / "i_id_mapping.csv", "item_id\titemID\n" + "".join(f"{i}\t{n}\n" for n, i in enumerate(ids)))
+    write_atomic(out / "rejects.jsonl", "".join(json.dumps({**r, "exported": False}) + "\n" for r in rejected) +
                 "".join(json.dumps({**d, "exported": True}) + "\n" for d in degraded))
     reasons = Counter(kind for r in rejected for kind in reason_kinds(r["reason"]))
     meta = {
@@ -235,7 +233,7 @@ def _finish(out: Path, plan: dict[str, Any], count: int, resumed: int) -> dict[s
         "files": {"parts": "parts/part-*.parquet", "ids": "i_id_mapping.csv", "rejects": "rejects.jsonl",
                   **{name: f"{name}_feat.npy" for name in names}},
     }
-    _write_text(out / "metadata.json", json.dumps(meta, indent=2))
+    write_atomic(out / "metadata.json", json.dumps(meta, indent=2))
     return meta
 
 
@@ -250,8 +248,3 @@ def reason_kinds(reason: str) -> list[str]:
         kinds.append(f"{field}: {text}" if sep else field)
     return kinds
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .base import ModalityFeatures, register_fusion
-from .layers import TokenFusion, masked_mean, mean_over_present
+from .layers import TokenFusion, mean_over_present, valid_mean
 
 
 @register_fusion("bottleneck")
@@ -49,6 +49,6 @@ class BottleneckFusion(TokenFusion):
             summed = (torch.stack(z_new, 1) * flags).sum(1)  # (B, N, D)
             count = flags.sum(1)  # (B, 1, 1)
             z = torch.where(count > 0, summed / count.clamp_min(1.0), z)  # no modality present: keep z
-        pooled = [masked_mean(states[m], valid[m]) for m in self.modalities]
+        pooled = [valid_mean(states[m], valid[m]) for m in self.modalities]
         mixed = mean_over_present(pooled, [present[m] for m in self.modalities], self.empty)
         return self.norm(mixed + z.mean(1))  # (B, D)

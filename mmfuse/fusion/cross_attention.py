@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .base import ModalityFeatures, register_fusion
-from .layers import TokenFusion, masked_mean, mean_over_present
+from .layers import TokenFusion, mean_over_present, valid_mean
 
 
 @register_fusion("cross-attention")
@@ -42,6 +42,6 @@ class CrossAttentionFusion(TokenFusion):
                 key_valid = torch.cat([null_valid] + [valid[o] for o in others], dim=1)
                 updated[m] = layer[m](states[m], context, key_valid)
             states = updated
-        pooled = [masked_mean(states[m], valid[m]) for m in self.modalities]  # M x (B, D)
+        pooled = [valid_mean(states[m], valid[m]) for m in self.modalities]  # M x (B, D)
         present = [valid[m].any(1) for m in self.modalities]
         return self.norm(mean_over_present(pooled, present, self.empty))  # (B, D)

@@ -14,8 +14,10 @@ def valid_tokens(f: ModalityFeatures) -> torch.Tensor:
     return f.mask & f.present[:, None]
 
 
-def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over valid positions (zero where none). Inputs: x (B, T, D), valid (B, T). Returns: (B, D)."""
+def valid_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid positions (zero where none), whatever the other positions hold: a NaN or Inf there never
+    reaches the result (unlike `mmfuse.encoders.masked_mean`, which weights them by 0). Inputs: x (B, T, D),
+    valid (B, T). Returns: (B, D)."""
     w = valid.to(x.dtype).unsqueeze(-1)
     return (x.masked_fill(~valid.unsqueeze(-1), 0.0) * w).sum(1) / w.sum(1).clamp_min(1.0)
 
@@ -27,7 +29,7 @@ def mean_over_present(vectors: list[torch.Tensor], present: list[torch.Tensor], 
     """
     stacked = torch.stack(vectors, 1)  # (B, M, D)
     flags = torch.stack(present, 1)  # (B, M)
-    mixed = masked_mean(stacked, flags)
+    mixed = valid_mean(stacked, flags)
     return torch.where(flags.any(1, keepdim=True), mixed, empty.expand_as(mixed))
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ from ..data.loader import make_loader
 from ..encoders.base import Encoder
 from ..fingerprint import weights_fingerprint
 from ..model import EncoderSpec, FusionModel
+from ..outputs import atomic_file
 from ..precision import autocast
 from .distributed import DistEnv, barrier
 
@@ -137,10 +137,9 @@ def encode_split(encoder: Encoder, info: DatasetInfo, split: str, batch_size: in
 def save_features(features: SplitFeatures, path: Path, digest: str) -> None:
     """Write packed features as safetensors (keys and fingerprint in its metadata), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    safetensors.torch.save_file(features.tensors(), str(tmp),
-                                metadata={"format": FORMAT, "fingerprint": digest, "keys": json.dumps(features.keys)})
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        safetensors.torch.save_file(features.tensors(), str(tmp), metadata={
+            "format": FORMAT, "fingerprint": digest, "keys": json.dumps(features.keys)})
 
 
 def load_features(path: Path, digest: str) -> SplitFeatures | None:

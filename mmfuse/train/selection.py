@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..outputs import write_atomic
 
 
 @dataclass
@@ -50,9 +51,7 @@ class Selection:
         for epoch in dropped:
             shutil.rmtree(top / f"epoch-{epoch:04d}", ignore_errors=True)
         index = [{"epoch": int(e), self.metric: v, "path": f"epoch-{int(e):04d}"} for v, e in self.top]
-        tmp = top / ".index.json.tmp"
-        tmp.write_text(json.dumps(index, indent=2))
-        os.replace(tmp, top / "index.json")
+        write_atomic(top / "index.json", json.dumps(index, indent=2))
 
     def kept(self, epoch: int) -> bool:
         return any(int(e) == epoch for _, e in self.top)
