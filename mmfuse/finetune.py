@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import read_weights, resolve_checkpoint_dir, save_checkpoint
 from .config import RunConfig, dump_yaml
 from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
@@ -31,7 +32,6 @@ from .outputs import OutputLock
 from .progress import progress_bar
 from .tasks import check_model_config, create_model_and_task, create_task, task_class
 from .tasks.base import join_parts
-from .train.checkpoint import read_weights, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import (
     DistEnv,
     abandon,

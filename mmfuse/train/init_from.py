@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import CONFIG, read_checkpoint_config, read_weights, resolve_checkpoint_dir
 from ..encoders.registry import split_encoder_name
 from ..errors import ConfigError
 from ..model import FusionModel, ModelConfig
 from ..tasks import create_model_and_task, task_class
-from .checkpoint import CONFIG, read_checkpoint_config, read_weights, resolve_checkpoint_dir
 
 
 def source_checkpoint(run_dir: str | Path) -> Path:

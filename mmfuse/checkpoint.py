@@ -19,12 +19,11 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from ..config import EncoderSpec, ModelConfig, from_dict
-from ..encoders.registry import WEIGHT_SOURCES, saved_kwargs, split_encoder_name
-from ..errors import ConfigError
-from ..model import FusionModel
-from ..names import inside
-from .state import write_state
+from .config import EncoderSpec, ModelConfig, from_dict
+from .encoders.registry import WEIGHT_SOURCES, saved_kwargs, split_encoder_name
+from .errors import ConfigError
+from .model import FusionModel
+from .names import inside
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -64,6 +63,8 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
         else:
             safetensors.torch.save_model(model, str(tmp / WEIGHTS))
         if train_state is not None:
+            from .train.state import write_state  # training only: loading never imports mmfuse.train
+
             write_state(tmp, train_state)
         old = _previous(directory)
         shutil.rmtree(old, ignore_errors=True)
@@ -139,7 +140,7 @@ def load_checkpoint(directory: str | Path) -> tuple[FusionModel, ModelConfig, di
     """Rebuild the model of a checkpoint directory and load its weights (strict)."""
     directory = resolve_checkpoint_dir(directory)
     config, meta = read_checkpoint_config(directory)
-    from ..tasks import create_model_and_task
+    from .tasks import create_model_and_task
 
     model, _ = create_model_and_task(config)
     weights = directory / WEIGHTS
