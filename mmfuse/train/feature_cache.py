@@ -46,10 +46,11 @@ from ..data.cached import KeyLookup, index_split
 from ..data.info import DatasetInfo
 from ..data.loader import make_loader
 from ..encoders.base import Encoder, EncoderOutput
+from ..fingerprint import weights_fingerprint
 from ..model import EncoderSpec, FusionModel
 from ..outputs import atomic_file
+from ..precision import autocast
 from .distributed import DistEnv, barrier
-from .precision import autocast
 
 FORMAT = "mmfuse-features/1"
 
@@ -133,16 +134,6 @@ class CachedEncoder(nn.Module):
 
     def save_assets(self, directory: str) -> dict[str, Any]:
         return self.encoder.save_assets(directory)
-
-
-def weights_digest(encoder: Encoder) -> str:
-    """sha256 of an encoder's parameters and buffers (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def fingerprint(weights: str, spec: EncoderSpec, info: DatasetInfo, split: str, modality: str, precision: str,
@@ -235,7 +226,7 @@ class FeatureCache:
         real = {m: model.encoders[m] for m in self.towers}
         real = {m: e.encoder if isinstance(e, CachedEncoder) else e for m, e in real.items()}
         self.encoders = {m: CachedEncoder(e) for m, e in real.items()}
-        self.weights = {m: weights_digest(e) for m, e in real.items()}
+        self.weights = {m: weights_fingerprint(e) for m, e in real.items()}
         self.splits: dict[tuple[str, str], SplitFeatures] = {}
         self.lookups: dict[tuple[str, str], KeyLookup] = {}
         self.indexes: dict[str, dict[str, list[dict[str, Any]]]] = {}
