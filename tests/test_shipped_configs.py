@@ -38,7 +38,8 @@ CASES = [pytest.param(["--config", str(p)], id=p.name) for p in CONFIGS] + \
 
 TINY_TOWERS = {
     "text": {"name": "tiny-text", "kwargs": {"width": 16, "layers": 1, "heads": 2}},
-    "image": {"name": "tiny-image", "kwargs": {"width": 16, "layers": 1, "heads": 2, "image_size": 32, "patch_size": 8}},
+    "image": {"name": "tiny-image",
+              "kwargs": {"width": 16, "layers": 1, "heads": 2, "image_size": 32, "patch_size": 8}},
     "audio": {"name": "tiny-audio", "kwargs": {"width": 16, "layers": 1, "heads": 2, "n_mels": 16, "patch_size": 8}},
 }
 """The tiny random-init tower that replaces a tower needing a download (hf-*, timm-*, open-clip-*)."""
