@@ -43,7 +43,7 @@ def pil_decode(value):
 
 def loader_cost(repeats: int) -> None:
     import mmfuse.encoders.timm_image as timm_image
-    from mmfuse.bench.cases import Context, _model
+    from mmfuse.bench.common import Context, case_model
     from mmfuse.bench.presets import BenchConfig, build_cases
     from mmfuse.data.batch import batch_size as count
     from mmfuse.data.demo import demo_dataset
@@ -56,7 +56,7 @@ def loader_cost(repeats: int) -> None:
     ctx = Context(cfg, torch.device("cpu"), "fp32", info)
     variants = {"torchvision": torchvision_decode, "mmfuse": decode_image, "pil": pil_decode}
     for spec in [c for c in build_cases(cfg) if c.kind == "loader"]:
-        preprocessors = _model(ctx, spec).preprocessors()
+        preprocessors = case_model(ctx, spec).preprocessors()
         split = spec.split or ctx.split
         wall: dict[str, list[float]] = {name: [] for name in variants}
         cpu: dict[str, list[float]] = {name: [] for name in variants}

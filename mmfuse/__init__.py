@@ -27,6 +27,7 @@ _API = {
     "RunConfig": "mmfuse.config",
     "finetune": "mmfuse.finetune",
     "load": "mmfuse.inference",
+    "Embedder": "mmfuse.inference",
     "Predictor": "mmfuse.inference",
     "demo_dataset": "mmfuse.data.demo",
     "MmfuseError": "mmfuse.errors",

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import read_weights, resolve_checkpoint_dir, save_checkpoint
 from .config import RunConfig, dump_yaml
 from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
@@ -31,7 +32,6 @@ from .outputs import OutputLock
 from .progress import progress_bar
 from .tasks import check_model_config, create_model_and_task, create_task, task_class
 from .tasks.base import join_parts
-from .train.checkpoint import load_checkpoint, resolve_checkpoint_dir, save_checkpoint
 from .train.distributed import (
     DistEnv,
     abandon,
@@ -219,10 +219,9 @@ class FinetuneRun:
         ckpt = resolve_checkpoint_dir(self.out / "checkpoints" / "resume")
         if not (ckpt / "train_state.pt").exists():
             raise ConfigError(f"{self.out} has no resumable checkpoint (checkpoints/resume/train_state.pt)")
-        model, _, _ = load_checkpoint(ckpt)
         state, t = read_state(ckpt), self.trainer
         try:
-            t.load_model_state(model.state_dict())
+            t.load_model_state(read_weights(ckpt))
             t.load_optimizer_state(state["optimizer"])
             t.scheduler.load_state_dict(state["scheduler"])
             t.scaler.load_state_dict(state["scaler"])
@@ -433,8 +432,7 @@ class FinetuneRun:
         if not self.best["epoch"]:
             raise TrainingError(f"no epoch had a finite val {self.task.best_metric} ({len(self.records)} epochs): "
                                 f"no best model to test (see {self.out / 'metrics.jsonl'})")
-        best_model, _, _ = load_checkpoint(self.out / "checkpoints" / "best")
-        self.trainer.load_model_state(best_model.state_dict())
+        self.trainer.load_model_state(read_weights(self.out / "checkpoints" / "best"))
         test = self.evaluate(data.test_split)
         skipped = sum_counters(self.skipped, self.env)
         ignored = sum_counters(self.ignored, self.env)

@@ -1,12 +1,15 @@
-"""`mmfuse.load(run_dir | preset)`: a model with its preprocessing, predicting and embedding plain Python records.
+"""`mmfuse.load(run_dir | preset)`: a model with its preprocessing, embedding (and predicting) plain Python records.
 
+    Embedder   load, preprocess, embed: `embed` (fused vectors), `embed_modalities` (per modality), `encode`
+    Predictor  an `Embedder` with the head of a fine-tuned run: `predict`, `predict_proba`
+
+`load` gives a `Predictor` for a run directory and an `Embedder` for a model preset (untrained: nothing to predict).
 Light: loading and embedding import neither the trainer nor the data pipeline (webdataset), peft or matplotlib.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,29 +19,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import load_checkpoint
 from .data.batch import Collator, to_device
 from .errors import ConfigError, DataError
+from .fingerprint import weights_fingerprint
 from .model import FusionModel, ModelConfig
 from .names import inside
+from .precision import autocast, choose_precision, resolve_device
 from .records import error_reason, length_order, windows
 from .serving import cast_inputs, check_backend, quantize_int8
-from .tasks import create_model_and_task, create_task
-from .train.checkpoint import load_checkpoint
-from .train.precision import autocast, choose_precision, resolve_device
-
-UNTRAINED_LABELS = ["untrained-0", "untrained-1"]
-"""The placeholder classes of a model built from a preset: it embeds, it does not classify."""
+from .tasks import create_task
 
 
-class Predictor:
-    """Predicts labels, probabilities or target values (as the model's task defines) and embeddings, fused and per
-    modality, for records.
+class Embedder:
+    """Embeddings of records: fused (`embed`), per modality (`embed_modalities`) and the encoders' own pooled vectors
+    (`encode`). Any `FusionModel` embeds; its head, if it has one, is not used (`Predictor` adds it).
 
     A record is a dict with any of `text` (str), `image` (path, bytes, PIL image, (H, W, 3) array), `audio`
     (path, WAV/FLAC/Ogg bytes, `(array, sample_rate)`) -- a modality may be missing -- and optionally `key`.
     Records are preprocessed by the encoders' own preprocessors. Safe to call from several threads at once.
 
-    `precision` (fp32, bf16, fp16 on CUDA, or auto: by hardware, as `train.precision`) is the autocast the
+    `precision` (fp32, bf16, fp16 on CUDA, or auto: by hardware, as `mmfuse.precision`) is the autocast the
     PyTorch model runs under; every output is returned as float32. Only the fp32 backend takes another precision.
     """
 
@@ -49,23 +50,17 @@ class Predictor:
     parallel, and the next window while the model runs on this one. Opt-in: on 2 shared cores, where the model's
     own 2 threads already fill the CPU, 2 decode threads measured 0.94x of decoding in the calling thread."""
 
-    def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128,
-                 source: str = "", trained: bool = True, backend: str = "fp32",
-                 onnx_file: str | Path | None = None, precision: str = "fp32") -> None:
+    def __init__(self, model: FusionModel, device: torch.device, batch_size: int = 128, source: str = "",
+                 backend: str = "fp32", onnx_file: str | Path | None = None, precision: str = "fp32") -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         backend = check_backend(backend, device)  # `auto` resolved by hardware
         self.precision = resolve_precision(precision, device, backend, model)
         self.model = model.to(device).eval()
         self.backend = backend
-        self.config = config
-        self.task = create_task(config)
-        self.task.bind(self.model)
-        self.labels = list(config.labels)
         self.device = device
         self.batch_size = batch_size
         self.source = source
-        self.trained = trained
         self.preprocessors = model.preprocessors()
         self._collate = Collator(self.preprocessors)
         self._lock = threading.Lock()  # Hugging Face fast tokenizers must not be called from two threads at once
@@ -98,12 +93,7 @@ class Predictor:
     def fingerprint(self) -> str:
         """sha256 of the fp32 weights (names, dtypes, shapes, values): equal fingerprints embed alike (per backend)."""
         if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.model.state_dict().items()):
-                t = tensor.detach().cpu().contiguous()
-                digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            self._fingerprint = digest.hexdigest()
+            self._fingerprint = weights_fingerprint(self.model)
         return self._fingerprint
 
     def select(self, modalities: str | Sequence[str] | None) -> list[str]:
@@ -140,7 +130,9 @@ class Predictor:
                 failed[m] = reason
         return sample
 
-    def _batches(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def batches(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Records -> collated batches of `batch_size` in input order (no length sorting), on the model's device --
+        what the model's `forward` reads. A record with none of the model's modalities is a `DataError`."""
         chunk: list[dict[str, Any]] = []
         for i, record in enumerate(records):
             sample = self.prepare(record, i)
@@ -158,30 +150,6 @@ class Predictor:
         """A collated batch on the model's device, floating inputs in the weights' dtype (bf16 backend)."""
         batch = to_device(batch, self.device)
         return cast_inputs(batch, torch.bfloat16) if self.backend == "bf16" else batch
-
-    @torch.inference_mode()
-    def _heads(self, records: Iterable[dict[str, Any]]) -> torch.Tensor:
-        if not self.trained:
-            raise ConfigError(f"'{self.source}' is a model preset with an untrained head: it embeds but does not "
-                              f"predict (load a fine-tuned run directory to predict)")
-        if self.model.head is None:
-            self.task.predict(torch.zeros(0))  # raises: the task has no predictions
-        out = []
-        for batch in self._batches(records):  # decoded and collated outside autocast
-            with autocast(self.device, self.precision):
-                logits = self.model(batch)  # (B, C)
-            out.append(logits.float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, len(self.labels))
-
-    def predict_proba(self, records: Iterable[dict[str, Any]]) -> np.ndarray:
-        """(N, C) probabilities, columns in `self.labels` order: softmax over classes (classification), or one
-        independent sigmoid per label (multilabel)."""
-        return self.task.proba(self._heads(records)).numpy()
-
-    def predict(self, records: Iterable[dict[str, Any]]) -> list[Any]:
-        """Per record: the label name (classification), the list of label names at or above the threshold
-        (multilabel), or {target name: value} (regression)."""
-        return self.task.predict(self._heads(records))
 
     @torch.inference_mode()
     def embed_samples(self, samples: list[dict[str, Any]], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -220,21 +188,25 @@ class Predictor:
         return out
 
     def embed(self, records: Iterable[dict[str, Any]], normalize: bool = False,
-              modalities: str | Sequence[str] | None = None, per_modality: bool = False,
-              modality: str | None = None) -> np.ndarray | dict[str, np.ndarray]:
+              modalities: str | Sequence[str] | None = None, modality: str | None = None) -> np.ndarray:
         """Fused embeddings (N, D) float32, in input order; L2-normalised when `normalize`.
 
         `modalities` (default: all the model reads) embeds from that subset only, the others treated as absent.
-        `per_modality=True` returns {'fused': (N, D), <m>: (N, D), 'present_<m>': (N,) bool} for the selected
-        modalities; a modality's vector is its encoder's pooled output projected to D, zeros where absent.
-        `modality='text'` returns just that modality's (N, D) vectors (what a contrastive model aligns: embed
-        texts and images separately, then compare them).
+        `modality='text'` returns that modality's own vectors (N, D) instead -- its encoder's pooled output projected
+        to D, zeros where absent: what a contrastive model aligns (embed texts and images separately, then compare).
         Records are batched internally, longest texts together, so padding stays short.
         """
         if modality is not None:
             if modality not in self.modalities:
                 raise ConfigError(f"the model has no modality '{modality}' (has: {', '.join(self.modalities)})")
-            return self.embed(records, normalize, [modality], per_modality=True)[modality]
+            return self.embed_modalities(records, normalize, [modality])[modality]
+        return self.embed_modalities(records, normalize, modalities)["fused"]
+
+    def embed_modalities(self, records: Iterable[dict[str, Any]], normalize: bool = False,
+                         modalities: str | Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """{'fused': (N, D), <m>: (N, D), 'present_<m>': (N,) bool} for the selected modalities (default: all the
+        model reads; the others treated as absent), float32 vectors in input order, L2-normalised when `normalize`.
+        A modality's vector is its encoder's pooled output projected to D, zeros where the record lacks it."""
         selected = self.select(modalities)
         parts = [self.embed_prepared(samples, selected) for samples in self._prepared(records, selected)]
         if parts:
@@ -245,7 +217,7 @@ class Predictor:
         if normalize:
             out = {k: v if k.startswith("present_") else torch.nn.functional.normalize(v, dim=-1)  # 0 stays 0
                    for k, v in out.items()}
-        return {k: v.numpy() for k, v in out.items()} if per_modality else out["fused"].numpy()
+        return {k: v.numpy() for k, v in out.items()}
 
     def _prepared(self, records: Iterable[dict[str, Any]], selected: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
         """Windows of prepared samples, in input order. With `decode_threads` > 1 a pool decodes each window's
@@ -307,9 +279,44 @@ class Predictor:
         return out
 
 
+class Predictor(Embedder):
+    """An `Embedder` with the head of a fine-tuned model: labels, probabilities or target values, as the task of its
+    `ModelConfig` (`config.task`) defines. Safe to call from several threads at once, like the `Embedder`."""
+
+    def __init__(self, model: FusionModel, config: ModelConfig, device: torch.device, batch_size: int = 128,
+                 source: str = "", backend: str = "fp32", onnx_file: str | Path | None = None,
+                 precision: str = "fp32") -> None:
+        super().__init__(model, device, batch_size, source, backend, onnx_file, precision)
+        self.config = config
+        self.task = create_task(config)  # from the checkpoint's ModelConfig: the model knows no task
+        self.task.bind(self.model)
+        self.labels = list(config.labels)
+
+    @torch.inference_mode()
+    def _heads(self, records: Iterable[dict[str, Any]]) -> torch.Tensor:
+        if self.model.head is None:
+            self.task.predict(torch.zeros(0))  # raises: the task has no predictions
+        out = []
+        for batch in self.batches(records):  # decoded and collated outside autocast
+            with autocast(self.device, self.precision):
+                logits = self.model(batch)  # (B, C)
+            out.append(logits.float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.labels))
+
+    def predict_proba(self, records: Iterable[dict[str, Any]]) -> np.ndarray:
+        """(N, C) probabilities, columns in `self.labels` order: softmax over classes (classification), or one
+        independent sigmoid per label (multilabel)."""
+        return self.task.proba(self._heads(records)).numpy()
+
+    def predict(self, records: Iterable[dict[str, Any]]) -> list[Any]:
+        """Per record: the label name (classification), the list of label names at or above the threshold
+        (multilabel), or {target name: value} (regression)."""
+        return self.task.predict(self._heads(records))
+
+
 def resolve_precision(precision: str, device: torch.device, backend: str = "fp32",
                       model: torch.nn.Module | None = None) -> str:
-    """The autocast precision a `Predictor` on `device` runs: `choose_precision`'s answer for the fp32 backend.
+    """The autocast precision an `Embedder` on `device` runs: `choose_precision`'s answer for the fp32 backend.
     The bf16, int8 and onnx backends set their own number format and run without autocast: `auto` resolves to fp32
     for them, an explicit bf16 / fp16 is a `ConfigError`."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -322,21 +329,23 @@ def resolve_precision(precision: str, device: torch.device, backend: str = "fp32
     return choose_precision(device, precision, model)
 
 
-def onnx_session(predictor: Predictor, onnx_file: str | Path | None) -> Any:
-    """The onnxruntime session of `predictor`'s weights: `onnx_file` (an `mmfuse export-onnx` output) or the cached
+def onnx_session(embedder: Embedder, onnx_file: str | Path | None) -> Any:
+    """The onnxruntime session of `embedder`'s weights: `onnx_file` (an `mmfuse export-onnx` output) or the cached
     export (made on first use)."""
     try:
         from .onnx_export import OnnxSession, cached_export
     except ImportError as err:
         raise ConfigError(f"the onnx backend needs onnxruntime and onnx ({err.name} is missing): "
                           f"pip install 'mmfuse[onnx]'") from None
-    path = cached_export(predictor) if onnx_file is None else Path(onnx_file)
-    return OnnxSession(path, predictor.fingerprint(), predictor.modalities)
+    fingerprint = embedder.fingerprint()
+    path = cached_export(embedder.model, embedder.preprocessors, fingerprint) if onnx_file is None else Path(onnx_file)
+    return OnnxSession(path, fingerprint, embedder.modalities)
 
 
 def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batch_size: int = 128,
-         backend: str = "fp32", onnx_file: str | Path | None = None, precision: str = "fp32") -> Predictor:
-    """A finished run (`run_dir/checkpoints/<checkpoint>`), a checkpoint directory, or a model preset name.
+         backend: str = "fp32", onnx_file: str | Path | None = None, precision: str = "fp32") -> Embedder:
+    """A `Predictor` of a finished run (`run_dir/checkpoints/<checkpoint>`) or a checkpoint directory; an `Embedder`
+    of a model preset name.
 
     `backend='bf16'` casts the weights to bfloat16 (fast where bf16 is native: CPUs with avx512_bf16 / AMX, CUDA);
     `backend='auto'` picks by hardware (`mmfuse.serving`): bf16 there, else fp32.
@@ -349,24 +358,21 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
     autocast (e.g. `device='cuda', precision='bf16'`); outputs are float32 either way.
 
     A preset (`mmfuse list`; or a preset .json file) builds its encoders -- pretrained where the preset says so --
-    with projections and fusion initialised from seed 0: the frozen, untuned baseline embedder.
+    with projections and fusion initialised from seed 0 and no head: the frozen, untuned baseline embedder.
     """
     path = Path(source)
+    options: dict[str, Any] = {"batch_size": batch_size, "source": str(source), "backend": backend,
+                               "onnx_file": onnx_file, "precision": precision}
     if path.is_dir():
         ckpt = path if (path / "config.json").exists() else inside(path / "checkpoints", checkpoint)
         if ckpt is None:
             raise ConfigError(f"checkpoint {checkpoint!r} is not a checkpoint name inside {path / 'checkpoints'}")
         model, config, _ = load_checkpoint(ckpt)
-        return Predictor(model, config, resolve_device(device), batch_size, source=str(source), backend=backend,
-                         onnx_file=onnx_file, precision=precision)
-    from .presets import list_presets, load_preset
+        return Predictor(model, config, resolve_device(device), **options)
+    from .presets import build_untrained, list_presets, load_preset
 
     if str(source) not in list_presets() and not (str(source).endswith(".json") and path.is_file()):
         raise ConfigError(f"'{source}' is neither a run directory nor a model preset "
                           f"(presets: {', '.join(list_presets())})")
-    config = ModelConfig(**{**load_preset(str(source)), "labels": list(UNTRAINED_LABELS)})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model, _ = create_model_and_task(config)
-    return Predictor(model, config, resolve_device(device), batch_size, source=str(source), trained=False,
-                     backend=backend, onnx_file=onnx_file, precision=precision)
+    model = build_untrained(ModelConfig(**load_preset(str(source))))
+    return Embedder(model, resolve_device(device), **options)

@@ -11,7 +11,8 @@ The graph takes the collated batch's tensors (sorted by key) and returns `fused`
 `m_projected` (B, D) -- its pooled vector projected to D -- and `m_pooled` (B, W) -- its encoder's own pooled vector.
 The model's fingerprint is stored in the file's metadata: a graph only ever runs for the weights it came from.
 
-    path = export_onnx(mmfuse.load("runs/mine"), "embedder.onnx")  # or: mmfuse export-onnx
+    embedder = mmfuse.load("runs/mine")
+    path = export_onnx(embedder.model, embedder.preprocessors, "embedder.onnx")  # or: mmfuse export-onnx
     mmfuse.load("runs/mine", backend="onnx", onnx_file=path).embed(records)   # or let backend="onnx" export it
 """
 
@@ -25,6 +26,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +37,10 @@ import torch
 
 from .data.batch import Collator
 from .errors import ConfigError
+from .fingerprint import weights_fingerprint
 
 if TYPE_CHECKING:
-    from .inference import Predictor
+    from .encoders.base import Preprocessor
     from .model import FusionModel
 
 FINGERPRINT_KEY = "mmfuse_fingerprint"
@@ -141,43 +144,61 @@ def _optimize(path: Path, model: FusionModel) -> tuple[Any, dict[str, int]]:
     return optimized.model, stats
 
 
-def export_onnx(predictor: Predictor, path: str | Path) -> Path:
-    """Write the embedder of `predictor` (its fp32 PyTorch model) to `path` as ONNX, fused for the CPU, with its
-    fingerprint in the metadata; returns the path."""
-    if predictor.backend in ("int8", "bf16"):  # the onnx backend's own model is the fp32 one
+def _check_fp32(model: FusionModel) -> None:
+    """The onnx backend's graph is of the fp32 model: a bf16 or int8 (quantised) copy is refused."""
+    quantized = any(".quantized" in type(m).__module__ for m in model.modules())
+    if quantized or any(p.dtype != torch.float32 for p in model.parameters()):
         raise ConfigError("export the fp32 model to ONNX (load it with backend='fp32')")
-    samples = [predictor.prepare(r, i) for i, r in enumerate(_example_records(predictor.modalities))]
-    batch = Collator(predictor.preprocessors)(samples)
+
+
+def _example_batch(preprocessors: Mapping[str, Preprocessor]) -> dict[str, Any]:
+    """`_example_records` prepared by `preprocessors` and collated: the tensors the graph is traced with."""
+    samples = []
+    for i, record in enumerate(_example_records(sorted(preprocessors))):
+        samples.append({"key": str(i), **{m: pre.transform(record.get(m)) for m, pre in preprocessors.items()}})
+    return Collator(dict(preprocessors))(samples)
+
+
+def export_onnx(model: FusionModel, preprocessors: Mapping[str, Preprocessor], path: str | Path,
+                fingerprint: str | None = None) -> Path:
+    """Write the embedder of `model` (fp32, on the CPU), fed by `preprocessors` (`model.preprocessors()`), to `path`
+    as ONNX, fused for the CPU, with the weights' fingerprint (`weights_fingerprint(model)` unless given) in the
+    metadata; returns the path."""
+    _check_fp32(model)
+    batch = _example_batch(preprocessors)
     keys = sorted(k for k, v in batch.items() if isinstance(v, torch.Tensor))
-    names = output_names(predictor.modalities)
+    names = output_names(model.modalities)
     axes = {**{k: _dynamic_axes(k, batch[k]) for k in keys}, **{n: {0: "batch"} for n in names}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = _Graph(predictor.model, keys).eval()
-    with _eager_attention(predictor.model), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    graph = _Graph(model, keys).eval()
+    with _eager_attention(model), warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, tuple(batch[k] for k in keys), str(path), dynamo=False, input_names=keys,
                           output_names=names, dynamic_axes=axes, opset_version=17)
-    proto, fused = _optimize(path, predictor.model)
-    onnx.helper.set_model_props(proto, {FINGERPRINT_KEY: predictor.fingerprint(), FUSED_KEY: json.dumps(fused)})
+    proto, fused = _optimize(path, model)
+    fingerprint = fingerprint or weights_fingerprint(model)
+    onnx.helper.set_model_props(proto, {FINGERPRINT_KEY: fingerprint, FUSED_KEY: json.dumps(fused)})
     onnx.save(proto, str(path))
     return path
 
 
-def export_key(predictor: Predictor) -> str:
-    """What a cached graph depends on, hashed: the weights' fingerprint and how the graph was made (this module's
+def export_key(fingerprint: str) -> str:
+    """What a cached graph depends on, hashed: the weights' `fingerprint` and how the graph was made (this module's
     `EXPORT_VERSION`, torch's exporter, onnxruntime's fusions)."""
 
     made_by = f"{EXPORT_VERSION}:{torch.__version__}:{onnxruntime.__version__}"
-    return hashlib.sha256(f"{predictor.fingerprint()}:{made_by}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{fingerprint}:{made_by}".encode()).hexdigest()[:32]
 
 
-def cached_export(predictor: Predictor, cache: Path | None = None) -> Path:
-    """The ONNX graph of `predictor` in the cache (`<mmfuse cache>/onnx/<key>/`, keyed by its weights' fingerprint
-    and the exporter's versions), exported on first use."""
+def cached_export(model: FusionModel, preprocessors: Mapping[str, Preprocessor], fingerprint: str | None = None,
+                  cache: Path | None = None) -> Path:
+    """The ONNX graph of `model` in the cache (`<mmfuse cache>/onnx/<key>/`, keyed by its weights' fingerprint --
+    `weights_fingerprint(model)` unless given -- and the exporter's versions), exported on first use."""
     from .data.demo import cache_dir
 
-    folder = (cache or cache_dir() / "onnx") / export_key(predictor)
+    fingerprint = fingerprint or weights_fingerprint(model)
+    folder = (cache or cache_dir() / "onnx") / export_key(fingerprint)
     if (folder / GRAPH_FILE).is_file():
         return folder / GRAPH_FILE
     try:
@@ -187,7 +208,7 @@ def cached_export(predictor: Predictor, cache: Path | None = None) -> Path:
         raise ConfigError(f"cannot write the ONNX cache {folder.parent}: {err.strerror} (set MMFUSE_CACHE to a "
                           f"writable directory, or pass onnx_file=)") from None
     try:
-        export_onnx(predictor, tmp / GRAPH_FILE)
+        export_onnx(model, preprocessors, tmp / GRAPH_FILE, fingerprint)
         os.replace(tmp, folder)  # atomic: a concurrent exporter of the same model leaves an identical folder
     except OSError:
         if not (folder / GRAPH_FILE).is_file():

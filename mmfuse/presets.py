@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from .model import FusionModel, ModelConfig
 
 
 def _preset_files() -> dict[str, Any]:
@@ -44,3 +47,22 @@ def load_preset(name: str) -> dict[str, Any]:
 def describe_preset(name: str) -> str:
     """The preset's one-line `description` field ('' if it has none)."""
     return str(json.loads(_preset_files()[name].read_text(encoding="utf-8")).get("description", ""))
+
+
+def build_untrained(config: ModelConfig, seed: int = 0) -> FusionModel:
+    """The embedding part of `config`'s model, without head: its encoders (pretrained where `config` says so; with
+    their adapters) and projections and fusion initialised from `seed` (the global RNG is left as it was).
+
+    The weights are those `mmfuse.load(preset)` has always had, from when a preset carried a placeholder two-class
+    head: that head's draws from the RNG (after the fusion's, before the projections') are still made, so a preset
+    keeps embedding alike.
+    """
+    import torch
+
+    from .model import FusionModel, build_parts
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoders, fusion = build_parts(config)
+        torch.nn.Linear(config.dim, 2)  # the placeholder head's draws (see above), then thrown away
+        return FusionModel(encoders, fusion, None, modality_dropout=config.modality_dropout)

@@ -62,7 +62,7 @@ def check_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
     if backend == "auto":
-        from .train.precision import cpu_has_fast_bf16
+        from .precision import cpu_has_fast_bf16
 
         return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()) else "fp32"
     if backend in ("int8", "onnx") and device.type != "cpu":

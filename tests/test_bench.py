@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mmfuse.bench import BenchConfig, format_comparison, load_report, validate, write_report
-from mmfuse.bench.cases import RUNNERS, Context
+from mmfuse.bench.cases import RUNNERS
+from mmfuse.bench.common import Context
 from mmfuse.bench.presets import DEFAULT_KINDS, build_cases
 from mmfuse.bench.rawdecode import raw_batches
 from mmfuse.bench.suite import calibration_size

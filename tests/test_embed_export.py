@@ -72,7 +72,7 @@ def test_export_writes_parts_mmrec_files_and_metadata(exported, catalogue, capsy
     assert ids == [r["key"] for r in records] and len(ids) == 61
     fused = np.load(exported / "fused_feat.npy")
     assert fused.shape == (61, 16) and fused.dtype == np.float32 and np.isfinite(fused).all()
-    expected = mmfuse.load(PRESET).embed(records, per_modality=True)
+    expected = mmfuse.load(PRESET).embed_modalities(records)
     np.testing.assert_allclose(fused, expected["fused"], atol=1e-5)
     for m in ("text", "image", "audio"):
         matrix = np.load(exported / f"{m}_feat.npy")
@@ -183,8 +183,8 @@ def test_csv_manifest_with_two_text_columns_and_an_empty_image_cell(catalogue, t
     assert main(["embed", "--run", PRESET, "--manifest", str(tmp_path / "items.csv"), "--key", "sku",
                  "--text", "name,brand", "--image", "photo", "--audio", "", "--out", str(out), "--no-progress"]) == 0
     assert load_ids(out) == ["A1", "B2"]
-    expected = mmfuse.load(PRESET).embed([{"text": "oak toy\nAcme", "image": str(image)}, {"text": "steel piece"}],
-                                         per_modality=True)
+    expected = mmfuse.load(PRESET).embed_modalities([{"text": "oak toy\nAcme", "image": str(image)},
+                                                     {"text": "steel piece"}])
     np.testing.assert_allclose(np.load(out / "fused_feat.npy"), expected["fused"], atol=1e-5)
     assert not np.load(out / "image_feat.npy")[1].any()
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]

@@ -13,8 +13,9 @@ from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader
 from mmfuse.encoders.timm_image import ImagePreprocessor
 from mmfuse.finetune import finetune
+from mmfuse.fingerprint import weights_fingerprint
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.feature_cache import FeatureCache, fingerprint, weights_digest
+from mmfuse.train.feature_cache import FeatureCache, fingerprint
 from mmfuse.train.freeze import apply_freeze
 
 
@@ -103,12 +104,13 @@ def test_fingerprint_follows_weights_spec_and_shards(tiny_config, demo_shards):
     info = DatasetInfo.load(demo_shards)
     model = create_model_and_task(replace(tiny_config.model, labels=info.labels))[0]
     spec = tiny_config.model.encoders["image"]
-    weights = weights_digest(model.encoders["image"])
+    weights = weights_fingerprint(model.encoders["image"])
     base = fingerprint(weights, spec, info, "train", "image", "fp32", False)
     assert base == fingerprint(weights, spec, info, "train", "image", "fp32", False)
     with torch.no_grad():
         next(model.encoders["image"].parameters()).add_(1e-3)
-    assert fingerprint(weights_digest(model.encoders["image"]), spec, info, "train", "image", "fp32", False) != base
+    changed_weights = weights_fingerprint(model.encoders["image"])
+    assert fingerprint(changed_weights, spec, info, "train", "image", "fp32", False) != base
     assert fingerprint(weights, replace(spec, kwargs={**spec.kwargs, "image_size": 48}), info, "train", "image",
                        "fp32", False) != base
     changed = replace(info, splits={**info.splits, "train": {**info.splits["train"], "shards": [

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import mmfuse
+from mmfuse.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.cli import main
 from mmfuse.config import resolve
 from mmfuse.data.batch import to_device
@@ -30,12 +31,11 @@ from mmfuse.data.loader import make_loader, read_records
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import FinetuneRun, finetune
 from mmfuse.inference import Predictor, resolve_precision
+from mmfuse.precision import CPU_BF16_ENV, DTYPES, autocast, cpu_has_fast_bf16
 from mmfuse.serving import cosine_parity
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.train.feature_cache import FeatureCache
 from mmfuse.train.freeze import apply_freeze
-from mmfuse.train.precision import CPU_BF16_ENV, DTYPES, autocast, cpu_has_fast_bf16
 from mmfuse.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_predictor_honours_bf16_autocast_on_the_cpu_and_returns_fp32(tiny_config
     assert torch.bfloat16 in linear_output_dtypes(bf16, lambda: bf16.embed(records))
     assert torch.bfloat16 in linear_output_dtypes(bf16, lambda: bf16.predict_proba(records))
     assert torch.bfloat16 in linear_output_dtypes(bf16, lambda: bf16.encode(records, "text"))
-    a, b = fp32.embed(records, per_modality=True), bf16.embed(records, per_modality=True)
+    a, b = fp32.embed_modalities(records), bf16.embed_modalities(records)
     for name in ("fused", "text", "image"):
         assert_parity(a[name], b[name])
     assert_parity(fp32.encode(records, "text"), bf16.encode(records, "text"))
@@ -280,7 +280,7 @@ def test_finetune_through_the_cli_on_the_gpu(gpu_run):
 def test_predict_and_embed_on_the_gpu_match_the_cpu_in_fp32(gpu_run, demo_shards):
     records = list(read_records(DatasetInfo.load(demo_shards), "test"))
     cpu = mmfuse.load(gpu_run, device="cpu")
-    reference = cpu.embed(records, per_modality=True)
+    reference = cpu.embed_modalities(records)
     proba = cpu.predict_proba(records)
     for precision in ["fp32", *cuda_precisions()]:
         predictor = mmfuse.load(gpu_run, device="cuda", precision=precision, batch_size=16)
@@ -290,7 +290,7 @@ def test_predict_and_embed_on_the_gpu_match_the_cpu_in_fp32(gpu_run, demo_shards
             assert dtypes == {torch.float32}
         else:
             assert DTYPES[precision] in dtypes
-        embedded = predictor.embed(records, per_modality=True)
+        embedded = predictor.embed_modalities(records)
         for name in ("fused", "text", "image"):
             assert_parity(reference[name], embedded[name])
         np.testing.assert_array_equal(reference["present_image"], embedded["present_image"])

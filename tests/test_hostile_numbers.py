@@ -199,16 +199,16 @@ def test_a_shard_member_with_a_huge_target_is_skipped_by_the_loader():
 
 
 def test_embed_never_writes_a_non_finite_vector(tmp_path, monkeypatch, capsys):
-    from mmfuse.inference import Predictor
+    from mmfuse.inference import Embedder
 
-    original = Predictor.embed_prepared
+    original = Embedder.embed_prepared
 
     def embed_prepared(self, samples, modalities):
         out = original(self, samples, modalities)
         out["fused"][1] = float("nan")  # the second item of each part
         return out
 
-    monkeypatch.setattr(Predictor, "embed_prepared", embed_prepared)
+    monkeypatch.setattr(Embedder, "embed_prepared", embed_prepared)
     manifest = write_jsonl(tmp_path / "items.jsonl", text_rows(6))
     out = tmp_path / "emb"
     assert main(["embed", "--run", "tiny_bottleneck", "--manifest", str(manifest), "--image", "", "--audio", "",

@@ -11,6 +11,7 @@ import pytest
 from conftest import TINY_MODEL
 
 import mmfuse
+from mmfuse.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.cli import main
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.manifest import ShardConfig
@@ -20,7 +21,6 @@ from mmfuse.errors import ConfigError, DataError
 from mmfuse.model import ModelConfig
 from mmfuse.names import inside, split_name_problem
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def tree(root: Path) -> dict[str, int]:

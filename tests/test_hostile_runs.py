@@ -17,12 +17,12 @@ import pytest
 import yaml
 from conftest import TINY_MODEL
 
+from mmfuse.checkpoint import save_checkpoint
 from mmfuse.cli import main
 from mmfuse.errors import OutputError
 from mmfuse.model import ModelConfig
 from mmfuse.outputs import LOCK, check_output_dir, hold
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.checkpoint import save_checkpoint
 
 HOLDER = """
 import sys, time

@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import TINY_MODEL
 
+from mmfuse.checkpoint import load_checkpoint
 from mmfuse.cli import main
 from mmfuse.config import resolve
 from mmfuse.data.demo_manifest import write_demo_manifest
@@ -19,7 +20,6 @@ from mmfuse.data.info import DatasetInfo
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
 from mmfuse.inference import load
-from mmfuse.train.checkpoint import load_checkpoint
 from mmfuse.train.init_from import init_from_run
 
 

@@ -353,7 +353,7 @@ def test_init_from_an_interactions_run_keeps_user_vectors_by_name(interaction_sh
     first = tmp_path / "first"
     assert main(["finetune", "--task", "interactions", "--data", str(interaction_shards), "--out", str(first),
                  "--max-steps", "2", *TINY_FLAGS]) == 0
-    from mmfuse.train.checkpoint import load_checkpoint
+    from mmfuse.checkpoint import load_checkpoint
     from mmfuse.train.init_from import init_from_run
 
     old, old_config, _ = load_checkpoint(first / "checkpoints" / "best")

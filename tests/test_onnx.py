@@ -1,6 +1,7 @@
 """ONNX: `mmfuse export-onnx` and the onnx backend (`mmfuse.load(..., backend="onnx")`, `mmfuse embed --backend
 onnx`) agree with PyTorch (cosine >= 0.99, and within 1e-4) on batches whose sizes, text lengths and present
-modalities differ from the traced example; the graph is cached by fingerprint and refused for other weights."""
+modalities differ from the traced example; the graph is cached by fingerprint and refused for other weights; the
+export takes a bare model and its preprocessors."""
 
 from __future__ import annotations
 
@@ -52,9 +53,9 @@ def test_onnx_backend_embeds_like_pytorch_and_caches_its_export(onnx_cache):
     fp32, onnx = mmfuse.load(PRESET, batch_size=5), mmfuse.load(PRESET, batch_size=5, backend="onnx")
     assert onnx.backend == "onnx" and onnx.fingerprint() == fp32.fingerprint()
     assert onnx._onnx.fused_ops["Attention"] >= 1 and onnx._onnx.fused_ops["SkipLayerNormalization"] >= 1
-    assert graphs[0].stat().st_mtime_ns == stamp and graphs[0].parent.name == export_key(fp32)  # reused
+    assert graphs[0].stat().st_mtime_ns == stamp and graphs[0].parent.name == export_key(fp32.fingerprint())  # reused
     records = sample_records(fp32.modalities)
-    ours, theirs = fp32.embed(records, per_modality=True), onnx.embed(records, per_modality=True)
+    ours, theirs = fp32.embed_modalities(records), onnx.embed_modalities(records)
     assert set(ours) == set(theirs)
     for name in ("fused", "text", "image", "audio"):
         assert cosine_parity(ours[name], theirs[name])["min"] >= 0.99
@@ -109,6 +110,39 @@ def test_exported_graph_matches_pytorch(tmp_path, capsys, preset):
     np.testing.assert_allclose(theirs, ours, atol=1e-4)
     with pytest.raises(ConfigError, match="was exported from other weights"):
         mmfuse.load(other, backend="onnx", onnx_file=out)
+
+
+@pytest.mark.slow
+def test_export_takes_a_bare_model_and_its_preprocessors(tmp_path):
+    """No Embedder needed to export: a model from `build_model` (head and all) and its preprocessors; the graph
+    carries the weights' fingerprint and embeds as the Embedder of that model does."""
+    pytest.importorskip("onnxruntime")
+    from mmfuse.fingerprint import weights_fingerprint
+    from mmfuse.inference import Embedder
+    from mmfuse.model import ModelConfig
+    from mmfuse.onnx_export import OnnxSession, export_onnx, output_names
+    from mmfuse.tasks import create_model_and_task
+
+    model = create_model_and_task(ModelConfig(**{**TEXT_IMAGE, "labels": ["a", "b"]}))[0].eval()  # with a head
+    path = export_onnx(model, model.preprocessors(), tmp_path / "bare.onnx")
+    session = OnnxSession(path, weights_fingerprint(model), model.modalities)
+    assert [o.name for o in session.session.get_outputs()] == output_names(["image", "text"])
+    fp32 = Embedder(model, torch.device("cpu"), batch_size=5)
+    onnx = Embedder(model, torch.device("cpu"), batch_size=5, backend="onnx", onnx_file=path)
+    assert onnx.fingerprint() == fp32.fingerprint() == weights_fingerprint(model)
+    records = sample_records(fp32.modalities)
+    np.testing.assert_allclose(onnx.embed(records), fp32.embed(records), atol=1e-4)
+
+
+def test_export_refuses_a_bf16_or_int8_model(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mmfuse.onnx_export import export_onnx
+
+    for backend in ("bf16", "int8"):
+        embedder = mmfuse.load(PRESET, backend=backend)
+        with pytest.raises(ConfigError, match="export the fp32 model to ONNX"):
+            export_onnx(embedder.model, embedder.preprocessors, tmp_path / f"{backend}.onnx")
+    assert not list(tmp_path.iterdir())
 
 
 def test_onnx_backend_errors(tmp_path, monkeypatch):

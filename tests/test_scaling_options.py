@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import pytest
 
+from mmfuse.checkpoint import load_checkpoint
 from mmfuse.config import resolve
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.checkpoint import load_checkpoint
 from mmfuse.train.layer_decay import encoder_layers, layer_ids
 from mmfuse.train.optim import param_groups
 

@@ -37,7 +37,7 @@ def test_int8_quantises_attention_only_and_keeps_parity(demo_shards):
                  and type(m).__module__.startswith("torch.ao.nn.quantized")}
     assert quantized == attention_linears(fp32.model) and len(quantized) == 8
     assert int8.fingerprint() == fp32.fingerprint() and int8.backend == "int8"
-    a, b = fp32.embed(records, per_modality=True), int8.embed(records, per_modality=True)
+    a, b = fp32.embed_modalities(records), int8.embed_modalities(records)
     for name in ("fused", "text", "image", "audio"):
         assert cosine_parity(a[name], b[name])["min"] >= 0.99
     assert not np.array_equal(a["text"], b["text"])  # it did run other kernels
@@ -57,11 +57,11 @@ def test_bf16_backend_casts_a_copy_and_keeps_parity_on_every_modality(demo_shard
 
     records = list(read_records(DatasetInfo.load(demo_shards), "test"))
     fp32 = mmfuse.load("tiny_bottleneck")
-    bf16 = mmfuse.Predictor(fp32.model, fp32.config, fp32.device, trained=False, backend="bf16")
+    bf16 = mmfuse.Embedder(fp32.model, fp32.device, backend="bf16")
     assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in fp32.model.parameters()} == {torch.float32}  # the caller's model is left as it was
     assert bf16.fingerprint() == fp32.fingerprint() and bf16.backend == "bf16"
-    a, b = fp32.embed(records, per_modality=True), bf16.embed(records, per_modality=True)
+    a, b = fp32.embed_modalities(records), bf16.embed_modalities(records)
     for name in ("fused", "text", "image", "audio"):  # float32 out, pixels and spectrograms cast on the way in
         assert b[name].dtype == np.float32 and cosine_parity(a[name], b[name])["min"] >= 0.99
     assert not np.array_equal(a["fused"], b["fused"])
@@ -69,8 +69,8 @@ def test_bf16_backend_casts_a_copy_and_keeps_parity_on_every_modality(demo_shard
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_auto_backend_picks_bf16_only_where_it_is_native(monkeypatch, fast):
+    from mmfuse import precision
     from mmfuse.serving import check_backend
-    from mmfuse.train import precision
 
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
     assert check_backend("auto", torch.device("cpu")) == ("bf16" if fast else "fp32")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmfuse.checkpoint import save_checkpoint
 from mmfuse.cli import main
 from mmfuse.config import resolve
 from mmfuse.data.demo_manifest import write_demo_manifest
@@ -18,7 +19,6 @@ from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
 from mmfuse.inference import load
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.checkpoint import save_checkpoint
 
 TINY_FLAGS = ["--no-progress", "--batch-size", "16", "--set", "model.dim=32",
               "--set", "model.encoders.text.kwargs.width=16", "--set", "model.encoders.text.kwargs.layers=1",

@@ -6,13 +6,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from mmfuse.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader
 from mmfuse.errors import ConfigError
+from mmfuse.precision import choose_precision, cpu_has_fast_bf16
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.train.optim import warmup_cosine
-from mmfuse.train.precision import choose_precision, cpu_has_fast_bf16
 from mmfuse.train.trainer import Trainer
 
 
@@ -37,7 +37,7 @@ def test_precision_is_chosen_by_hardware():
 def test_auto_picks_bf16_on_a_cpu_only_for_models_with_a_wide_encoder(tiny_config, demo_shards, monkeypatch, fast):
     """bf16 autocast slows the tiny demo towers down and speeds up BERT-small / ViT-S (the bench's precision lever):
     `auto` decides by the widest encoder."""
-    from mmfuse.train import precision
+    from mmfuse import precision
 
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
     cpu = torch.device("cpu")

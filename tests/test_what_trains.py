@@ -7,13 +7,13 @@ from dataclasses import replace
 import pytest
 import torch
 
+from mmfuse.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.config import resolve
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import make_loader
 from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
 from mmfuse.tasks import create_model_and_task
-from mmfuse.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfuse.train.freeze import apply_freeze
 from mmfuse.train.trainer import Trainer
 

@@ -1,11 +1,11 @@
-"""Serving backends in the bench: bf16, int8 and onnx `Predictor`s of one fp32 model, timed against it with their
+"""Serving backends in the bench: bf16, int8 and onnx `Embedder`s of one fp32 model, timed against it with their
 cosine parity, and the `embed-backends` case.
 
 Beside the backends, two int8 candidates that are measured, not offered (their parity decides): `int8-all`, PyTorch
 dynamic int8 on every encoder linear layer (per-channel weights), and `onnx-int8`, onnxruntime's dynamic int8
 (`quantize_dynamic`, per-channel QInt8 weights) on every MatMul of the exported graph.
 
-    embed-backends  `Predictor.embed` (decode + collate + model) on raw demo records with the demo model: fp32
+    embed-backends  `Embedder.embed` (decode + collate + model) on raw demo records with the demo model: fp32
                     (series `mmfuse`) vs the others, interleaved; ratios and cosine to fp32 in the result
 
 The `text-embed` case (`textembed.py`) runs the same backends on all-MiniLM-L6-v2 against sentence-transformers.
@@ -25,20 +25,19 @@ from typing import Any
 import numpy as np
 
 from ..data.loader import read_records
-from ..inference import Predictor
-from ..model import ModelConfig
+from ..inference import Embedder
 from ..serving import cosine_parity, quantize_int8
+from .common import case_model, case_result
 from .presets import CaseSpec
 from .timing import PeakMemory, interleaved, paired_ratio
 
 
-def backend_predictors(fp32: Predictor, folder: Path) -> tuple[dict[str, Predictor], dict[str, Any]]:
+def backend_embedders(fp32: Embedder, folder: Path) -> tuple[dict[str, Embedder], dict[str, Any]]:
     """({'bf16': ..., 'int8': ..., 'int8-all': ..., 'onnx': ..., 'onnx-int8': ...}, notes): the other backends of
     `fp32`'s model (bf16 only off the CPU), ONNX graphs written to `folder`. Notes say which backend was skipped and
     why, and which operators onnxruntime fused."""
-    def make(model: Any = None, **kwargs: Any) -> Predictor:
-        return Predictor(fp32.model if model is None else model, fp32.config, fp32.device, fp32.batch_size,
-                         trained=fp32.trained, **kwargs)
+    def make(model: Any = None, **kwargs: Any) -> Embedder:
+        return Embedder(fp32.model if model is None else model, fp32.device, fp32.batch_size, **kwargs)
 
     others = {"bf16": make(backend="bf16")}
     if fp32.device.type != "cpu":
@@ -52,7 +51,7 @@ def backend_predictors(fp32: Predictor, folder: Path) -> tuple[dict[str, Predict
         from ..onnx_export import export_onnx
     except ImportError as err:
         return others, {"skipped": f"onnx: {err.name} is not installed (pip install 'mmfuse[onnx]')"}
-    path = export_onnx(fp32, folder / "embedder.onnx")
+    path = export_onnx(fp32.model, fp32.preprocessors, folder / "embedder.onnx", fp32.fingerprint())
     others["onnx"] = make(backend="onnx", onnx_file=path)
     quantized = folder / "embedder-int8.onnx"
     with _quiet():
@@ -78,14 +77,11 @@ def compare(fp32_vectors: np.ndarray, others: dict[str, np.ndarray], reference: 
 
 
 def run_embed_backends(ctx: Any, spec: CaseSpec) -> dict[str, Any]:
-    """`Predictor.embed` of the case's model on raw records: fp32 vs int8 vs onnx, with cosine parity to fp32."""
-    from .cases import _model, _result
-
-    config = ModelConfig(list(spec.modalities), spec.encoders(), labels=list(ctx.info.labels), fusion=spec.fusion)
-    fp32 = Predictor(_model(ctx, spec), config, ctx.device, batch_size=spec.batch_size)
+    """`Embedder.embed` of the case's model on raw records: fp32 vs int8 vs onnx, with cosine parity to fp32."""
+    fp32 = Embedder(case_model(ctx, spec), ctx.device, batch_size=spec.batch_size)
     records = list(islice(read_records(ctx.info, ctx.split), 4 * spec.batch_size))
     with tempfile.TemporaryDirectory() as tmp:
-        others, notes = backend_predictors(fp32, Path(tmp))
+        others, notes = backend_embedders(fp32, Path(tmp))
         reference = fp32.embed(records, normalize=True)
         parity = compare(reference, {n: p.embed(records, normalize=True) for n, p in others.items()})
         workloads = {"mmfuse": lambda: len(fp32.embed(records)),
@@ -93,6 +89,6 @@ def run_embed_backends(ctx: Any, spec: CaseSpec) -> dict[str, Any]:
         with PeakMemory(ctx.device) as memory:
             rates = interleaved(workloads, ctx.device, ctx.cfg.repeats, ctx.cfg.warmup)
     ratios = {f"{n}/mmfuse": paired_ratio(rates[0][n], rates[0]["mmfuse"]) for n in others}
-    return _result(spec, rates, 1, samples_per_repeat=len(records), parity=parity, ratios=ratios, backends=notes,
-                   weights=f"random-init {spec.towers} towers",
-                   memory={"kind": memory.kind, "bytes": memory.bytes})
+    return case_result(spec, rates, 1, samples_per_repeat=len(records), parity=parity, ratios=ratios, backends=notes,
+                       weights=f"random-init {spec.towers} towers",
+                       memory={"kind": memory.kind, "bytes": memory.bytes})

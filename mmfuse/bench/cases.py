@@ -6,18 +6,16 @@ calibration after the cases is known.
     train   `Trainer.train_step` -- the step `finetune` runs -- vs a minimal hand-written loop (fused AdamW) on an
             identical copy of the model and the same batch, interleaved; then a loader-fed pass through
             `Trainer.steps` for the data-wait vs compute split
-    embed   `Predictor.embed` on raw records vs `FusionModel.embed` on the same, already collated batches
-    text-embed  `Predictor.encode` (fp32, int8, onnx) vs sentence-transformers on the same weights (`textembed.py`)
-    embed-backends  `Predictor.embed` fp32 vs int8 vs onnx on raw records, with cosine parity (`backends.py`)
+    embed   `Embedder.embed` on raw records vs `FusionModel.embed` on the same, already collated batches
+    text-embed  `Embedder.encode` (fp32, int8, onnx) vs sentence-transformers on the same weights (`textembed.py`)
+    embed-backends  `Embedder.embed` fp32 vs int8 vs onnx on raw records, with cosine parity (`backends.py`)
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import math
 from contextlib import nullcontext
-from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -26,76 +24,23 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..data.batch import batch_size as count
-from ..data.batch import to_device
-from ..data.info import DatasetInfo
-from ..data.loader import build_pipeline, make_loader, read_records
-from ..errors import ConfigError
-from ..inference import Predictor
-from ..model import FusionModel, ModelConfig
-from ..tasks import create_model_and_task
+from ..data.loader import make_loader, read_records
+from ..inference import Embedder
+from ..model import FusionModel
+from ..precision import DTYPES
 from ..tasks.classification import ClassificationTask
-from ..train.precision import DTYPES
 from ..train.trainer import EpochTally, Trainer
-from .presets import BenchConfig, CaseSpec
+from .backends import run_embed_backends
+from .common import Context, case_batches, case_model, case_result, repeat_steps
+from .presets import CaseSpec
 from .rawdecode import raw_batches
-from .timing import PeakMemory, count_flops, interleaved, paired_ratio, summarize, synchronize, timed
-
-
-@dataclass
-class Context:
-    """What every case needs: the options, the resolved device and precision, and the dataset."""
-
-    cfg: BenchConfig
-    device: torch.device
-    precision: str
-    info: DatasetInfo
-    split: str = "train"
-
-
-def _model(ctx: Context, spec: CaseSpec) -> FusionModel:
-    torch.manual_seed(0)
-    config = ModelConfig(list(spec.modalities), spec.encoders(), labels=list(ctx.info.labels), fusion=spec.fusion)
-    return create_model_and_task(config)[0]
-
-
-def _batches(ctx: Context, model: FusionModel, spec: CaseSpec, n: int = 1) -> list[dict[str, Any]]:
-    """The first `n` full batches of the split, decoded by the loader and moved to the device."""
-    pipeline = build_pipeline(ctx.info, ctx.split, model.preprocessors(), spec.batch_size, drop_last=True)
-    batches = [to_device(b, ctx.device) for b in islice(pipeline, n)]
-    if not batches:
-        raise ConfigError(f"split '{ctx.split}' of {ctx.info.root} has fewer than {spec.batch_size} samples; "
-                          f"lower --batch-size")
-    if spec.text_tokens:
-        generator = torch.Generator().manual_seed(0)
-        vocab = model.encoders["text"].preprocessor.tokenizer.vocab_size
-        for b in batches:
-            shape = (spec.batch_size, spec.text_tokens)
-            b["text_ids"] = torch.randint(1, vocab, shape, generator=generator).to(ctx.device)
-            b["text_mask"] = torch.ones(shape, dtype=torch.bool, device=ctx.device)
-    return batches
-
-
-def _steps(seconds_per_step: float, min_time: float) -> int:
-    """Steps per repeat so that a repeat lasts at least `min_time`."""
-    return max(1, math.ceil(min_time / max(seconds_per_step, 1e-9)))
-
-
-def _result(spec: CaseSpec, measured: tuple[dict[str, list[float]], dict[str, list[float]]], steps: int,
-            **extra: Any) -> dict[str, Any]:
-    rates, cpu_rates = measured
-    series = {name: summarize(values) for name, values in rates.items()}
-    ratio = paired_ratio(rates["mmfuse"], rates["baseline"]) if "baseline" in rates else None
-    cpu_ratio = paired_ratio(cpu_rates["mmfuse"], cpu_rates["baseline"]) if "baseline" in rates else None
-    return {"name": spec.name, "kind": spec.kind, "towers": spec.towers, "modalities": list(spec.modalities),
-            "fusion": spec.fusion if spec.kind in ("train", "embed") else None, "batch_size": spec.batch_size,
-            "steps_per_repeat": steps, "unit": "samples/s", "series": series, "ratio": ratio, "cpu_ratio": cpu_ratio,
-            "cpu_series": {name: summarize(values) for name, values in cpu_rates.items()},
-            "flops_per_sample": None, "mfu": None, "split": None, **extra}
+from .textembed import run_text_embed
+from .timing import PeakMemory, count_flops, interleaved, synchronize, timed
 
 
 def run_loader(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     """One full pass over the split per repeat: mmfuse's loader vs the raw decode loop."""
-    preprocessors = _model(ctx, spec).preprocessors()
+    preprocessors = case_model(ctx, spec).preprocessors()
     split = spec.split or ctx.split
 
     def mmfuse() -> int:
@@ -108,9 +53,10 @@ def run_loader(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     with PeakMemory(torch.device("cpu")) as memory:
         rates = interleaved({"mmfuse": mmfuse, "baseline": raw}, torch.device("cpu"), ctx.cfg.repeats,
                             min(ctx.cfg.warmup, 1))
-    return _result(spec, rates, 1, baseline="raw decode loop (direct tar parser + torchvision.io + one tokenizer call)",
-                   workers=ctx.cfg.workers, samples_per_repeat=ctx.info.count(split),
-                   memory={"kind": memory.kind, "bytes": memory.bytes})
+    return case_result(spec, rates, 1,
+                       baseline="raw decode loop (direct tar parser + torchvision.io + one tokenizer call)",
+                       workers=ctx.cfg.workers, samples_per_repeat=ctx.info.count(split),
+                       memory={"kind": memory.kind, "bytes": memory.bytes})
 
 
 def _compile(module: torch.nn.Module, ctx: Context) -> None:
@@ -125,10 +71,10 @@ def _autocast(ctx: Context) -> Any:
 
 def run_encode(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     """Inference throughput of the case's single encoder (eval mode, inference_mode, autocast as configured)."""
-    model = _model(ctx, spec)
+    model = case_model(ctx, spec)
     encoder = model.encoders[spec.modalities[0]].to(ctx.device).eval()
     _compile(encoder, ctx)
-    batch = _batches(ctx, model, spec)[0]
+    batch = case_batches(ctx, model, spec)[0]
 
     @torch.inference_mode()
     def forward() -> None:
@@ -137,7 +83,7 @@ def run_encode(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
 
     for _ in range(max(1, ctx.cfg.warmup)):
         forward()
-    steps = _steps(timed(lambda: forward() or 1, ctx.device)[0], ctx.cfg.min_time)
+    steps = repeat_steps(timed(lambda: forward() or 1, ctx.device)[0], ctx.cfg.min_time)
 
     def work() -> int:
         forward()
@@ -145,8 +91,8 @@ def run_encode(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
 
     with PeakMemory(ctx.device) as memory:
         rates = interleaved({"mmfuse": work}, ctx.device, ctx.cfg.repeats, warmup=0, group=steps)
-    return _result(spec, rates, steps, flops_per_sample=count_flops(forward) / spec.batch_size,
-                   memory={"kind": memory.kind, "bytes": memory.bytes})
+    return case_result(spec, rates, steps, flops_per_sample=count_flops(forward) / spec.batch_size,
+                       memory={"kind": memory.kind, "bytes": memory.bytes})
 
 
 def hand_loop(model: FusionModel, ctx: Context, lr: float):
@@ -174,7 +120,7 @@ def _interleave_steps(ctx: Context, trainer: Trainer, baseline_model: FusionMode
     for _ in range(ctx.cfg.warmup):
         trainer.train_step(batch)
         hand_step(batch)
-    steps = _steps(timed(lambda: (trainer.train_step(batch), 1)[1], ctx.device)[0], ctx.cfg.min_time)
+    steps = repeat_steps(timed(lambda: (trainer.train_step(batch), 1)[1], ctx.device)[0], ctx.cfg.min_time)
 
     def run_mmfuse() -> int:
         trainer.train_step(batch)
@@ -191,14 +137,14 @@ def _interleave_steps(ctx: Context, trainer: Trainer, baseline_model: FusionMode
 
 def run_train(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     """`Trainer.train_step` vs the hand loop on identical models and the same batch, then a loader-fed pass."""
-    model = _model(ctx, spec)
+    model = case_model(ctx, spec)
     baseline_model = copy.deepcopy(model).to(ctx.device).train()
     train_cfg = TrainConfig(device=str(ctx.device), precision=ctx.precision, progress=False, lr=1e-4)
     trainer = Trainer(model, ClassificationTask.for_head(model), train_cfg, ctx.device, total_steps=1_000_000)
     trainer.model.train()
     _compile(trainer.model, ctx)
     _compile(baseline_model, ctx)
-    batch = _batches(ctx, model, spec)[0]
+    batch = case_batches(ctx, model, spec)[0]
     rates, steps, flops = _interleave_steps(ctx, trainer, baseline_model, batch, spec.batch_size)
     del baseline_model, batch  # the loader-fed pass below measures mmfuse's memory alone
     gc.collect()
@@ -214,49 +160,34 @@ def run_train(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
     split = {"steps": fed_steps, "samples": tally.samples, "data_s": round(tally.data_s, 3),
              "compute_s": round(tally.compute_s, 3), "data_fraction": tally.data_s / busy if busy else 0.0,
              "samples_per_s": tally.samples / busy if busy else 0.0}
-    return _result(spec, rates, steps, flops_per_sample=flops / spec.batch_size, split=split,
-                   baseline="hand-written loop: forward, cross_entropy, backward, AdamW(fused=True), zero_grad",
-                   memory={"kind": memory.kind, "bytes": memory.bytes})
+    return case_result(spec, rates, steps, flops_per_sample=flops / spec.batch_size, split=split,
+                       baseline="hand-written loop: forward, cross_entropy, backward, AdamW(fused=True), zero_grad",
+                       memory={"kind": memory.kind, "bytes": memory.bytes})
 
 
 def run_embed(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
-    """`Predictor.embed` over raw records (decode + collate + model) vs `model.embed` on the collated batches."""
-    model = _model(ctx, spec)
-    predictor = Predictor(model, ModelConfig(list(spec.modalities), spec.encoders(), labels=list(ctx.info.labels),
-                                             fusion=spec.fusion), ctx.device, batch_size=spec.batch_size,
-                          precision=ctx.precision)
-    _compile(predictor.model, ctx)
+    """`Embedder.embed` over raw records (decode + collate + model) vs `model.embed` on the collated batches."""
+    embedder = Embedder(case_model(ctx, spec), ctx.device, batch_size=spec.batch_size, precision=ctx.precision)
+    _compile(embedder.model, ctx)
     records = list(islice(read_records(ctx.info, ctx.split), 4 * spec.batch_size))
-    collated = list(predictor._batches(records))
+    collated = list(embedder.batches(records))
 
-    def run_predictor() -> int:
-        return len(predictor.embed(records))
+    def run_embedder() -> int:
+        return len(embedder.embed(records))
 
     @torch.inference_mode()
-    def run_model() -> int:  # the run's autocast, as Predictor.embed applies it
+    def run_model() -> int:  # the run's autocast, as Embedder.embed applies it
         with _autocast(ctx):
-            return sum(predictor.model.embed(b).shape[0] for b in collated)
+            return sum(embedder.model.embed(b).shape[0] for b in collated)
 
     with PeakMemory(ctx.device) as memory:
-        rates = interleaved({"mmfuse": run_predictor, "baseline": run_model}, ctx.device, ctx.cfg.repeats,
+        rates = interleaved({"mmfuse": run_embedder, "baseline": run_model}, ctx.device, ctx.cfg.repeats,
                             ctx.cfg.warmup)
     flops = count_flops(run_model) / len(records)
-    return _result(spec, rates, 1, flops_per_sample=flops, samples_per_repeat=len(records),
-                   baseline="FusionModel.embed on the same records, already decoded and collated",
-                   memory={"kind": memory.kind, "bytes": memory.bytes})
-
-
-def _run_text_embed(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
-    from .textembed import run_text_embed
-
-    return run_text_embed(ctx, spec)
-
-
-def _run_embed_backends(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
-    from .backends import run_embed_backends
-
-    return run_embed_backends(ctx, spec)
+    return case_result(spec, rates, 1, flops_per_sample=flops, samples_per_repeat=len(records),
+                       baseline="FusionModel.embed on the same records, already decoded and collated",
+                       memory={"kind": memory.kind, "bytes": memory.bytes})
 
 
 RUNNERS = {"loader": run_loader, "encode": run_encode, "train": run_train, "embed": run_embed,
-           "text-embed": _run_text_embed, "embed-backends": _run_embed_backends}
+           "text-embed": run_text_embed, "embed-backends": run_embed_backends}

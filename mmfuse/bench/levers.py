@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..data.loader import make_loader
 from ..model import EncoderSpec, FusionModel
+from ..precision import autocast
 from ..tasks.classification import ClassificationTask
 from ..train.feature_cache import FeatureCache
 from ..train.freeze import apply_freeze
 from ..train.optim import param_groups, warmup_cosine
-from ..train.precision import autocast
 from ..train.trainer import EpochTally, Trainer
-from .cases import Context, _batches, _model, _result, _steps
+from .common import Context, case_batches, case_model, case_result, repeat_steps
 from .presets import CaseSpec
 from .timing import PeakMemory, interleaved, timed
 
@@ -49,7 +49,7 @@ def _trainer(model: FusionModel, ctx: Context) -> Trainer:
 
 
 def _lever_cache(ctx: Context, spec: CaseSpec) -> tuple[Callable[[], int], Callable[[], int], dict[str, Any]]:
-    model = _model(ctx, spec)
+    model = case_model(ctx, spec)
     apply_freeze(model, list(spec.modalities))
     trainer = _trainer(model, ctx)
     split = spec.split or ctx.split
@@ -93,11 +93,11 @@ def _specs(spec: CaseSpec) -> dict[str, EncoderSpec]:
 def _step_pair(ctx: Context, spec: CaseSpec, configure: Callable[[Trainer, bool], dict[str, Any]]
                ) -> tuple[Callable[[], int], Callable[[], int], dict[str, Any]]:
     """Two trainers on identical model copies, the lever on for the first; each workload is one train step."""
-    model = _model(ctx, spec)
+    model = case_model(ctx, spec)
     quality = {"quality": _quality(ctx, spec, model)} if spec.lever == "precision" else {}
     on, off = _trainer(model, ctx), _trainer(copy.deepcopy(model), ctx)
     extra = {**configure(on, True), **configure(off, False), **quality}
-    batch = _batches(ctx, model, spec)[0]
+    batch = case_batches(ctx, model, spec)[0]
 
     def step(trainer: Trainer) -> Callable[[], int]:
         return lambda: (trainer.train_step(batch), spec.batch_size)[1]
@@ -156,8 +156,8 @@ def _quality(ctx: Context, spec: CaseSpec, model: FusionModel) -> dict[str, Any]
     bf16 autocast and one in fp32, from the same start on the same real train batches (the demo's titles and
     images: learnable, unlike the timed batch's random ids), then scored on val batches in their own precision."""
     plain = replace(spec, text_tokens=None)
-    train = _batches(ctx, model, plain, n=4)
-    val = _batches(replace(ctx, split="val"), model, plain, n=4)
+    train = case_batches(ctx, model, plain, n=4)
+    val = case_batches(replace(ctx, split="val"), model, plain, n=4)
     quality: dict[str, Any] = {"steps": QUALITY_STEPS, "train_batches": len(train),
                                "val_samples": sum(len(b["label"]) for b in val)}
     for name, precision in (("mmfuse", "bf16"), ("baseline", "fp32")):
@@ -185,9 +185,9 @@ def run_lever(ctx: Context, spec: CaseSpec) -> dict[str, Any]:
         on, off, extra = _step_pair(ctx, spec, STEP_LEVERS[spec.lever])
         for _ in range(ctx.cfg.warmup):
             on(), off()
-        steps = _steps(timed(off, ctx.device)[0], ctx.cfg.min_time)
+        steps = repeat_steps(timed(off, ctx.device)[0], ctx.cfg.min_time)
         warmup = 0
     with PeakMemory(ctx.device) as memory:
         rates = interleaved({"mmfuse": on, "baseline": off}, ctx.device, repeats, warmup, group=steps)
-    return _result(spec, rates, steps, lever=spec.lever, memory={"kind": memory.kind, "bytes": memory.bytes},
-                   **extra)
+    return case_result(spec, rates, steps, lever=spec.lever, memory={"kind": memory.kind, "bytes": memory.bytes},
+                       **extra)

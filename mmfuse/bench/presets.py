@@ -21,7 +21,7 @@ CASE_KINDS = ("loader", "encode", "train", "embed", "lever", "text-embed", "embe
 DEFAULT_KINDS = ("loader", "encode", "train", "embed")
 """What runs without --cases; `lever` (one speed lever on vs off, see `levers.py`), `text-embed` (mmfuse vs
 sentence-transformers on all-MiniLM-L6-v2, fp32, int8 and onnx, see `textembed.py`) and `embed-backends` (the demo
-model's `Predictor.embed`, fp32 vs int8 vs onnx, see `backends.py`) are asked for by name."""
+model's `Embedder.embed`, fp32 vs int8 vs onnx, see `backends.py`) are asked for by name."""
 PRESETS = ("default", "tiny", "gpu")
 
 TOWERS: dict[str, dict[str, dict[str, Any]]] = {

@@ -13,8 +13,9 @@ import torch
 
 from ..data.demo import demo_dataset
 from ..data.info import DatasetInfo
-from ..train.precision import DTYPES, choose_precision, resolve_device
-from .cases import RUNNERS, Context
+from ..precision import DTYPES, choose_precision, resolve_device
+from .cases import RUNNERS
+from .common import Context
 from .env import capture_environment, environment_tag
 from .levers import run_lever
 from .presets import BenchConfig, build_cases

@@ -1,6 +1,6 @@
 """The `text-embed` case: mmfuse's text embedder vs sentence-transformers on the same weights and texts.
 
-    mmfuse    `Predictor.encode(records, normalize=True)`: hf-text encoder, mean pooling, inference_mode, records
+    mmfuse    `Embedder.encode(records, normalize=True)`: hf-text encoder, mean pooling, inference_mode, records
               sorted by text length, each batch padded to its own longest text
     int8      the same with `backend="int8"` (CPU only)
     onnx      the same with `backend="onnx"`: onnxruntime on the fused graph (CPU, needs the onnx extra)
@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..inference import UNTRAINED_LABELS, Predictor
+from ..inference import Embedder
 from ..model import ModelConfig
+from ..presets import build_untrained
 from ..serving import cosine_parity
-from ..tasks import create_model_and_task
-from .backends import backend_predictors, compare
+from .backends import backend_embedders, compare
+from .common import case_result
 from .presets import CaseSpec
 from .timing import PeakMemory, interleaved, paired_ratio
 
@@ -59,13 +60,10 @@ def _tiny_dir(folder: Path) -> Path:
     return folder
 
 
-def _predictor(model_dir: Path, max_length: int, device: torch.device, batch_size: int) -> Predictor:
+def _embedder(model_dir: Path, max_length: int, device: torch.device, batch_size: int) -> Embedder:
     config = ModelConfig(["text"], {"text": {"name": "hf-text", "kwargs": {
-        "model": str(model_dir), "pooling": "mean", "max_length": max_length}}}, labels=list(UNTRAINED_LABELS))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model, _ = create_model_and_task(config)
-    return Predictor(model, config, device, batch_size, source=str(model_dir), trained=False)
+        "model": str(model_dir), "pooling": "mean", "max_length": max_length}}})
+    return Embedder(build_untrained(config), device, batch_size, source=str(model_dir))
 
 
 def run_text_embed(ctx: Any, spec: CaseSpec) -> dict[str, Any]:
@@ -76,8 +74,6 @@ def run_text_embed(ctx: Any, spec: CaseSpec) -> dict[str, Any]:
     except ImportError:
         raise ConfigError("the text-embed case compares with sentence-transformers: pip install "
                           "sentence-transformers") from None
-    from .cases import _result
-
     tiny = spec.towers == "tiny"
     texts = synthetic_texts(64 if tiny else 256, max_words=40 if tiny else 150)
     records = [{"text": t} for t in texts]
@@ -85,8 +81,8 @@ def run_text_embed(ctx: Any, spec: CaseSpec) -> dict[str, Any]:
         model_dir = _tiny_dir(Path(tmp)) if tiny else minilm_dir()
         st = SentenceTransformer(str(model_dir), device=str(ctx.device))
         max_length = int(st.max_seq_length)
-        fp32 = _predictor(model_dir, max_length, ctx.device, spec.batch_size)
-        others, notes = backend_predictors(fp32, Path(tmp))
+        fp32 = _embedder(model_dir, max_length, ctx.device, spec.batch_size)
+        others, notes = backend_embedders(fp32, Path(tmp))
 
         def baseline() -> np.ndarray:  # sentence-transformers as users call it: default batch size and sorting
             return np.asarray(st.encode(texts, normalize_embeddings=True, show_progress_bar=False))
@@ -100,8 +96,8 @@ def run_text_embed(ctx: Any, spec: CaseSpec) -> dict[str, Any]:
         with PeakMemory(ctx.device) as memory:
             rates = interleaved(workloads, ctx.device, ctx.cfg.repeats, ctx.cfg.warmup)
     ratios = {f"{n}/{ref}": paired_ratio(rates[0][n], rates[0][ref]) for n in others for ref in ("baseline", "mmfuse")}
-    return _result(spec, rates, 1, samples_per_repeat=len(texts), parity=parity, ratios=ratios, backends=notes,
-                   weights="tiny random-init BERT" if tiny else "all-MiniLM-L6-v2", max_length=max_length,
-                   baseline="SentenceTransformer.encode with its defaults (batch size 32, its own length sorting) "
-                            "on the same weights and texts",
-                   baseline_batch_size=32, memory={"kind": memory.kind, "bytes": memory.bytes})
+    return case_result(spec, rates, 1, samples_per_repeat=len(texts), parity=parity, ratios=ratios, backends=notes,
+                       weights="tiny random-init BERT" if tiny else "all-MiniLM-L6-v2", max_length=max_length,
+                       baseline="SentenceTransformer.encode with its defaults (batch size 32, its own length "
+                                "sorting) on the same weights and texts",
+                       baseline_batch_size=32, memory={"kind": memory.kind, "bytes": memory.bytes})

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", default="loader,encode,train,embed",
                    help="comma-separated case kinds: loader, encode, train, embed, lever (speed levers on vs off), "
                         "text-embed (mmfuse fp32, int8 and onnx vs sentence-transformers on all-MiniLM-L6-v2), "
-                        "embed-backends (Predictor.embed fp32 vs int8 vs onnx on the demo model)")
+                        "embed-backends (Embedder.embed fp32 vs int8 vs onnx on the demo model)")
     p.add_argument("--only", help="comma-separated name parts: run only the cases whose name contains one, "
                                   "e.g. --cases lever --only precision")
     p.add_argument("--preset", default="default",

@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     options = ExportOptions(out=args.out, part_size=args.part_size, normalize=args.normalize,
                             modalities=args.modalities.split(",") if args.modalities else None,
                             bad_media=args.bad_media, strict=args.strict, progress=not args.no_progress)
-    predictor = load(args.run, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
-                     backend=args.backend, onnx_file=args.onnx_file, precision=args.precision)
-    meta = export_embeddings(predictor, source.items(), options, source.describe(), total=source.count())
+    embedder = load(args.run, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
+                    backend=args.backend, onnx_file=args.onnx_file, precision=args.precision)
+    meta = export_embeddings(embedder, source.items(), options, source.describe(), total=source.count())
     print(summary(meta, args.out))
     return 0
 

@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ConfigError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): "
                           f"pip install onnx onnxruntime") from None
-    predictor = load(args.run, checkpoint=args.checkpoint)
-    path = export_onnx(predictor, args.out)
-    records = parity_records(predictor.modalities)
+    embedder = load(args.run, checkpoint=args.checkpoint)
+    path = export_onnx(embedder.model, embedder.preprocessors, args.out, embedder.fingerprint())
+    records = parity_records(embedder.modalities)
     onnx = load(args.run, checkpoint=args.checkpoint, backend="onnx", onnx_file=path)
-    parity = cosine_parity(predictor.embed(records), onnx.embed(records))
+    parity = cosine_parity(embedder.embed(records), onnx.embed(records))
     print(f"mmfuse export-onnx: wrote {path}; cosine to PyTorch on {parity['n']} sample records: "
           f"min {parity['min']:.6f}, mean {parity['mean']:.6f}")
     return 0

@@ -18,11 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter)
     add_manifest_options(p, key_help="key column (unique per row)")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
-    p.add_argument("--task", default="classification",
-                   choices=["classification", "multilabel", "regression", "interactions", "none"],
-                   help="what each row is labelled with: one label, a list of labels (JSON list or names joined by "
-                        "--label-sep), numbers in the --targets columns, the users that interacted with it (pairs "
-                        "from --interactions), or nothing (contrastive alignment)")
+    p.add_argument("--task", default="classification", metavar="KIND",
+                   help="a registered target kind, what each row is labelled with: classification (one label), "
+                        "multilabel (a JSON list, or names joined by --label-sep), regression (numbers in the "
+                        "--targets columns), interactions (the users that interacted with it: pairs from "
+                        "--interactions) or none (contrastive alignment)")
     p.add_argument("--interactions", metavar="PAIRS",
                    help="interactions: user-item pair file (.csv with a header, or .jsonl) with --user-column and "
                         "--item-column (the item's key); sets --task interactions")

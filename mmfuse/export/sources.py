@@ -1,6 +1,6 @@
 """Where `mmfuse embed` reads items from: a JSONL/CSV manifest with media paths, or shards with a dataset.json.
 
-Each row becomes an `Item`: its id, a record for `Predictor.prepare` (text str; image / audio bytes), and what is
+Each row becomes an `Item`: its id, a record for `Embedder.prepare` (text str; image / audio bytes), and what is
 already known to be wrong with it (an unparsable row, a missing key, a missing, corrupt, truncated or silent media
 file, an empty text). Manifest media go through the checks `mmfuse shard` runs (`mmfuse.data.checks`), so both
 commands refuse the same rows for the same reasons.

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..inference import Predictor
+from ..inference import Embedder
 from ..outputs import LOCK, atomic_file, hold, write_atomic
 from ..records import windows
 from .parts import part_meta, part_path, read_ids, read_vectors, remove_partial, write_part
@@ -60,11 +60,11 @@ class ExportOptions:
             raise ConfigError(f"bad_media must be 'skip' or 'absent', got '{self.bad_media}'")
 
 
-def _plan(predictor: Predictor, options: ExportOptions, source: dict[str, Any], selected: list[str]) -> dict:
+def _plan(embedder: Embedder, options: ExportOptions, source: dict[str, Any], selected: list[str]) -> dict:
     return {"format": FORMAT, "source": source,
-            "model": {"source": predictor.source, "fingerprint": predictor.fingerprint(), "backend": predictor.backend,
-                      **({"precision": predictor.precision} if predictor.precision != "fp32" else {})},
-            "modalities": selected, "dim": predictor.dim, "normalize": options.normalize,
+            "model": {"source": embedder.source, "fingerprint": embedder.fingerprint(), "backend": embedder.backend,
+                      **({"precision": embedder.precision} if embedder.precision != "fp32" else {})},
+            "modalities": selected, "dim": embedder.dim, "normalize": options.normalize,
             "part_size": options.part_size, "bad_media": options.bad_media}
 
 
@@ -84,7 +84,7 @@ def _start(out: Path, plan: dict[str, Any]) -> None:
     write_atomic(file, json.dumps(plan, indent=2))
 
 
-def export_embeddings(predictor: Predictor, items: Iterable[Item], options: ExportOptions, source: dict[str, Any],
+def export_embeddings(embedder: Embedder, items: Iterable[Item], options: ExportOptions, source: dict[str, Any],
                       total: int | None = None, on_part: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Embed `items` into `options.out` part by part, skipping parts a previous run finished; returns metadata.
 
@@ -92,14 +92,14 @@ def export_embeddings(predictor: Predictor, items: Iterable[Item], options: Expo
     `options.out` is locked while the export runs: a second export into it is refused, naming this one.
     """
     out = Path(options.out)
-    selected = predictor.select(options.modalities)
-    plan = _plan(predictor, options, source, selected)
+    selected = embedder.select(options.modalities)
+    plan = _plan(embedder, options, source, selected)
     with hold(out, "embed"):
         _start(out, plan)
-        return _export(predictor, items, options, plan, out, selected, total, on_part)
+        return _export(embedder, items, options, plan, out, selected, total, on_part)
 
 
-def _export(predictor: Predictor, items: Iterable[Item], options: ExportOptions, plan: dict[str, Any], out: Path,
+def _export(embedder: Embedder, items: Iterable[Item], options: ExportOptions, plan: dict[str, Any], out: Path,
             selected: list[str], total: int | None, on_part: Callable[[int], Any] | None) -> dict[str, Any]:
     from ..progress import progress_bar
 
@@ -114,7 +114,7 @@ def _export(predictor: Predictor, items: Iterable[Item], options: ExportOptions,
                 seen.update(read_ids(path))
                 resumed += 1
             else:
-                _write_part(predictor, chunk, first, index, path, selected, options, seen)
+                _write_part(embedder, chunk, first, index, path, selected, options, seen)
             count = index + 1
             bar.update(len(chunk))
             if on_part is not None:
@@ -122,7 +122,7 @@ def _export(predictor: Predictor, items: Iterable[Item], options: ExportOptions,
     return _finish(out, plan, count, resumed)
 
 
-def _write_part(predictor: Predictor, chunk: list[Item], first: int, index: int, path: Path, selected: list[str],
+def _write_part(embedder: Embedder, chunk: list[Item], first: int, index: int, path: Path, selected: list[str],
                 options: ExportOptions, seen: set[str]) -> None:
     rejected, degraded, ids, samples = [], [], [], []
     for row, item in enumerate(chunk, first):
@@ -131,7 +131,7 @@ def _write_part(predictor: Predictor, chunk: list[Item], first: int, index: int,
         sample = None
         if not reason:
             decoded: dict[str, str] = {}
-            sample = predictor.prepare(item.record, row, selected, failed=decoded)
+            sample = embedder.prepare(item.record, row, selected, failed=decoded)
             failed.update({m: f"cannot decode: {r}" for m, r in decoded.items()})
             if failed and options.bad_media == "skip":
                 reason = "; ".join(f"{m}: {r}" for m, r in sorted(failed.items()))
@@ -149,9 +149,9 @@ def _write_part(predictor: Predictor, chunk: list[Item], first: int, index: int,
         ids.append(item.id)
         samples.append(sample)
     if samples:
-        emb = predictor.embed_prepared(samples, selected)
+        emb = embedder.embed_prepared(samples, selected)
     else:
-        emb = {"fused": torch.zeros(0, predictor.dim), **{m: torch.zeros(0, predictor.dim) for m in selected},
+        emb = {"fused": torch.zeros(0, embedder.dim), **{m: torch.zeros(0, embedder.dim) for m in selected},
                **{f"present_{m}": torch.zeros(0, dtype=torch.bool) for m in selected}}
     vectors = {name: emb[name] for name in ["fused", *selected]}
     if options.normalize:

@@ -107,6 +107,8 @@ class Task(ABC):
     def metrics(self) -> Accumulator:
         """A fresh accumulator for one evaluation pass."""
 
+    label_rows: ClassVar[tuple[str, ...]] = ()
+    """The head's parameters with one row per label (`--init-from` moves them by label name)."""
     demo_options: ClassVar[dict[str, Any]] = {}
     """`DemoSpec` options of the demo dataset this task trains on when no data is given."""
     reports_labels: ClassVar[bool] = True
@@ -146,6 +148,8 @@ class Task(ABC):
 class SupervisedTask(Task):
     """A head trained on targets (classification, multilabel, regression): `supervised_loss` and `supervised_metrics`,
     plus the contrastive alignment's loss and retrieval metrics when `model.contrastive_weight` > 0."""
+
+    label_rows = ("linear.weight", "linear.bias")  # a `ClassificationHead`: one output per label
 
     @abstractmethod
     def supervised_loss(self, head: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:

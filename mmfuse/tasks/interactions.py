@@ -205,6 +205,7 @@ class InteractionsTask(Task):
     needs_reference = True
     gathers = True
     shards = False  # the loss reads the user table outside the model's forward: FSDP would hand it sharded
+    label_rows = ("users.weight",)  # one vector per user
     demo_options = {"interactions": True}  # users who like (shape, material) combinations
     reports_labels = False  # the labels are the users
 

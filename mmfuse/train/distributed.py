@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .precision import resolve_device
+from ..precision import resolve_device
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,11 @@ from ..data.cached import CachedInput, index_split
 from ..data.info import DatasetInfo
 from ..data.loader import make_loader
 from ..encoders.base import Encoder
+from ..fingerprint import weights_fingerprint
 from ..model import EncoderSpec, FusionModel
 from ..outputs import atomic_file
+from ..precision import autocast
 from .distributed import DistEnv, barrier
-from .precision import autocast
 
 FORMAT = "mmfuse-features/1"
 
@@ -82,16 +83,6 @@ class SplitFeatures:
         if self.tokens is not None:
             out.update(tokens=self.tokens, mask=self.mask, offsets=self.offsets)
         return {k: v.contiguous() for k, v in out.items()}
-
-
-def weights_digest(encoder: Encoder) -> str:
-    """sha256 of an encoder's parameters and buffers (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def fingerprint(weights: str, spec: EncoderSpec, info: DatasetInfo, split: str, modality: str, precision: str,
@@ -177,7 +168,7 @@ class FeatureCache:
         self.echo, self.loader_kwargs = echo, loader_kwargs
         self.tokens = model.fusion.uses_tokens
         self.towers = model.frozen_towers()
-        self.weights = {m: weights_digest(model.encoders[m]) for m in self.towers}
+        self.weights = {m: weights_fingerprint(model.encoders[m]) for m in self.towers}
         self.splits: dict[tuple[str, str], SplitFeatures] = {}
         self.indexes: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self.all_cached = set(self.towers) == set(model.modalities)

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import CONFIG, read_checkpoint_config, read_weights, resolve_checkpoint_dir
 from ..encoders.registry import split_encoder_name
 from ..errors import ConfigError
 from ..model import FusionModel, ModelConfig
-from ..tasks import create_model_and_task
-from .checkpoint import CONFIG, load_checkpoint, read_checkpoint_config, resolve_checkpoint_dir
+from ..tasks import create_model_and_task, task_class
 
 
 def source_checkpoint(run_dir: str | Path) -> Path:
@@ -81,9 +81,9 @@ def init_from_run(run_dir: str | Path, config: ModelConfig) -> tuple[FusionModel
     new_config = replace(old_config, labels=labels, task_kwargs=task_kwargs, dropout=config.dropout,
                          modality_dropout=config.modality_dropout)
     model, _ = create_model_and_task(new_config)  # fresh head rows for new names come from here
-    old_model, _, _ = load_checkpoint(source)
-    state = old_model.state_dict()
-    rows = {name: state.pop(name) for name in HEAD if name in state}
+    state = read_weights(source)
+    rows = {f"head.{name}": state.pop(f"head.{name}") for name in task_class(old_config.task).label_rows
+            if f"head.{name}" in state}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) != set(rows):
         raise ConfigError(f"--init-from {source}: weights do not fit the model: missing {missing[:3]}, "
@@ -96,10 +96,6 @@ def init_from_run(run_dir: str | Path, config: ModelConfig) -> tuple[FusionModel
                 model.get_parameter(name)[row] = tensor[old_row]
     summary = {"source": str(source), "kept": kept, "new": [label for label in labels if label not in kept]}
     return model, new_config, summary
-
-
-HEAD = ("head.linear.weight", "head.linear.bias", "head.users.weight")
-"""The head's per-name rows: a classifier's, or an interactions model's user vectors (contrastive has none)."""
 
 
 def merged_task_kwargs(new: ModelConfig, old: ModelConfig, labels: list[str]) -> dict[str, Any]:

@@ -21,12 +21,12 @@ from ..data.batch import batch_size, to_device
 from ..data.loader import SHARD_REASON, sample_skips
 from ..errors import ConfigError, TrainingError
 from ..model import FusionModel
+from ..precision import autocast, choose_precision
 from ..tasks import Task
 from . import fsdp
 from .distributed import DistEnv, in_step, lockstep, sum_counters
 from .finite import LossWatch, weights_finite
 from .optim import build_optimizer, warmup_cosine
-from .precision import autocast, choose_precision
 
 PROGRESS_EVERY = 10
 """The progress bar shows the loss of every this many micro-batches (reading it synchronises with the device)."""

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+import torch
 from safetensors import SafetensorError
 
-from ..config import EncoderSpec, ModelConfig, from_dict
-from ..encoders.registry import WEIGHT_SOURCES, saved_kwargs, split_encoder_name
-from ..errors import ConfigError
-from ..model import FusionModel
-from ..names import inside
-from .state import write_state
+from .config import EncoderSpec, ModelConfig, from_dict
+from .encoders.registry import WEIGHT_SOURCES, saved_kwargs, split_encoder_name
+from .errors import ConfigError
+from .model import FusionModel
+from .names import inside
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -63,6 +63,8 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
         else:
             safetensors.torch.save_model(model, str(tmp / WEIGHTS))
         if train_state is not None:
+            from .train.state import write_state  # training only: loading never imports mmfuse.train
+
             write_state(tmp, train_state)
         old = _previous(directory)
         shutil.rmtree(old, ignore_errors=True)
@@ -138,7 +140,7 @@ def load_checkpoint(directory: str | Path) -> tuple[FusionModel, ModelConfig, di
     """Rebuild the model of a checkpoint directory and load its weights (strict)."""
     directory = resolve_checkpoint_dir(directory)
     config, meta = read_checkpoint_config(directory)
-    from ..tasks import create_model_and_task
+    from .tasks import create_model_and_task
 
     model, _ = create_model_and_task(config)
     weights = directory / WEIGHTS
@@ -155,3 +157,16 @@ def load_checkpoint(directory: str | Path) -> tuple[FusionModel, ModelConfig, di
         raise ConfigError(f"{weights} does not match its config: missing {list(missing)[:3]}, "
                           f"unexpected {list(unexpected)[:3]}")
     return model, config, meta
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint directory by parameter name, without building its model (resume, the final
+    test of the best epoch, `--init-from`)."""
+    weights = resolve_checkpoint_dir(directory) / WEIGHTS
+    if not weights.exists():
+        raise ConfigError(f"{weights.parent} has no {WEIGHTS}")
+    try:
+        return safetensors.torch.load_file(str(weights))
+    except (SafetensorError, OSError):
+        raise ConfigError(f"{weights} is corrupt (not a readable safetensors file); rewrite it or use another "
+                          f"run") from None

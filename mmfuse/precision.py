@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import torch
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
