@@ -32,6 +32,7 @@ from .outputs import OutputLock
 from .progress import progress_bar
 from .tasks import check_model_config, create_model_and_task, create_task, task_class
 from .tasks.base import join_parts
+from .train.coverage import Coverage, data_summary
 from .train.distributed import (
     DistEnv,
     abandon,
@@ -60,25 +61,6 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(config.model.modalities)}"
-
-
-def data_summary(skipped: Counter[str], ignored: Counter[str], incomplete: dict[str, dict[str, int]] | None = None
-                 ) -> str:
-    """The closing line about the data: samples skipped per reason, unreadable shard data per reason, splits that
-    yielded fewer samples than dataset.json lists, shard members ignored (never decoded)."""
-    samples = Counter({r: n for r, n in skipped.items() if not r.startswith(SHARD_REASON)})
-    shards = Counter({r[len(SHARD_REASON):]: n for r, n in skipped.items() if r.startswith(SHARD_REASON)})
-    line = f"mmfuse: skipped {sum(samples.values())} samples"
-    if samples:
-        line += ": " + ", ".join(f"{reason} x{n}" for reason, n in samples.most_common())
-    if shards:
-        line += "; unreadable shard data: " + ", ".join(f"{reason} x{n}" for reason, n in shards.most_common())
-    if incomplete:
-        line += "; samples unread: " + ", ".join(f"{split} {c['missing']} of {c['expected']}"
-                                                 for split, c in incomplete.items())
-    if ignored:
-        line += "; ignored shard members: " + ", ".join(f"{kind} x{n}" for kind, n in ignored.most_common())
-    return line
 
 
 class Preempted(Exception):
@@ -119,9 +101,19 @@ class FinetuneRun:
             self.lock = None
 
     def _setup(self, resume: bool) -> None:
+        """Data, then model and task, then trainer, then the state a resumable checkpoint carries, then outputs."""
+        check_model_config(self.config.model)  # task and fusion names before any data is read
+        self._open_data()
+        self._build()
+        self._new_progress()
+        log_lines = self._restore() if resume else 0
+        if self.env.is_main:
+            self._open_outputs(resume, log_lines)
+
+    def _open_data(self) -> None:
+        """The dataset (the task's demo without `data.path`), checked for the run's modalities and splits."""
         config = self.config
-        check_model_config(config.model)  # task and fusion names before any data is read
-        data, train = config.data, config.train
+        data = config.data
         demo = DemoSpec(**task_class(config.model.task).demo_options)  # what the task's demo needs
         self.info = DatasetInfo.load(data.path or demo_dataset(demo), verify=data.verify_shards)
         self.info.require_modalities(config.model.modalities)
@@ -131,8 +123,17 @@ class FinetuneRun:
             raise ConfigError(f"data.batch_size {data.batch_size} (the global batch) must be divisible by the "
                               f"{self.env.world_size} processes")
         self.rank_batch = data.batch_size // self.env.world_size
-        self.model_config = task_class(config.model.task).prepare(config.model, self.info)
+        self.epoch_samples = self.info.count(data.train_split)
+        if data.resampled and data.epoch_samples:
+            self.epoch_samples = data.epoch_samples
+        # the DataLoader's real worker count (make_loader caps it at the number of shards unless resampled)
+        self.train_workers = data.num_workers if data.resampled else min(
+            data.num_workers, len(self.info.shard_urls(data.train_split)))
 
+    def _build(self) -> None:
+        """Model and task (fresh, or `--init-from` a finished run), freezing, the trainer and the feature cache."""
+        data, train = self.config.data, self.config.train
+        self.model_config = task_class(self.config.model.task).prepare(self.config.model, self.info)
         seed_everything(train.seed)
         if train.init_from:
             model, self.model_config, init = init_from_run(train.init_from, self.model_config)
@@ -146,9 +147,6 @@ class FinetuneRun:
             for encoder in model.encoders.values():
                 encoder.set_grad_checkpointing(True)
         self.params = count_parameters(model)
-        self.epoch_samples = self.info.count(data.train_split)
-        if data.resampled and data.epoch_samples:
-            self.epoch_samples = data.epoch_samples
         self.micro_batches = math.ceil(self.epoch_samples / data.batch_size)
         total_steps = max(1, self.micro_batches // train.grad_accum) * train.epochs
         if train.max_steps is not None:
@@ -161,33 +159,35 @@ class FinetuneRun:
                                       self.trainer.precision, data.eval_batch_size, train.cache_dir, self.env,
                                       self.echo, strict=data.strict)
             self.cache.install(model)  # frozen towers read their cached outputs; weights and names stay the encoders'
-        # the DataLoader's real worker count (make_loader caps it at the number of shards unless resampled)
-        self.train_workers = data.num_workers if data.resampled else min(
-            data.num_workers, len(self.info.shard_urls(data.train_split)))
         self.loader_kwargs = {"num_workers": data.num_workers, "pin_memory": self.env.device.type == "cuda",
                               "strict": data.strict, "target": self.task.target}
-        # progress that a resumable checkpoint carries
+
+    def _new_progress(self) -> None:
+        """What a resumable checkpoint carries: position, best and selection, records, counts."""
+        train = self.config.train
         self.epoch, self.position = 1, LoaderPosition()
         self.best: dict[str, Any] = {"epoch": 0}
         self.selection = Selection(self.task.best_metric, self.task.higher_is_better, train.keep_best,
                                    train.early_stopping_patience)
         self.records: list[dict[str, Any]] = []
         self.skipped: Counter[str] = Counter()
-        self.incomplete: dict[str, dict[str, int]] = {}  # splits that yielded fewer samples than dataset.json lists
+        self.coverage = Coverage(self.info, self.config.data.strict, self.echo)
         self.ignored: Counter[str] = Counter()
         self.tally = EpochTally()
         self.stop_requested = False  # SIGTERM on this rank
         self.stop_everywhere = False  # ... seen by every rank at the same step
         self.stopped_early = False
-        log_lines = self._restore() if resume else 0
-        if self.env.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump_yaml(replace(config, out=str(self.out), data=replace(data, path=str(self.info.root))),
-                      self.out / "run_config.yaml")
-            purge = self.trainer.step + 1 if resume else None  # drop events a killed run logged past its checkpoint
-            self.tensorboard = open_tensorboard(self.out / "tensorboard", purge, self.echo) if train.tensorboard \
-                else None
-            self.log = MetricsLog(self.out / "metrics.jsonl", keep=log_lines, mirror=self.tensorboard)
+
+    def _open_outputs(self, resume: bool, log_lines: int) -> None:
+        """run_config.yaml, metrics.jsonl (cut to the checkpoint's lines on a resume) and TensorBoard (rank 0)."""
+        config = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(replace(config, out=str(self.out), data=replace(config.data, path=str(self.info.root))),
+                  self.out / "run_config.yaml")
+        purge = self.trainer.step + 1 if resume else None  # drop events a killed run logged past its checkpoint
+        self.tensorboard = open_tensorboard(self.out / "tensorboard", purge, self.echo) if config.train.tensorboard \
+            else None
+        self.log = MetricsLog(self.out / "metrics.jsonl", keep=log_lines, mirror=self.tensorboard)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
@@ -202,7 +202,7 @@ class FinetuneRun:
         return {"epoch": self.epoch, "ranks": ranks, "step": t.step, "micro_step": t.micro_step,
                 "optimizer": t.optimizer_state(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
-                "nonfinite_skipped": t.watch.skipped, "incomplete": dict(self.incomplete),
+                "nonfinite_skipped": t.watch.skipped, "incomplete": dict(self.coverage.incomplete),
                 "selection": self.selection.to_dict(), "log_lines": self.log.lines if self.env.is_main else 0,
                 "train_time_s": self._train_time()}
 
@@ -232,7 +232,7 @@ class FinetuneRun:
         t.step, t.micro_step = state["step"], state["micro_step"]
         t.watch.skipped = state.get("nonfinite_skipped", 0)
         self.time_before = state.get("train_time_s", 0.0)
-        self.incomplete = state.get("incomplete", {})
+        self.coverage.incomplete = state.get("incomplete", {})
         if len(state["ranks"]) != self.env.world_size:
             raise ConfigError(f"{ckpt} was written by {len(state['ranks'])} processes; resume with as many")
         mine = state["ranks"][self.env.rank]
@@ -300,9 +300,9 @@ class FinetuneRun:
         cut = (train.max_steps is not None and self.trainer.step >= train.max_steps) or data.resampled or \
             (self.env.distributed and (self.trainer.model.alignment is not None or self.task.gathers))
         if not cut:  # a whole pass over the split (a lockstep epoch ends when the first rank runs out)
-            self._coverage(data.train_split, samples, skipped, shards)
+            self.coverage.check(data.train_split, samples, skipped, shards)
         val = self.evaluate(data.val_split)
-        self._coverage(data.val_split, val["count"], sample_skips(val["skipped"]), val["skipped"])
+        self.coverage.check(data.val_split, val["count"], sample_skips(val["skipped"]), val["skipped"])
         record = {"epoch": self.epoch, "step": self.trainer.step,
                   "train_loss": self.tally.mean_loss,
                   "train_samples": samples,
@@ -347,24 +347,6 @@ class FinetuneRun:
         source = self.cache.source(split) if self.cache is not None else {}
         return make_loader(self.info, split, self.preprocessors, batch_size,
                            **{**self.loader_kwargs, **source, **kwargs})
-
-    def _coverage(self, split: str, read: int, skipped: int, counts: dict[str, int], error: bool = False) -> None:
-        """Report a pass over `split` that yielded fewer samples (`read` + `skipped`) than dataset.json lists, with
-        the unreadable shard data in `counts`; an error when `error` (then more samples are one too) or
-        `data.strict`."""
-        expected = self.info.count(split)
-        missing = expected - read - skipped
-        if missing == 0 or (missing < 0 and not error):
-            return
-        shards = [f"{r[len(SHARD_REASON):]} x{n}" for r, n in counts.items() if r.startswith(SHARD_REASON)]
-        why = "unreadable shard data: " + ", ".join(shards) if shards else "no read error: a shard ends early"
-        text = (f"split '{split}' of {self.info.root} yielded {read} samples + {skipped} skipped of the {expected} "
-                f"dataset.json lists: " + (f"{missing} unread ({why})" if missing > 0 else f"{-missing} too many"))
-        if error or self.config.data.strict:
-            raise DataError(text)
-        if split not in self.incomplete:
-            self.echo(f"mmfuse: warning: {text}")
-        self.incomplete[split] = {"expected": expected, "read": read, "skipped": skipped, "missing": missing}
 
     def _padding_batch(self) -> dict[str, Any]:
         """A batch for the zero-weight steps of a rank whose share of the epoch has run out: the first of the
@@ -446,7 +428,7 @@ class FinetuneRun:
             "task": self.task.name,
             "skipped": skipped, "skipped_total": sample_skips(skipped), "ignored_members": ignored,
             "unreadable_shards": {r[len(SHARD_REASON):]: n for r, n in skipped.items() if r.startswith(SHARD_REASON)},
-            "incomplete_splits": self.incomplete,
+            "incomplete_splits": self.coverage.incomplete,
             "epochs": self.records, "stopped_early": self.stopped_early,
             "nonfinite_skipped": self.trainer.watch.skipped,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
@@ -455,11 +437,11 @@ class FinetuneRun:
         }
         if self.env.is_main:
             (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
-        self.echo(data_summary(Counter(skipped), Counter(ignored), self.incomplete))
+        self.echo(data_summary(Counter(skipped), Counter(ignored), self.coverage.incomplete))
         if self.trainer.watch.skipped:
             self.echo(f"mmfuse: skipped {self.trainer.watch.skipped} optimizer steps with a non-finite loss or "
                       f"gradient (train.nonfinite=skip)")
-        self._coverage(data.test_split, test["count"], sample_skips(test["skipped"]), test["skipped"], error=True)
+        self.coverage.check(data.test_split, test["count"], sample_skips(test["skipped"]), test["skipped"], error=True)
         (name, value), *rest = self.task.describe_parts(test)
         self.echo(f"test {name} ({'+'.join(self.model_config.modalities)}, best epoch {self.best['epoch']}): "
                   f"{value}{'  ' + join_parts(rest) if rest else ''}  [{self.out / 'metrics.json'}]")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mmfuse.config import RunConfig, load_yaml, resolve, set_dotted
+from mmfuse.config import load_yaml, resolve, set_dotted
 from mmfuse.errors import ConfigError
 from mmfuse.model import build_encoder
 
@@ -17,12 +17,61 @@ def test_defaults_are_the_demo_run():
     assert cfg.data.path is None and cfg.model.encoders["text"].name == "tiny-text"
 
 
+DISTINCTIVE = {
+    "bert-vit.yaml": {"model.fusion": "gated", "model.dim": 256, "model.encoders.text.name": "hf-text",
+                      "model.encoders.image.name": "timm-image", "data.path": "data/my-shards", "data.batch_size": 32,
+                      "train.epochs": 5, "train.lr": 1e-3, "train.encoder_lr": 3e-5, "train.warmup": 0.1},
+    "demo-contrastive.yaml": {"model.task": "contrastive", "model.contrastive_loss": "siglip",
+                              "model.task_kwargs": {"ks": [1, 5, 10]}, "train.early_stopping_patience": 3,
+                              "train.keep_best": 3, "model.fusion": "concat-mlp", "data.path": None},
+    "demo-gated.yaml": {"model.fusion": "gated", "data.batch_size": 64, "train.epochs": 10, "model.task":
+                        "classification", "model.encoders.text.name": "tiny-text"},
+    "demo-interactions.yaml": {"model.task": "interactions", "model.task_kwargs": {"loss": "softmax",
+                                                                                   "temperature": 0.1}},
+    "demo.yaml": {"model.fusion": "concat-mlp", "model.dim": 128, "model.encoders.image.kwargs.image_size": 64,
+                  "model.encoders.audio.kwargs.max_seconds": 1.0, "train.lr": 2e-3, "train.precision": "auto"},
+}
+"""What each shipped config is for, written out by hand (a new config must be added here)."""
+
+
+def leaves(data: dict, prefix: str = "") -> dict:
+    """{'section.key...': value} of every leaf of a nested mapping (a mapping under `*_kwargs` is one value)."""
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not str(key).endswith("kwargs"):
+            out.update(leaves(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def test_every_shipped_config_is_described():
+    assert sorted(DISTINCTIVE) == [p.name for p in CONFIGS]
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_loads(path):
+    """Every value the file sets is the resolved value (with its YAML type coerced to the field's), every other
+    field keeps its default, and the config's distinctive settings are the ones written in DISTINCTIVE."""
+    written = leaves(load_yaml(path))
+    resolved = leaves(resolve(load_yaml(path)).to_dict())
+    defaults = leaves(resolve().to_dict())
+    for key, value in written.items():
+        assert resolved[key] == value, key
+        if isinstance(value, float):
+            assert isinstance(resolved[key], float), key
+    named = {k.rsplit(".", 2)[0] for k in written if k.startswith("model.encoders.") and k.endswith(".name")}
+    for key, value in resolved.items():  # a tower the file names takes none of the default tower's options
+        if key not in written and not any(key.startswith(f"{tower}.") for tower in named):
+            assert value == defaults[key], key
     cfg = resolve(load_yaml(path))
-    assert isinstance(cfg, RunConfig)
-    for m in cfg.model.modalities:
-        assert m in cfg.model.encoders
+    for key, value in DISTINCTIVE[path.name].items():
+        node = cfg.to_dict()
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+    assert all(m in cfg.model.encoders for m in cfg.model.modalities)
 
 
 def test_demo_config_equals_the_defaults():

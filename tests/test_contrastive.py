@@ -142,7 +142,13 @@ def test_a_contrastive_run_retrieves_images_from_text_well_above_chance(captione
 def test_a_siglip_contrastive_run_logs_retrieval_metrics(captioned, tmp_path):
     summary = run(captioned, tmp_path / "con", 1, 3, task="contrastive", contrastive_loss="siglip")
     record = summary["epochs"][0]
-    assert math.isfinite(record["train_loss"]) and 0.0 <= record["val_mean_recall"] <= 1.0
+    recalls = {f"{a}_to_{b}_recall@{k}": record[f"val_{a}_to_{b}_recall@{k}"]
+               for a, b in (("text", "image"), ("image", "text")) for k in (1, 5, 10)}
+    assert math.isfinite(record["train_loss"])
+    assert record["val_mean_recall"] == pytest.approx(sum(recalls.values()) / 6)  # the mean of both directions
+    for a, b in (("text", "image"), ("image", "text")):  # recall@k cannot fall as k grows; 64 pairs: k/64 at chance
+        r1, r5, r10 = (recalls[f"{a}_to_{b}_recall@{k}"] for k in (1, 5, 10))
+        assert r1 <= r5 <= r10 and r10 > 0, recalls
     assert "val_text_to_image_recall@10" in record and "val_image_to_text_ndcg@10" in record
 
 

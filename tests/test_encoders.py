@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,25 +11,31 @@ from mmfuse.encoders import EncoderOutput, create_encoder, list_encoders
 from mmfuse.errors import ConfigError, RegistryError
 
 
-def build_offline(name: str, tmp_path) -> torch.nn.Module:
-    """Every registered encoder, built small and without a download."""
+def offline_spec(name: str, tmp_path) -> tuple[str, dict]:
+    """Every registered encoder, small and without a download: the name and keyword arguments it is built with."""
     if name == "hf-text":  # a local directory, as a user would pass one
         tiny = create_encoder("tiny-text", width=16, layers=1)
         tiny.save_assets(str(tmp_path / "bert"))
-        return create_encoder("hf-text", model=str(tmp_path / "bert"), pretrained=False)
+        return "hf-text", {"model": str(tmp_path / "bert"), "pretrained": False}
     if name == "timm-image":
-        return create_encoder("timm-image:vit_tiny_patch16_224", pretrained=False, image_size=32, patch_size=8,
-                              embed_dim=16, depth=1, num_heads=2)
+        return "timm-image:vit_tiny_patch16_224", {"pretrained": False, "image_size": 32, "patch_size": 8,
+                                                   "embed_dim": 16, "depth": 1, "num_heads": 2}
     if name == "timm-audio":
-        return create_encoder("timm-audio:vit_tiny_patch16_224", pretrained=False, n_mels=16, max_seconds=1.0,
-                              patch_size=8, embed_dim=16, depth=1, num_heads=2)
+        return "timm-audio:vit_tiny_patch16_224", {"pretrained": False, "n_mels": 16, "max_seconds": 1.0,
+                                                   "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}
     if name == "hf-audio":  # the other HF audio families: test_hf_audio_families
-        return create_encoder("hf-audio", model=hf_audio_dir("ast", tmp_path), pretrained=False)
+        return "hf-audio", {"model": hf_audio_dir("ast", tmp_path), "pretrained": False}
     if name == "hf-image":
-        return create_encoder("hf-image", model=hf_vit_dir(tmp_path), pretrained=False)
+        return "hf-image", {"model": hf_vit_dir(tmp_path), "pretrained": False}
     if name.startswith("open-clip"):
-        return create_encoder(name, model=open_clip_config(tmp_path), pretrained=False)
-    return create_encoder(name, width=16, layers=1)
+        return name, {"model": open_clip_config(tmp_path), "pretrained": False}
+    return name, {"width": 16, "layers": 1}
+
+
+def build_offline(name: str, tmp_path) -> torch.nn.Module:
+    """Every registered encoder, built small and without a download."""
+    full_name, kwargs = offline_spec(name, tmp_path)
+    return create_encoder(full_name, **kwargs)
 
 
 def flac(seconds: float, rate: int = 16_000) -> bytes:
@@ -77,18 +85,32 @@ def test_lock_freezes_parameters(name, tmp_path):
     assert trainable and len(trainable) < len(list(encoder.parameters()))
 
 
+ASSETLESS = {"tiny-image", "tiny-audio", "timm-image", "timm-audio"}
+"""Encoders whose keyword arguments say everything: they save no assets (a checkpoint keeps their kwargs)."""
+
+
 @pytest.mark.parametrize("name", list_encoders())
 def test_rebuilds_offline_from_saved_assets(name, tmp_path):
-    encoder = build_offline(name, tmp_path).eval()
+    """What a checkpoint rebuilds (`save_checkpoint` / `load_checkpoint`): the saved assets replace the keyword
+    arguments they name; an encoder without assets is rebuilt from its keyword arguments alone. Either way the
+    rebuilt encoder takes the weights (strictly) and gives the same outputs."""
+    full_name, kwargs = offline_spec(name, tmp_path)
+    encoder = create_encoder(full_name, **kwargs).eval()
     (tmp_path / "assets").mkdir()
     overrides = encoder.save_assets(str(tmp_path / "assets"))
-    if not overrides:  # everything is in the keyword arguments
-        return
-    rebuilt = create_encoder(name, pretrained=False, **overrides).eval()
-    rebuilt.load_state_dict(encoder.state_dict())
+    assert bool(overrides) == (name not in ASSETLESS), overrides
+    for key, path in overrides.items():  # the assets are files in the directory, not the source it was built from
+        assert Path(path).resolve().is_relative_to((tmp_path / "assets").resolve()), (key, path)
+    if overrides:  # the assets alone: nothing of the original source is needed
+        rebuilt = create_encoder(name, pretrained=False, **overrides).eval()
+    else:
+        rebuilt = create_encoder(full_name, **{**kwargs, "pretrained": False}).eval()
     pre = encoder.preprocessor
     batch = pre.collate([pre.transform(v) for v in raw_inputs(encoder.modality, 2)])
-    torch.testing.assert_close(rebuilt(batch).pooled, encoder(batch).pooled)
+    with torch.no_grad():
+        assert not torch.allclose(rebuilt(batch).pooled, encoder(batch).pooled)  # another random init before...
+        rebuilt.load_state_dict(encoder.state_dict())  # strict: the rebuilt architecture is the same
+        torch.testing.assert_close(rebuilt(batch).pooled, encoder(batch).pooled)  # ...the same function after
 
 
 @pytest.mark.parametrize("kind", ["ast", "wav2vec2", "whisper"])

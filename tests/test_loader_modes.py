@@ -107,7 +107,7 @@ def test_dataset_json_from_the_demo_records_shard_sizes(demo_shards):
 def test_closing_summary_names_skips_and_ignored_members():
     from collections import Counter
 
-    from mmfuse.finetune import data_summary
+    from mmfuse.train.coverage import data_summary
 
     assert data_summary(Counter(), Counter()) == "mmfuse: skipped 0 samples"
     assert data_summary(Counter({"image: cannot decode": 2, "label: missing": 1}), Counter({"pickle member .pyd": 1})) \
