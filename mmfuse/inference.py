@@ -369,10 +369,10 @@ def load(source: str | Path, checkpoint: str = "best", device: str = "cpu", batc
             raise ConfigError(f"checkpoint {checkpoint!r} is not a checkpoint name inside {path / 'checkpoints'}")
         model, config, _ = load_checkpoint(ckpt)
         return Predictor(model, config, resolve_device(device), **options)
-    from .presets import build_untrained, list_presets, load_preset
+    from .presets import build_untrained, list_presets, preset_config
 
     if str(source) not in list_presets() and not (str(source).endswith(".json") and path.is_file()):
         raise ConfigError(f"'{source}' is neither a run directory nor a model preset "
                           f"(presets: {', '.join(list_presets())})")
-    model = build_untrained(ModelConfig(**load_preset(str(source))))
+    model = build_untrained(preset_config(str(source)))
     return Embedder(model, resolve_device(device), **options)

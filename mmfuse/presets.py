@@ -44,6 +44,17 @@ def load_preset(name: str) -> dict[str, Any]:
     return data
 
 
+def preset_config(name: str) -> ModelConfig:
+    """A preset's `ModelConfig`, validated as a run config's `model` section is (keys it leaves out keep their
+    defaults: the demo presets take the default towers)."""
+    from .config import resolve
+
+    try:
+        return resolve({"model": load_preset(name)}).model
+    except ConfigError as err:
+        raise ConfigError(f"preset '{name}': {err}") from None
+
+
 def describe_preset(name: str) -> str:
     """The preset's one-line `description` field ('' if it has none)."""
     return str(json.loads(_preset_files()[name].read_text(encoding="utf-8")).get("description", ""))

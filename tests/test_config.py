@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,12 @@ def test_an_option_the_encoder_does_not_take_is_a_config_error():
     cfg = resolve({"model": {"encoders": {"text": {"name": "tiny-text", "kwargs": {"widht": 8}}}}})
     with pytest.raises(ConfigError, match="encoder 'tiny-text'.*widht"):
         build_encoder(cfg.model.encoders["text"])
+
+
+def test_a_run_config_parses_without_importing_torch():
+    code = ("import sys\nfrom mmfuse.config import resolve\n"
+            "c = resolve({'model': {'fusion': 'gated', 'modalities': 'text,audio'}})\n"
+            "assert c.model.fusion == 'gated' and c.model.modalities == ['text', 'audio']\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from mmfuse.config import default_encoders
 from mmfuse.data.batch import Collator
 from mmfuse.errors import ConfigError
 from mmfuse.fusion import list_fusions
 from mmfuse.model import ModelConfig
-from mmfuse.presets import list_presets, load_preset
+from mmfuse.presets import list_presets, load_preset, preset_config
 from mmfuse.tasks import create_model_and_task
 
 LABELS = ["a", "b", "c"]
@@ -74,8 +77,11 @@ def test_modality_dropout_hides_modalities_in_training_only_never_all():
 
 @pytest.mark.parametrize("name", list_presets())
 def test_every_preset_is_a_valid_model_config(name):
-    config = ModelConfig(**load_preset(name), labels=LABELS)
+    config = replace(preset_config(name), labels=LABELS)
     assert config.modalities and all(m in config.encoders for m in config.modalities)
+    assert config.fusion == load_preset(name)["fusion"]  # the preset's own settings, the defaults for the rest
+    if name.startswith("demo_"):  # the demo presets take the default (demo) towers
+        assert config.encoders == {m: s for m, s in default_encoders().items() if m in config.encoders}
     if name.startswith("tiny_"):
         model = create_model_and_task(config)[0]
         assert model(batch(model)).shape == (4, 3)

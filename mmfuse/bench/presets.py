@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..config import default_encoders
 from ..errors import ConfigError
 
 CASE_KINDS = ("loader", "encode", "train", "embed", "lever", "text-embed", "embed-backends")
@@ -25,11 +26,7 @@ model's `Embedder.embed`, fp32 vs int8 vs onnx, see `backends.py`) are asked for
 PRESETS = ("default", "tiny", "gpu")
 
 TOWERS: dict[str, dict[str, dict[str, Any]]] = {
-    "demo": {"text": {"name": "tiny-text", "kwargs": {"width": 64, "layers": 2, "heads": 2}},
-             "image": {"name": "tiny-image", "kwargs": {"width": 64, "layers": 2, "heads": 2, "image_size": 64,
-                                                        "patch_size": 8}},
-             "audio": {"name": "tiny-audio", "kwargs": {"width": 64, "layers": 2, "heads": 2, "n_mels": 32,
-                                                        "patch_size": 8, "max_seconds": 1.0}}},
+    "demo": {m: {"name": spec.name, "kwargs": dict(spec.kwargs)} for m, spec in default_encoders().items()},
     "bert-small": {"text": {"name": "tiny-text", "kwargs": {"width": 512, "layers": 4, "heads": 8,
                                                             "max_length": 128}}},
     "vit-s": {"image": {"name": "timm-image", "kwargs": {"model": "vit_small_patch16_224", "image_size": 224}}},
