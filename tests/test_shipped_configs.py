@@ -63,7 +63,7 @@ def task_data(tmp_path_factory, demo_shards):
         if task in made:
             return made[task]
         options = dict(task_class(task).demo_options)
-        if task in ("multilabel", "regression"):  # as tests/test_tasks.py shards them
+        if task in ("multilabel", "regression"):  # as tests/tasks/test_tasks.py shards them
             from mmfuse.data.demo_manifest import write_demo_manifest
 
             root = tmp_path_factory.mktemp(task)
@@ -76,7 +76,7 @@ def task_data(tmp_path_factory, demo_shards):
             made[task] = demo_shards
         else:
             if options.get("interactions"):
-                options["users"] = 24  # 96 train items: as tests/test_interactions.py
+                options["users"] = 24  # 96 train items: as tests/tasks/test_interactions.py
             spec: DemoSpec = replace(TINY_SPEC, **options)
             made[task] = build_demo(tmp_path_factory.mktemp(task) / "demo", spec)
         return made[task]
