@@ -183,7 +183,7 @@ class TrainConfig:
     """Layer-wise learning-rate decay in (0, 1], e.g. 0.75: an encoder's block k of L learns at
     decay^(L+1-k) x its tower's rate, its embeddings at decay^(L+1), layers after the blocks at the full rate."""
     compile: bool = False
-    """`torch.compile` the model (inductor): +10-14% step speed on CPU after a 30-60 s compile."""
+    """`torch.compile` the model (inductor); the step speed it gives is the bench's `lever` case (docs/scaling.md)."""
     tensorboard: bool = False
     """Also log metrics.jsonl's records to <out>/tensorboard (rank 0; needs `pip install 'mmfuse[tensorboard]'`)."""
     strategy: str = "ddp"
