@@ -52,6 +52,7 @@ def records(media) -> list[dict]:
     return out
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: about 10 s on 2 cores
 def test_load_and_embed_do_not_import_training_modules():
     code = ("import sys, mmfuse\n"
             "e = mmfuse.load('tiny_bottleneck')\n"

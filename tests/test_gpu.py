@@ -154,6 +154,7 @@ def test_loader_pins_memory_only_for_a_cuda_device(tiny_layers):
     assert run.loader_kwargs["pin_memory"] is False
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: about 10 s on 2 cores
 def test_gpu_tests_are_skipped_without_cuda_with_a_reason():
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
@@ -164,6 +165,7 @@ def test_gpu_tests_are_skipped_without_cuda_with_a_reason():
     assert " passed" not in out.stdout and " failed" not in out.stdout and " error" not in out.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: about 10 s on 2 cores
 def test_the_gpu_checks_modules_import_without_open_clip_or_soundfile():
     """The GPU machine has neither: `import mmfuse`, the CLI, training, the bench and embedding import them lazily."""
     code = ("import sys\n"

@@ -119,6 +119,7 @@ def test_audio_encoder_flag(demo_shards, tmp_path):
                                                    "pretrained": True}
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: about 10 s on 2 cores
 def test_console_entry_point_and_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmfuse", "list"], capture_output=True, text=True, check=True)
     assert "tiny-text" in out.stdout and "concat-mlp" in out.stdout
@@ -242,6 +243,7 @@ def test_epoch_lines_are_flushed_when_they_happen(demo_shards, tmp_path, monkeyp
     assert any("epoch 1: loss" in text and "epoch 2: loss" not in text for text in stdout.flushed)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: about 10 s on 2 cores
 def test_progress_in_a_redirected_log_is_sparse(demo_shards, tmp_path):
     """`mmfuse finetune > log 2>&1`: the epoch lines are in the log, and the bars wrote a few times, not once per
     refresh (24 batches an epoch; a plain tqdm writes up to ten times a second)."""
