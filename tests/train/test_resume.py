@@ -36,6 +36,21 @@ class Crash(BaseException):
     """Stands in for kill -9: nothing after it runs, no handler saves anything."""
 
 
+def crash_run(config, crash_at: int, monkeypatch) -> None:
+    """Run `config` until its `crash_at`-th micro-step raises (after the checkpoints written before it)."""
+    original = Trainer.train_step
+
+    def crashing_step(self, batch):
+        if self.micro_step + 1 == crash_at:
+            raise Crash
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing_step)
+    with pytest.raises(Crash):
+        finetune(config, echo=lambda *_: None)
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+
 @pytest.mark.parametrize("crash_at, workers, every", [(5, 0, 2), (9, 0, 2), (5, 2, 3)],
                          ids=["epoch1", "epoch2", "2-workers-odd-batch"])
 def test_crash_then_resume_matches_an_uninterrupted_run(tiny_layers, tmp_path, monkeypatch, crash_at, workers,
@@ -45,18 +60,8 @@ def test_crash_then_resume_matches_an_uninterrupted_run(tiny_layers, tmp_path, m
     layers = lambda out: layers_for(tiny_layers, out, workers=workers, checkpoint_every=every)  # noqa: E731
     reference = finetune(resolve(layers(tmp_path / "ref")), echo=lambda *_: None)
 
-    original = Trainer.train_step
-
-    def crashing_step(self, batch):
-        if self.micro_step + 1 == crash_at:
-            raise Crash
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", crashing_step)
     config = resolve(layers(tmp_path / "run"))
-    with pytest.raises(Crash):
-        finetune(config, echo=lambda *_: None)
-    monkeypatch.setattr(Trainer, "train_step", original)
+    crash_run(config, crash_at, monkeypatch)
     assert not (tmp_path / "run" / "metrics.json").exists()
     state = read_state(tmp_path / "run" / "checkpoints" / "resume")
     resumed = finetune(config, echo=lambda *_: None, resume=True)
@@ -80,18 +85,8 @@ def test_crash_then_resume_with_the_feature_cache_matches(tiny_layers, tmp_path,
     holds the real encoder's weights under their names, and the resumed run ends as the uninterrupted one."""
     layers = lambda out: layers_for(tiny_layers, out, epochs=2, freeze=["image"], precision="fp32")  # noqa: E731
     reference = finetune(resolve(layers(tmp_path / "ref")), echo=lambda *_: None)
-    original = Trainer.train_step
-
-    def crashing_step(self, batch):
-        if self.micro_step + 1 == 5:
-            raise Crash
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", crashing_step)
     config = resolve(layers(tmp_path / "run"))
-    with pytest.raises(Crash):
-        finetune(config, echo=lambda *_: None)
-    monkeypatch.setattr(Trainer, "train_step", original)
+    crash_run(config, 5, monkeypatch)
     weights = safetensors.torch.load_file(tmp_path / "run" / "checkpoints" / "resume" / "model.safetensors")
     assert any(name.startswith("encoders.image.") for name in weights)
     assert comparable(finetune(config, echo=lambda *_: None, resume=True)) == comparable(reference)
