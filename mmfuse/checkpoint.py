@@ -19,10 +19,11 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from .config import EncoderSpec, ModelConfig, from_dict
+from .config import from_dict
 from .encoders.registry import WEIGHT_SOURCES, saved_kwargs, split_encoder_name
 from .errors import ConfigError
 from .model import FusionModel
+from .model_config import EncoderSpec, ModelConfig
 from .names import inside
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import MODALITIES, EncoderSpec, ModelConfig
 from .encoders import Encoder, create_encoder
 from .encoders.base import EncoderOutput
 from .encoders.registry import split_encoder_name
 from .errors import ConfigError
 from .fusion import Fusion, ModalityFeatures, create_fusion
 from .fusion.base import check_fusion_kwargs
+from .model_config import MODALITIES, EncoderSpec, ModelConfig
 
 __all__ = ["MODALITIES", "ClassificationHead", "EncoderSpec", "FusionModel", "ModelConfig", "build_encoder",
            "build_model", "build_parts"]

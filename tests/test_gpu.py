@@ -175,7 +175,7 @@ def test_the_gpu_checks_modules_import_without_open_clip_or_soundfile():
             "from mmfuse.bench.presets import BenchConfig, build_cases\n"
             "for case in build_cases(BenchConfig(preset='gpu', cases=['encode', 'train', 'embed'])):\n"
             "    assert case.encoders()\n"
-            "from mmfuse.config import default_encoders\n"
+            "from mmfuse.model_config import default_encoders\n"
             "encoders = {m: s for m, s in default_encoders().items() if m != 'audio'}\n"
             "model = create_model_and_task(ModelConfig(['image', 'text'], encoders, labels=['a', 'b']))[0]\n"
             "assert mmfuse.load('tiny_bottleneck').embed([{'text': 'an oak toy'}]).shape == (1, 16)\n"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmfuse.config import default_encoders
 from mmfuse.data.batch import Collator
 from mmfuse.errors import ConfigError
 from mmfuse.fusion import list_fusions
 from mmfuse.model import ModelConfig
+from mmfuse.model_config import default_encoders
 from mmfuse.presets import list_presets, load_preset, preset_config
 from mmfuse.tasks import create_model_and_task
 

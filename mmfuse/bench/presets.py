@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..config import default_encoders
 from ..errors import ConfigError
+from ..model_config import default_encoders
 
 CASE_KINDS = ("loader", "encode", "train", "embed", "lever", "text-embed", "embed-backends")
 DEFAULT_KINDS = ("loader", "encode", "train", "embed")

@@ -120,8 +120,9 @@ class TargetKind:
         return {}
 
     def collate(self, values: list[Any]) -> torch.Tensor:
-        """The samples' decoded `entry` values -> the batch entry."""
-        raise NotImplementedError(f"target kind '{self.name}' decodes nothing to collate")
+        """The samples' decoded `entry` values -> the batch entry: tensors of one shape stacked ((B,) + shape),
+        numbers as a (B,) tensor. A kind with ragged values overrides it (interactions pads)."""
+        return torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
 
     def record(self, raw: dict[str, Any], info: Described) -> dict[str, Any]:
         """What a plain record (`mmfuse.data.loader.read_records`) shows of the sample's supervision."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
-
 from ...errors import FieldError
 from .base import Described, ShardOptions, TargetKind
 
@@ -85,10 +83,6 @@ class Classification(TargetKind):
         if len(indices) != 1:
             raise FieldError("label", f"expected one label, got {len(indices)}")
         return {"label": indices[0]}
-
-    def collate(self, values: list[Any]) -> torch.Tensor:
-        """(B,) int64 class indices, or (B, C) stacked multi-hot rows (the other kind with a `label` entry)."""
-        return torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
 
     def record(self, raw: dict[str, Any], info: Described) -> dict[str, Any]:
         names = label_names(raw, info)

@@ -96,9 +96,6 @@ class Regression(TargetKind):
                                        f"{TARGET_LIMIT:g}, got {values[:8]}")
         return {"target": torch.tensor(values, dtype=torch.float32)}
 
-    def collate(self, values: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(values)
-
     def record(self, raw: dict[str, Any], info: Described) -> dict[str, Any]:
         if TARGET_MEMBER not in raw:
             return {}
