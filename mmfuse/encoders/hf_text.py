@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .base import EncoderOutput, Preprocessor, masked_mean
+from .base import EncoderOutput, Preprocessor, masked_mean, random_init
 from .hf_common import HFEncoder
 from .registry import register_encoder
 
@@ -115,12 +115,12 @@ def tiny_text(pretrained: bool = False, width: int = 64, layers: int = 2, heads:
     `model` (a directory written by `save_assets`) restores a saved tiny encoder's tokenizer and config.
     """
     if model is not None:
-        return hf_text(model=model, pretrained=False, pooling=pooling, max_length=max_length)
+        return random_init(hf_text(model=model, pretrained=False, pooling=pooling, max_length=max_length))
     from transformers import BertConfig, BertModel
 
     tokenizer = tiny_tokenizer()
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=width, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=4 * width, max_position_embeddings=max_length,
                         attn_implementation="sdpa")
-    return HFTextEncoder(BertModel(config, add_pooling_layer=False), tokenizer, pooling=pooling,
-                         max_length=max_length)
+    return random_init(HFTextEncoder(BertModel(config, add_pooling_layer=False), tokenizer, pooling=pooling,
+                                     max_length=max_length))

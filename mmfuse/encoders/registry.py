@@ -25,9 +25,14 @@ def create_encoder(name: str, pretrained: bool = True, **kwargs: Any) -> Encoder
 
     `name` may carry the backbone after a colon, timm style: `create_encoder("hf-text:bert-base-uncased")` is
     `create_encoder("hf-text", model="bert-base-uncased")`. `pretrained=False` builds the architecture only.
+    The encoder's `pretrained` attribute says whether it holds pretrained weights: `pretrained` unless the builder
+    set it (random-init presets set False, a local `checkpoint` sets True).
     """
     name, implied = split_encoder_name(name)
-    return ENCODERS.get(name)(pretrained=pretrained, **{**implied, **kwargs})
+    encoder = ENCODERS.get(name)(pretrained=pretrained, **{**implied, **kwargs})
+    if "pretrained" not in vars(encoder):
+        encoder.pretrained = bool(pretrained)
+    return encoder
 
 
 def list_encoders() -> list[str]:

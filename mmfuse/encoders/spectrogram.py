@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .audio_io import AudioPreprocessor, LogMelFrames
-from .base import Encoder, EncoderOutput, masked_mean
+from .base import Encoder, EncoderOutput, masked_mean, random_init
 from .registry import register_encoder
 
 FRAME_SHIFT_S, WINDOW_S = 0.010, 0.025
@@ -133,13 +133,16 @@ def timm_audio(model: str = "vit_base_patch16_224", pretrained: bool = True, sam
     """
     if checkpoint is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": checkpoint}
-    return _build(model, pretrained or checkpoint is not None, sample_rate, n_mels, max_seconds, patch_size,
-                  **kwargs)
+    encoder = _build(model, pretrained or checkpoint is not None, sample_rate, n_mels, max_seconds, patch_size,
+                     **kwargs)
+    encoder.pretrained = pretrained or checkpoint is not None
+    return encoder
 
 
 @register_encoder("tiny-audio")
 def tiny_audio(pretrained: bool = False, width: int = 64, layers: int = 2, heads: int = 2, n_mels: int = 32,
                patch_size: int = 8, max_seconds: float = 1.0, sample_rate: int = 16_000) -> SpectrogramEncoder:
     """A random-init spectrogram ViT (mean-pooled patches, no class token): no download, for tests and the demo."""
-    return _build("vit_tiny_patch16_224", False, sample_rate, n_mels, max_seconds, patch_size, embed_dim=width,
-                  depth=layers, num_heads=heads, mlp_ratio=2.0, global_pool="avg", class_token=False)
+    return random_init(_build("vit_tiny_patch16_224", False, sample_rate, n_mels, max_seconds, patch_size,
+                              embed_dim=width, depth=layers, num_heads=heads, mlp_ratio=2.0, global_pool="avg",
+                              class_token=False))

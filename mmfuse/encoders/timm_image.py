@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import Encoder, EncoderOutput, Preprocessor
+from .base import Encoder, EncoderOutput, Preprocessor, random_init
 from .image_io import decode_image
 from .registry import register_encoder
 
@@ -105,8 +105,10 @@ def timm_image(model: str = "vit_base_patch16_224", pretrained: bool = True, ima
     extra = dict(kwargs)
     if checkpoint is not None:
         extra["pretrained_cfg_overlay"] = {"file": checkpoint}
-    backbone = _create_timm(model, pretrained or checkpoint is not None, image_size, **extra)
-    return TimmImageEncoder(backbone, image_size)
+    encoder = TimmImageEncoder(_create_timm(model, pretrained or checkpoint is not None, image_size, **extra),
+                               image_size)
+    encoder.pretrained = pretrained or checkpoint is not None
+    return encoder
 
 
 @register_encoder("tiny-image")
@@ -119,4 +121,4 @@ def tiny_image(pretrained: bool = False, image_size: int = 64, patch_size: int =
     """
     backbone = _create_timm("vit_tiny_patch16_224", False, image_size, patch_size=patch_size, embed_dim=width,
                             depth=layers, num_heads=heads, mlp_ratio=2.0, global_pool="avg", class_token=False)
-    return TimmImageEncoder(backbone, image_size)
+    return random_init(TimmImageEncoder(backbone, image_size))
