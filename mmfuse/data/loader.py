@@ -87,24 +87,9 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
         for raw in source:
             if shard_errors is not None:
                 pending.update(shard_errors.drain())
-            unsafe = sorted(ext for ext in raw if ext in PICKLE_EXTENSIONS)
-            if unsafe:
-                if raw.get("__url__") not in warned:  # once per shard
-                    warned.add(raw.get("__url__"))
-                    warnings.warn(f"mmfuse: {raw.get('__url__')}: sample '{raw.get('__key__')}' has member(s) "
-                                  f"{', '.join('.' + e for e in unsafe)} that would need pickle: ignored, never "
-                                  f"decoded (counted in batch['ignored'])", stacklevel=2)
-                ignored.update(f"pickle member .{ext}" for ext in unsafe)
-            try:
-                oversize = oversize_field(raw, info, preprocessors)
-                if oversize is not None:
-                    raise oversize
-                ignored.update(f"oversize member .{ext}" for ext in raw.get("__oversize__", {}))
-                sample = decode_sample(raw, info, preprocessors, target, lookups)
-            except FieldError as err:
-                if strict:
-                    raise DataError(f"{raw.get('__url__')}: sample '{raw.get('__key__')}': {err}") from None
-                pending[f"{err.field}: {err.reason.split(' (')[0]}"] += 1
+            sample = decode_counted(raw, info, preprocessors, strict, target, lookups, ignored, warned)
+            if isinstance(sample, str):
+                pending[sample] += 1
                 continue
             if pending:
                 sample["_skipped"], pending = dict(pending), Counter()
@@ -117,6 +102,32 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
             yield {"_skipped": dict(pending), "_ignored": dict(ignored), "_empty": True}
 
     return stage
+
+
+def decode_counted(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], strict: bool,
+                   target: str | None, lookups: Mapping[str, KeyLookup] | None, ignored: Counter[str],
+                   warned: set[str]) -> dict[str, Any] | str:
+    """One raw sample -> its decoded sample (`decode_sample`), or the reason it is skipped (a `DataError` when
+    `strict`). The members it ignores (pickle, oversize) are added to `ignored`; a shard's first pickle member is
+    warned about once (`warned`: the shards already warned about)."""
+    unsafe = sorted(ext for ext in raw if ext in PICKLE_EXTENSIONS)
+    if unsafe:
+        if raw.get("__url__") not in warned:  # once per shard
+            warned.add(raw.get("__url__"))
+            warnings.warn(f"mmfuse: {raw.get('__url__')}: sample '{raw.get('__key__')}' has member(s) "
+                          f"{', '.join('.' + e for e in unsafe)} that would need pickle: ignored, never "
+                          f"decoded (counted in batch['ignored'])", stacklevel=3)
+        ignored.update(f"pickle member .{ext}" for ext in unsafe)
+    try:
+        oversize = oversize_field(raw, info, preprocessors)
+        if oversize is not None:
+            raise oversize
+        ignored.update(f"oversize member .{ext}" for ext in raw.get("__oversize__", {}))
+        return decode_sample(raw, info, preprocessors, target, lookups)
+    except FieldError as err:
+        if strict:
+            raise DataError(f"{raw.get('__url__')}: sample '{raw.get('__key__')}': {err}") from None
+        return f"{err.field}: {err.reason.split(' (')[0]}"
 
 
 SHARD_REASON = "shard: "
@@ -222,9 +233,15 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
 
 def make_loader(info: DatasetInfo, split: str, preprocessors: Mapping[str, Preprocessor], batch_size: int, *,
                 num_workers: int = 0, pin_memory: bool = False, **pipeline_kwargs: Any) -> torch.utils.data.DataLoader:
-    """A `DataLoader` over `build_pipeline(...)`; workers are capped at the number of shards (unless resampled)."""
-    pipeline = build_pipeline(info, split, preprocessors, batch_size, **pipeline_kwargs)
+    """A `DataLoader` over `build_pipeline(...)`; workers are capped at the number of shards (unless resampled).
+
+    `memory` (a `mmfuse.data.memory.MemorySplit` of this split, every modality looked up) replaces the pipeline by
+    in-memory batches in the same order, unless `resampled`: no worker processes, no pinning."""
+    memory = pipeline_kwargs.pop("memory", None)
     resampled = pipeline_kwargs.get("resampled", False)
+    if memory is not None and not resampled:  # a fully cached split: its samples in memory, in this order
+        return memory.loader(preprocessors, batch_size, num_workers=num_workers, **pipeline_kwargs)
+    pipeline = build_pipeline(info, split, preprocessors, batch_size, **pipeline_kwargs)
     workers = num_workers if resampled else min(num_workers, len(info.shard_urls(split)))
     # A private generator: creating the iterator must not draw from the global RNG, or resuming mid-epoch would
     # shift every later dropout mask.

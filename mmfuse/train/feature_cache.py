@@ -13,8 +13,9 @@ Two stages then stand in for the tower, and nothing else knows of the cache:
 
 - in the loader, a `KeyLookup` per cached modality (`source(split)`, the `make_loader` arguments of a split) looks
   each sample's presence up by key instead of decoding its media: the batch has only `present_<m>` for it. When
-  every tower is cached the tar files are not even read again: the loader replays a per-shard index of keys and
-  labels (`index_split`) through the same pipeline.
+  every tower is cached the tar files are not even read again: each split's keys, labels and presence are decoded
+  once from a per-shard index (`index_split`) and its epochs are served from memory (`mmfuse.data.memory`) in the
+  order the pipeline would give them.
 - in the model, a `CachedEncoder` replaces the tower's encoder for the run (`install(model)`): its `forward(batch)`
   returns the rows of (`batch['split']`, `batch['key']`), padded as the encoder would, so `FusionModel` runs as it
   always does. It presents the real encoder's parameters, buffers and submodules as its own (the same dicts, not
@@ -45,6 +46,7 @@ from ..data.batch import to_device
 from ..data.cached import KeyLookup, index_split
 from ..data.info import DatasetInfo
 from ..data.loader import make_loader
+from ..data.memory import MemorySplit
 from ..encoders.base import Encoder, EncoderOutput
 from ..fingerprint import weights_fingerprint
 from ..model import EncoderSpec, FusionModel
@@ -230,7 +232,12 @@ class FeatureCache:
         self.splits: dict[tuple[str, str], SplitFeatures] = {}
         self.lookups: dict[tuple[str, str], KeyLookup] = {}
         self.indexes: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.memory: dict[str, MemorySplit] = {}
         self.all_cached = set(self.towers) == set(model.modalities)
+
+    in_memory: bool = True
+    """Serve a split whose every modality is cached from memory (`MemorySplit`: same batches, same order) instead
+    of replaying its index through the webdataset pipeline; the replay is kept for tests and benchmarks."""
 
     def prepare(self, split: str) -> None:
         """Encode (or load) every cached tower's features of `split` unless already held."""
@@ -241,14 +248,18 @@ class FeatureCache:
                 self.lookups[(m, split)] = features.lookup(m)
         if self.all_cached and split not in self.indexes:
             self.indexes[split] = index_split(self.info, split)
+            self.memory[split] = MemorySplit(self.info, split, self.indexes[split])
 
     def source(self, split: str) -> dict[str, Any]:
         """The `make_loader` arguments that read `split` with its cached modalities looked up by key (`lookups`)
-        and, when every modality is cached, the sample index that replaces the tar files (`index`). Encodes the
-        split's features on first use."""
+        and, when every modality is cached, the sample index that replaces the tar files (`index`) and the split's
+        samples in memory (`memory`, unless `in_memory` is off). Encodes the split's features on first use."""
         self.prepare(split)
         lookups = {m: self.lookups[(m, split)] for m in self.towers}
-        return {"lookups": lookups, "index": self.indexes[split]} if self.all_cached else {"lookups": lookups}
+        if not self.all_cached:
+            return {"lookups": lookups}
+        memory = {"memory": self.memory[split]} if self.in_memory else {}
+        return {"lookups": lookups, "index": self.indexes[split], **memory}
 
     def install(self, model: FusionModel) -> None:
         """Replace each cached tower's encoder in `model` by its `CachedEncoder` (parameter names unchanged)."""
