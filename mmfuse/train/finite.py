@@ -9,7 +9,7 @@ norm) are not finite is dropped whole, counted in `skipped`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -90,9 +90,11 @@ class LossWatch:
         return bad
 
 
-def weights_finite(model: torch.nn.Module, env: DistEnv) -> bool:
-    """Whether every parameter is finite (on every rank: FSDP shards differ). One host read."""
-    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+def weights_finite(model: torch.nn.Module, env: DistEnv, parameters: Iterable[torch.Tensor] | None = None) -> bool:
+    """Whether every parameter of `model` (or only `parameters`) is finite (on every rank: FSDP shards differ). One
+    host read."""
+    params = model.parameters() if parameters is None else parameters
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
     ok = bool(torch.stack([torch.isfinite(p).all() for p in local]).all()) if local else True
     if env.distributed:
         t = torch.tensor([float(not ok)], device=env.device)

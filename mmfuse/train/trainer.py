@@ -66,6 +66,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, device)
         # clip what the optimizer steps: walking every (frozen) parameter each step costs more than the clipping
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.frozen_checked = False  # `check_finite` has seen every weight since the last load
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.total_steps = total_steps
@@ -118,9 +119,12 @@ class Trainer:
         """Raise `TrainingError` if a loss not yet read, or a weight, is NaN or Inf (before a checkpoint is
         written; every rank calls it)."""
         self.watch.check()
-        if not weights_finite(self.model, self.env):
+        # only the optimizer changes weights: after one check of them all, its parameters are enough (a frozen
+        # tower's tens of millions of weights are not read again at every checkpoint)
+        if not weights_finite(self.model, self.env, self.trainable if self.frozen_checked else None):
             raise TrainingError(f"the weights are NaN or Inf after step {self.step}; nothing was saved (lower "
                                 f"train.lr or train.grad_clip, or check the data)")
+        self.frozen_checked = True
 
     @torch.inference_mode()
     def evaluate(self, loader: Iterable[dict[str, Any]], num_classes: int | None = None,
@@ -211,6 +215,7 @@ class Trainer:
         return fsdp.full_model_state(self.model) if self.fsdp else None
 
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.frozen_checked = False  # every weight may have changed
         if self.fsdp:
             fsdp.load_model_state(self.model, state)
         else:

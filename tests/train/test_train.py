@@ -164,3 +164,37 @@ def test_a_save_recovers_from_a_crash_in_an_earlier_save(tiny_config, demo_shard
     assert sorted(p.name for p in tmp_path.iterdir()) == [".best-old", "last"]
     save_checkpoint(trainer.model, cfg, tmp_path / "best", {"epoch": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]
+
+
+def test_check_finite_reads_frozen_weights_once_and_again_after_a_load(tiny_config, demo_shards, monkeypatch):
+    """Only the optimizer changes weights: after one full check, a checkpoint reads the trained parameters only
+    (a frozen tower's weights are not walked at every save), until weights are loaded again."""
+    from mmfuse.errors import TrainingError
+    from mmfuse.train import trainer as trainer_module
+    from mmfuse.train.freeze import apply_freeze
+
+    trainer, _, _, _ = setup(tiny_config, demo_shards)
+    apply_freeze(trainer.model, ["image"])
+    trainer = Trainer(trainer.model, trainer.task, trainer.cfg, torch.device("cpu"), total_steps=100)
+    frozen = next(trainer.model.encoders["image"].parameters())
+    assert not frozen.requires_grad and all(p is not frozen for p in trainer.trainable)
+    read: list[int] = []
+    original = trainer_module.weights_finite
+    monkeypatch.setattr(trainer_module, "weights_finite",
+                        lambda model, env, parameters=None: read.append(
+                            len(list(model.parameters() if parameters is None else parameters)))
+                        or original(model, env, parameters))
+    trainer.check_finite()
+    trainer.check_finite()
+    assert read == [len(list(trainer.model.parameters())), len(trainer.trainable)]
+    with torch.no_grad():
+        trainer.trainable[0].view(-1)[0] = float("nan")
+    with pytest.raises(TrainingError, match="NaN or Inf"):
+        trainer.check_finite()
+    state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    names = {p: k for k, p in trainer.model.named_parameters()}
+    state[names[frozen]].view(-1)[0] = float("inf")
+    state[names[trainer.trainable[0]]].nan_to_num_(0.0)
+    trainer.load_model_state(state)
+    with pytest.raises(TrainingError, match="NaN or Inf"):  # a load: every weight is read again
+        trainer.check_finite()
