@@ -33,6 +33,7 @@ from .progress import progress_bar
 from .tasks import check_model_config, create_model_and_task, create_task, task_class
 from .tasks.base import join_parts
 from .train.coverage import Coverage, data_summary
+from .train.diagnostics import ChanceWatch, hints
 from .train.distributed import (
     DistEnv,
     abandon,
@@ -149,6 +150,7 @@ class FinetuneRun:
             for encoder in model.encoders.values():
                 encoder.set_grad_checkpointing(True)
         self.model, self.plan = model, plan_recipe(train, model)
+        self.watch = ChanceWatch(self.echo, hints(model, self.plan.recipe, self.model_config.fusion))
         if len(self.plan.stages) > 1 and self.env.distributed and train.strategy == "fsdp":
             raise ConfigError(f"train.recipe {self.plan.recipe} ({self.plan.reason}) changes which towers train "
                               f"between stages, which FSDP sharding does not follow: use train.strategy=ddp, or "
@@ -385,6 +387,7 @@ class FinetuneRun:
             if record.get("nonfinite_skipped") else ""
         self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
                   f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s{nonfinite})")
+        self.watch.after_epoch(self.stage.name, [r for r in self.records if r.get("stage") == self.stage.name], val)
         self._save("last")
         improved, dropped = self.selection.update(self.epoch, val[self.task.best_metric])
         if improved:
