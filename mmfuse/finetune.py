@@ -376,6 +376,7 @@ class FinetuneRun:
                   "train_samples": samples,
                   "train_skipped": skipped,
                   "data_s": round(self.tally.data_s, 3), "compute_s": round(self.tally.compute_s, 3),
+                  "elapsed_s": round(self._train_time(), 2),
                   **{f"val_{k}": v for k, v in scalar_metrics(val).items()}}
         if train.nonfinite == "skip":
             record["nonfinite_skipped"] = self.trainer.watch.skipped - sum(r.get("nonfinite_skipped", 0)
