@@ -4,7 +4,7 @@ A run directory holds:
     run_config.yaml            the resolved run config
     metrics.jsonl              one record per logged step and per epoch
     metrics.json               final summary: best epoch, val and test metrics, skipped samples, timings
-    checkpoints/{best,last}/   model.safetensors + config.json + assets
+    checkpoints/{best,last}/   model.safetensors + config.json + assets (last: written once, after the last epoch)
     checkpoints/resume/        the same + train_state.pt (optimizer, schedule, RNG, data position) for --resume
 
 Runs under `torchrun` use DDP: each rank reads distinct shards, metrics are summed over ranks, rank 0 writes.
@@ -266,14 +266,14 @@ class FinetuneRun:
                 "selection": self.selection.to_dict(), "log_lines": self.log.lines if self.env.is_main else 0,
                 "train_time_s": self._train_time()}
 
-    def _save(self, kind: str, train_state: bool = False) -> None:
+    def _save(self, kind: str, train_state: bool = False, epoch: int | None = None) -> None:
         # collectives: every rank takes part (the gather; under FSDP the optimizer state and the weights)
         self.trainer.check_finite()  # never a checkpoint of NaN weights, nor one written after a NaN loss
         state = self._train_state(gather_objects(self._rank_state(), self.env)) if train_state else None
         weights = self.trainer.model_state()
         if self.env.is_main:
             save_checkpoint(self.trainer.model, self.model_config, self.out / "checkpoints" / kind,
-                            {"epoch": self.epoch}, train_state=state, state_dict=weights)
+                            {"epoch": epoch or self.epoch}, train_state=state, state_dict=weights)
         barrier(self.env)
 
     def _restore(self) -> int:
@@ -389,7 +389,6 @@ class FinetuneRun:
         self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
                   f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s{nonfinite})")
         self.watch.after_epoch(self.stage.name, [r for r in self.records if r.get("stage") == self.stage.name], val)
-        self._save("last")
         improved, dropped = self.selection.update(self.epoch, val[self.task.best_metric])
         if improved:
             self.best = {"epoch": self.epoch, **{k: val[k] for k in self.task.metric_names}}
@@ -454,6 +453,7 @@ class FinetuneRun:
                 self._save("resume", train_state=True)
                 if any_rank(self.stop_requested, self.env):
                     raise Preempted
+            self._save("last", epoch=self.epoch - 1)  # once: until now `resume` held the latest epoch's weights
             return self._finish()
         except Preempted:
             self.echo(f"mmfuse: stopped by SIGTERM at step {self.trainer.step}; resume with "
