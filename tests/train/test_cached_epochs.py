@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from test_resume import comparable, crash_run
 
 import mmfuse
 from mmfuse.checkpoint import read_checkpoint_config, read_weights
@@ -19,8 +20,6 @@ from mmfuse.data.memory import MemorySplit
 from mmfuse.finetune import finetune
 from mmfuse.train.feature_cache import FeatureCache
 from mmfuse.train.state import read_state
-
-from test_resume import comparable, crash_run
 
 
 def layers(tiny_layers: dict, out, **train) -> dict:
