@@ -80,13 +80,16 @@ class SplitFeatures:
             tokens = pooled.new_zeros(len(keys), 1, pooled.shape[1])
             mask = torch.zeros(len(keys), 1, dtype=torch.bool)
         else:
-            starts, ends = self.offsets[rows].tolist(), self.offsets[rows + 1].tolist()
-            longest = max(1, max(e - s for s, e in zip(starts, ends, strict=True)))
+            starts = self.offsets[rows]  # (B,)
+            lengths = self.offsets[rows + 1] - starts  # (B,)
+            longest = max(1, int(lengths.max())) if len(keys) else 1
+            steps = torch.arange(longest)
+            real = steps < lengths[:, None]  # (B, T): the positions a sample's stored tokens fill
+            source = (starts[:, None] + steps)[real]  # their rows in the packed tokens, sample by sample
             tokens = self.tokens.new_zeros(len(keys), longest, self.tokens.shape[1])  # (B, T, W)
+            tokens[real] = self.tokens[source]
             mask = torch.zeros(len(keys), longest, dtype=torch.bool)
-            for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
-                tokens[i, : e - s] = self.tokens[s:e]
-                mask[i, : e - s] = self.mask[s:e]
+            mask[real] = self.mask[source]
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
 
     def lookup(self, modality: str) -> KeyLookup:
