@@ -31,10 +31,13 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Path,
                     extra: dict[str, Any] | None = None, train_state: dict[str, Any] | None = None,
-                    state_dict: dict[str, Any] | None = None) -> Path:
+                    state_dict: dict[str, Any] | None = None, same_weights: str | Path | None = None) -> Path:
     """Write weights, config, assets (and a resumable `train_state`) to `directory`, atomically.
 
     `state_dict` (e.g. full weights gathered from an FSDP-sharded model) is saved instead of `model`'s own tensors.
+    `same_weights`: a checkpoint directory known to hold these very weights; its `model.safetensors` is hard-linked
+    instead of written again (checkpoint files are replaced, never rewritten in place), or copied where the file
+    system has no hard links.
 
     Everything is written into a temporary sibling directory which then replaces `directory` by renames, so a
     crash at any point leaves either the old or the new checkpoint (`resolve_checkpoint_dir` finds it).
@@ -59,7 +62,9 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
         saved = replace(config, encoders=encoders)
         meta = {"model": saved.to_dict(), "asset_kwargs": asset_kwargs, **(extra or {})}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
-        if state_dict is not None:
+        if same_weights is not None and (Path(same_weights) / WEIGHTS).exists():
+            _link_or_copy(Path(same_weights) / WEIGHTS, tmp / WEIGHTS)
+        elif state_dict is not None:
             safetensors.torch.save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS))
         else:
             safetensors.torch.save_model(model, str(tmp / WEIGHTS))
@@ -77,6 +82,13 @@ def save_checkpoint(model: FusionModel, config: ModelConfig, directory: str | Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _previous(directory: Path) -> Path:

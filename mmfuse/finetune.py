@@ -223,6 +223,7 @@ class FinetuneRun:
 
     def _new_progress(self) -> None:
         """What a resumable checkpoint carries: position, best and selection, records, counts."""
+        self.saved: tuple[int, Path | None] = (-1, None)  # (trainer weights version, checkpoint) of the last save
         train = self.config.train
         self.epoch, self.position = 1, LoaderPosition()
         self.best: dict[str, Any] = {"epoch": 0}
@@ -272,8 +273,11 @@ class FinetuneRun:
         state = self._train_state(gather_objects(self._rank_state(), self.env)) if train_state else None
         weights = self.trainer.model_state()
         if self.env.is_main:
+            # a second checkpoint of unchanged weights (resume after best, at an epoch's end) links the first's file
+            same = self.saved[1] if self.saved[0] == self.trainer.weights_version else None
             save_checkpoint(self.trainer.model, self.model_config, self.out / "checkpoints" / kind,
-                            {"epoch": epoch or self.epoch}, train_state=state, state_dict=weights)
+                            {"epoch": epoch or self.epoch}, train_state=state, state_dict=weights, same_weights=same)
+            self.saved = (self.trainer.weights_version, self.out / "checkpoints" / kind)
         barrier(self.env)
 
     def _restore(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -29,6 +30,7 @@ from .finite import LossWatch, weights_finite
 from .optim import build_optimizer, warmup_cosine
 
 PROGRESS_EVERY = 10
+_VERSIONS = itertools.count()
 """The progress bar shows the loss of every this many micro-batches (reading it synchronises with the device)."""
 
 
@@ -67,6 +69,9 @@ class Trainer:
         # clip what the optimizer steps: walking every (frozen) parameter each step costs more than the clipping
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.frozen_checked = False  # `check_finite` has seen every weight since the last load
+        # changes with every optimizer step and every load, unique in the process: checkpoints written at the same
+        # version hold the same weights
+        self.weights_version = next(_VERSIONS)
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.total_steps = total_steps
@@ -113,6 +118,7 @@ class Trainer:
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
             self.step += 1
+            self.weights_version = next(_VERSIONS)
         return loss.detach()
 
     def check_finite(self) -> None:
@@ -216,6 +222,7 @@ class Trainer:
 
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
         self.frozen_checked = False  # every weight may have changed
+        self.weights_version = next(_VERSIONS)
         if self.fsdp:
             fsdp.load_model_state(self.model, state)
         else:

@@ -4,6 +4,7 @@ split over DDP ranks, and write `last` once, loadable on its own."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -95,3 +96,19 @@ def test_two_process_run_of_cached_towers_splits_the_samples_and_matches_the_rec
     assert runs["cached"]["world_size"] == 2
     assert [e["train_samples"] for e in runs["cached"]["epochs"]] == [320, 320]  # each sample once, over 2 ranks
     assert comparable(runs["cached"]) == comparable(runs["recomputed"])
+
+
+def test_a_checkpoint_of_unchanged_weights_links_the_previous_ones_file(tiny_layers, tmp_path):
+    """best, then resume (or last) at the same step hold the same weights: the second is a hard link, not a second
+    serialisation, and each directory still loads on its own."""
+    summary = finetune(resolve(layers(tiny_layers, tmp_path / "run", epochs=2, checkpoint_every=0)),
+                       echo=lambda *_: None)
+    ckpt = tmp_path / "run" / "checkpoints"
+    inode = {k: os.stat(ckpt / k / "model.safetensors").st_ino for k in ("best", "last", "resume")}
+    if summary["best_epoch"] == 1:  # best and resume after epoch 1; last after epoch 2
+        assert inode["best"] == inode["resume"] != inode["last"]
+    else:  # resume after epoch 1; best and last after epoch 2
+        assert inode["best"] == inode["last"] != inode["resume"]
+    for k in ("best", "last", "resume"):
+        assert read_weights(ckpt / k).keys() == read_weights(ckpt / "best").keys()
+    assert read_state(ckpt / "resume")["epoch"] == 2
