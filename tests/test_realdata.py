@@ -97,3 +97,19 @@ def test_full_split_sizes_and_cli(tmp_path, capsys):
     assert module.main(["--out", str(tmp_path / "cli"), "--limit", "12"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli" / "shards")
     assert DatasetInfo.load(tmp_path / "cli" / "shards").count("train") > 0
+
+
+def test_digit_match_trains_through_the_cli(built, tmp_path):
+    """The shards feed `mmfuse finetune` as they are: both modalities decoded, two labels, nothing skipped."""
+    from mmfuse.cli import main
+
+    _, _, shards = built
+    run = tmp_path / "run"
+    assert main(["finetune", "--data", str(shards), "--out", str(run), "--epochs", "1", "--max-steps", "2",
+                 "--batch-size", "16", "--no-progress", "--modalities", "text,image",
+                 "--set", "model.encoders.image.kwargs={width: 16, layers: 1, heads: 2, image_size: 32}"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["modalities"] == ["text", "image"] and metrics["skipped_total"] == 0
+    assert metrics["test"]["count"] == DatasetInfo.load(shards).count("test")
+    saved = json.loads((run / "checkpoints" / "best" / "config.json").read_text())["model"]
+    assert saved["labels"] == ["match", "no-match"]
