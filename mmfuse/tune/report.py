@@ -17,6 +17,8 @@ from ..outputs import write_atomic
 from .space import Param, nested
 
 COLUMNS = ("number", "state", "value", "best_epoch", "seconds")
+IMPORTANCE_TRIALS = 5
+"""Complete trials needed before tune.png shows parameter importances."""
 
 
 def trial_rows(study: Any, params: list[Param]) -> list[dict[str, Any]]:
@@ -52,8 +54,9 @@ def write_reports(study: Any, out: Path, base: dict[str, Any], params: list[Para
     default = next((r for r in rows if r["base"] and r["state"] == "complete"), None)
     if best is not None:
         write_best_yaml(out / "best.yaml", base, {k: best[k] for k in keys if best[k] is not None}, best, metric)
+    importances = param_importances(study) if plot else {}
     if plot:
-        plot_study(study, rows, out / "tune.png", metric, higher)
+        plot_study(rows, importances, out / "tune.png", metric, higher)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -62,7 +65,7 @@ def write_reports(study: Any, out: Path, base: dict[str, Any], params: list[Para
         return None if r is None else {"number": r["number"], "value": r["value"], "params": {k: r[k] for k in keys}}
 
     return {"metric": metric, "higher_is_better": higher, "total": len(rows), "counts": counts, "best": pick(best),
-            "base": pick(default), "trials": rows,
+            "base": pick(default), "trials": rows, "importances": importances,
             "files": {name: str(out / name) for name in ("trials.csv", "trials.md", "best.yaml", "tune.png")
                       if (out / name).exists()}}
 
@@ -90,7 +93,8 @@ def write_best_yaml(path: Path, base: dict[str, Any], values: dict[str, Any], be
     write_atomic(path, header + yaml.safe_dump(config, sort_keys=False))
 
 
-def plot_study(study: Any, rows: list[dict[str, Any]], path: Path, metric: str, higher: bool) -> None:
+def plot_study(rows: list[dict[str, Any]], importances: dict[str, float], path: Path, metric: str,
+               higher: bool) -> None:
     """tune.png: val metric per trial (complete and pruned) with the running best; importances beside it."""
     import matplotlib
 
@@ -98,7 +102,6 @@ def plot_study(study: Any, rows: list[dict[str, Any]], path: Path, metric: str, 
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    importances = param_importances(study)
     fig, axes = plt.subplots(1, 2 if importances else 1, figsize=(11 if importances else 6.5, 4), squeeze=False)
     ax = axes[0][0]
     for state, style in (("complete", {"color": "C0", "marker": "o"}), ("pruned", {"color": "0.6", "marker": "x"})):
@@ -128,16 +131,17 @@ def plot_study(study: Any, rows: list[dict[str, Any]], path: Path, metric: str, 
 
 
 def param_importances(study: Any) -> dict[str, float]:
-    """fANOVA importances of the searched keys over the complete trials; {} with too few trials or a failure."""
+    """fANOVA importances of the searched keys over the complete trials; {} below `IMPORTANCE_TRIALS` of them (too
+    few to say anything, and not worth the import of scikit-learn it costs) or when Optuna cannot compute them."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.params]
+    if len(complete) < IMPORTANCE_TRIALS:
+        return {}
     import optuna
 
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.params]
-    if len(complete) < 3:
-        return {}
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=16, seed=0)
         found = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (RuntimeError, ValueError, ZeroDivisionError):
+    except (ImportError, RuntimeError, ValueError, ZeroDivisionError):
         return {}
     return {k: float(v) for k, v in found.items() if math.isfinite(v)}
 

@@ -39,6 +39,7 @@ class StudyInterrupted(Exception):
 def check_space(base: dict[str, Any], params: list[Param]) -> None:
     """Resolve the base config with each end of each parameter's range (each choice), so a value the config
     refuses is reported before any trial runs, naming the key."""
+    from ..fusion.base import FUSIONS
     from ..tasks import check_model_config
 
     if not params:
@@ -47,7 +48,9 @@ def check_space(base: dict[str, Any], params: list[Param]) -> None:
         for value in p.choices or (p.low, p.high):
             value = int(value) if p.type == "int" else value
             try:
-                check_model_config(resolve(base, nested({p.key: value})).model)
+                model = resolve(base, nested({p.key: value})).model
+                FUSIONS.get(model.fusion)  # a name no fusion is registered under
+                check_model_config(model)
             except ConfigError as err:
                 raise ConfigError(f"search space {p.key}={value!r}: {err}") from None
 
@@ -169,14 +172,16 @@ def _prepare(study: Any, base: dict[str, Any], params: list[Param]) -> int:
     from optuna.trial import TrialState
 
     storage = study._storage
+    requeued = list(study.user_attrs.get("requeued", []))  # finished trials take no attributes: the study keeps them
     done = 0
     for trial in study.get_trials(deepcopy=False):
         broken = trial.state == TrialState.RUNNING or trial.user_attrs.get("interrupted")
-        if broken and not trial.user_attrs.get("requeued"):
-            if trial.state == TrialState.RUNNING:  # the process running it died: one writer holds OUT
+        if broken and trial.number not in requeued:
+            if trial.state == TrialState.RUNNING:  # the process running it died (one process holds OUT)
+                storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-            storage.set_trial_user_attr(trial._trial_id, "requeued", True)
+            requeued.append(trial.number)
+            study.set_user_attr("requeued", requeued)
             study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items() if k == "base"})
         elif not broken and trial.state.name in FINISHED:
             done += 1
