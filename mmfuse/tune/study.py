@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,8 @@ def tune(base: dict[str, Any] | RunConfig, out: str | Path, trials: int = 20, *,
     from ..tasks import task_class
     from .report import write_reports
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("mmfuse tune runs its trials in one process: start it without torchrun")
     base = base.to_dict() if isinstance(base, RunConfig) else dict(base)
     base.pop("out", None)
     base_config = resolve(base)
@@ -235,7 +238,7 @@ class Objective:
                     best.update(value=float(value), epoch=record["epoch"])
                     trial.set_user_attr("value", best["value"])
                     trial.set_user_attr("best_epoch", best["epoch"])
-            if trial.should_prune():
+            if not trial.user_attrs.get("base") and trial.should_prune():  # the base runs to its end: the yardstick
                 raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
 
         log = self.out / "logs" / f"{trial.number:04d}.log"

@@ -60,28 +60,25 @@ def rows(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-class PruneFrom(optuna.pruners.BasePruner):
-    """Prune every trial numbered `first` or later at its first report."""
-
-    def __init__(self, first: int) -> None:
-        self.first = first
+class PruneAll(optuna.pruners.BasePruner):
+    """Prune every trial at its first report (`tune` never asks about the base trial)."""
 
     def prune(self, study, trial) -> bool:
-        return trial.number >= self.first
+        return True
 
 
 def test_trial_0_is_the_base_config_and_best_yaml_merges_the_best_values(scripted, tmp_path):
     fake = scripted()
-    summary = tune(BASE, tmp_path / "study", 5, space=SPACE, pruner="none", echo=lambda *_: None)
-    assert [c["number"] for c in fake.calls] == [0, 1, 2, 3, 4]
+    summary = tune(BASE, tmp_path / "study", 4, space=SPACE, pruner="none", echo=lambda *_: None)
+    assert [c["number"] for c in fake.calls] == [0, 1, 2, 3]
     assert fake.calls[0]["lr"] == 1e-3 and fake.calls[0]["config"].model.dropout == 0.1  # the base's values
     for call in fake.calls:  # each trial in its own directory, quietly
         assert call["config"].out == str(tmp_path / "study" / "trials" / f"{call['number']:04d}")
         assert call["config"].train.progress is False and call["config"].train.cache_dir is None
     table = rows(tmp_path / "study")
-    assert [r["state"] for r in table] == ["complete"] * 5 and table[0]["base"] == "True"
-    assert summary["counts"] == {"complete": 5} and summary["base"]["number"] == 0
-    assert set(summary["importances"]) == {"train.lr", "model.dropout"}  # drawn beside the trials in tune.png
+    assert [r["state"] for r in table] == ["complete"] * 4 and table[0]["base"] == "True"
+    assert summary["counts"] == {"complete": 4} and summary["base"]["number"] == 0
+    assert summary["importances"] == {}  # too few trials to say
     best = max(table, key=lambda r: float(r["value"]))
     assert summary["best"]["number"] == int(best["number"])
     config = yaml.safe_load((tmp_path / "study" / "best.yaml").read_text())
@@ -89,6 +86,14 @@ def test_trial_0_is_the_base_config_and_best_yaml_merges_the_best_values(scripte
     assert "out" not in config
     assert (tmp_path / "study" / "tune.png").stat().st_size > 0
     assert "| 0 | complete |" in (tmp_path / "study" / "trials.md").read_text()
+
+
+@pytest.mark.slow  # fANOVA imports scikit-learn
+def test_parameter_importances_from_five_complete_trials(scripted, tmp_path):
+    scripted()
+    summary = tune(BASE, tmp_path / "study", 5, space=SPACE, pruner="none", echo=lambda *_: None)
+    importances = summary["importances"]  # drawn beside the trials in tune.png
+    assert set(importances) == {"train.lr", "model.dropout"} and abs(sum(importances.values()) - 1) < 1e-6
 
 
 def test_a_continued_study_runs_only_the_remaining_trials(scripted, tmp_path):
@@ -141,7 +146,7 @@ def test_a_trial_with_an_invalid_config_fails_in_one_line_and_the_study_goes_on(
 
 def test_pruning_stops_a_trial_after_the_epoch_it_was_pruned_at(scripted, tmp_path):
     fake = scripted()
-    summary = tune(BASE, tmp_path / "study", 3, space=SPACE, pruner=PruneFrom(1), echo=lambda *_: None)
+    summary = tune(BASE, tmp_path / "study", 3, space=SPACE, pruner=PruneAll(), echo=lambda *_: None)
     assert [c["epochs"] for c in fake.calls] == [[1, 2, 3], [1], [1]]
     assert summary["counts"] == {"complete": 1, "pruned": 2} and summary["best"]["number"] == 0
     assert [r["best_epoch"] for r in rows(tmp_path / "study")] == ["3", "1", "1"]
@@ -154,6 +159,12 @@ def test_the_medians_pruner_and_hyperband_are_built_by_name(scripted, tmp_path):
         assert summary["total"] == 2
     with pytest.raises(ConfigError, match="--pruner must be one of"):
         tune(BASE, tmp_path / "x", 2, space=SPACE, pruner="percentile", echo=lambda *_: None)
+
+
+def test_tune_refuses_torchrun(scripted, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="without torchrun"):
+        tune(BASE, tmp_path / "study", 2, space=SPACE, echo=lambda *_: None)
 
 
 def write(path: Path, data: dict) -> Path:
@@ -198,7 +209,7 @@ def test_frozen_towers_are_encoded_once_per_study_and_pruned_runs_stop(demo_shar
             "data": {"path": str(demo_shards), "batch_size": 16, "eval_batch_size": 16},
             "train": {"epochs": 2, "freeze": ["text", "image"], "log_every": 2}}
     out = tmp_path / "study"
-    summary = tune(base, out, 2, space=SPACE[:1], pruner=PruneFrom(1), echo=lambda *_: None)
+    summary = tune(base, out, 2, space=SPACE[:1], pruner=PruneAll(), echo=lambda *_: None)
     assert summary["counts"] == {"complete": 1, "pruned": 1}
     assert sorted(p.name.split("-")[0] for p in (out / "features").iterdir()) == ["image"] * 3 + ["text"] * 3
     assert "read from" in (out / "logs" / "0001.log").read_text()  # trial 1 reused trial 0's features
