@@ -150,7 +150,10 @@ def import_optuna() -> Any:
 def _open_study(optuna: Any, name: str, storage: str, resume: bool, direction: str, sampler_pruner: dict[str, Any],
                 identity: dict[str, Any]) -> Any:
     """Create the study or load the one of that name; refuse one that tunes another base config or space."""
-    exists = name in optuna.study.get_all_study_names(storage)
+    try:
+        exists = name in optuna.study.get_all_study_names(storage)
+    except Exception as err:  # sqlalchemy's errors for a URL it cannot open, of many types
+        raise ConfigError(f"--storage {storage} cannot be opened: {str(err).splitlines()[0]}") from None
     if resume and not exists:
         raise ConfigError(f"--resume: {storage} holds no study '{name}' to continue")
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,

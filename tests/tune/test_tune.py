@@ -128,6 +128,8 @@ def test_a_study_of_another_base_config_is_refused(scripted, tmp_path):
         tune(BASE, tmp_path / "study", 2, space=SPACE[:1], echo=lambda *_: None)
     with pytest.raises(ConfigError, match="holds no study 'other'"):
         tune(BASE, tmp_path / "study", 2, space=SPACE, study_name="other", resume=True, echo=lambda *_: None)
+    with pytest.raises(ConfigError, match="--storage nosuchdb://x cannot be opened"):
+        tune(BASE, tmp_path / "study", 2, space=SPACE, storage="nosuchdb://x", echo=lambda *_: None)
 
 
 def test_a_trial_with_an_invalid_config_fails_in_one_line_and_the_study_goes_on(scripted, tmp_path, capsys):
