@@ -27,6 +27,7 @@ from typing import Any
 from ..config import RunConfig, resolve
 from ..errors import ConfigError, TrainingError
 from ..outputs import hold
+from .report import write_reports
 from .space import Param, default_space, dotted, nested
 
 PRUNERS = ("median", "hyperband", "none")
@@ -80,24 +81,11 @@ def tune(base: dict[str, Any] | RunConfig, out: str | Path, trials: int = 20, *,
 
     `trials` counts the whole study: a continued study (same `out` and `study_name`) runs only the rest. Returns
     the summary: counts per state, the best trial and the base trial (number, value, params), the metric and
-    direction, the paths written.
+    direction, parameter importances, the paths written.
     """
     optuna = import_optuna()
-    from ..tasks import task_class
-    from .report import write_reports
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("mmfuse tune runs its trials in one process: start it without torchrun")
-    base = base.to_dict() if isinstance(base, RunConfig) else dict(base)
-    base.pop("out", None)
-    base_config = resolve(base)
-    if trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {trials}")
-    if timeout is not None and timeout <= 0:
-        raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
-    params = default_space(base_config) if space is None else list(space)
-    check_space(base, params)
-    task = task_class(base_config.model.task)
+    base, base_config, params = _settings(base, trials, timeout, space)
+    task = _task(base_config)
     metric, higher = task.best_metric, task.higher_is_better
     out = Path(out)
     lock = hold(out, "tune")
@@ -105,29 +93,21 @@ def tune(base: dict[str, Any] | RunConfig, out: str | Path, trials: int = 20, *,
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's line is ours; a failure is one line
     try:
         storage = storage or f"sqlite:///{out.resolve() / 'study.db'}"
-        sampler_pruner = {"sampler": optuna.samplers.TPESampler(seed=seed),
-                          "pruner": make_pruner(pruner, params, base_config)}
         study = _open_study(optuna, study_name, storage, resume, "maximize" if higher else "minimize",
-                            sampler_pruner, {"base": base, "space": [{"key": p.key, **p.to_dict()} for p in params]})
+                            {"sampler": optuna.samplers.TPESampler(seed=seed),
+                             "pruner": make_pruner(pruner, params, base_config)},
+                            {"base": base, "space": [{"key": p.key, **p.to_dict()} for p in params]})
         remaining = trials - _prepare(study, base, params)
         if remaining <= 0:
             echo(f"mmfuse: study '{study_name}' already has {trials} finished trials; raise --trials to run more")
         cache = {"cache_dir": str(out / "features")} if base_config.train.freeze and \
             base_config.train.cache_dir is None else {}
-        objective = Objective(base, params, out, metric, cache)
-        started, interrupted = time.perf_counter(), False
-
-        def after_trial(study: Any, trial: Any) -> None:
-            echo(describe_trial(trial, metric))
-            write_reports(study, out, base, params, metric, higher, plot=False)
-
         echo(f"mmfuse: tuning {', '.join(p.key for p in params)} for val {metric} "
              f"({'higher' if higher else 'lower'} is better): {max(remaining, 0)} trials -> {out}")
-        try:
-            if remaining > 0:
-                study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[after_trial])
-        except StudyInterrupted:
-            interrupted = True
+        started = time.perf_counter()
+        interrupted = _optimize(study, Objective(base, params, out, metric, higher, cache), remaining, timeout,
+                                lambda study, trial: _after_trial(study, trial, out, base, params, metric, higher,
+                                                                  echo))
         summary = write_reports(study, out, base, params, metric, higher, plot=True)
         summary.update(wall_s=time.perf_counter() - started, interrupted=interrupted, study=study_name,
                        storage=storage)
@@ -136,6 +116,48 @@ def tune(base: dict[str, Any] | RunConfig, out: str | Path, trials: int = 20, *,
     finally:
         optuna.logging.set_verbosity(verbosity)
         lock.release()
+
+
+def _settings(base: dict[str, Any] | RunConfig, trials: int, timeout: float | None,
+              space: list[Param] | None) -> tuple[dict[str, Any], RunConfig, list[Param]]:
+    """The base layer (without `out`), its resolved config and the checked search space; `ConfigError` first."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("mmfuse tune runs its trials in one process: start it without torchrun")
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
+    base = base.to_dict() if isinstance(base, RunConfig) else dict(base)
+    base.pop("out", None)
+    base_config = resolve(base)
+    params = default_space(base_config) if space is None else list(space)
+    check_space(base, params)
+    return base, base_config, params
+
+
+def _task(config: RunConfig) -> Any:
+    from ..tasks import task_class
+
+    return task_class(config.model.task)
+
+
+def _optimize(study: Any, objective: Objective, remaining: int, timeout: float | None,
+              after_trial: Callable[[Any, Any], None]) -> bool:
+    """Run up to `remaining` trials; True when a trial was stopped by SIGTERM (the study ends there)."""
+    if remaining <= 0:
+        return False
+    try:
+        study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[after_trial])
+    except StudyInterrupted:
+        return True
+    return False
+
+
+def _after_trial(study: Any, trial: Any, out: Path, base: dict[str, Any], params: list[Param], metric: str,
+                 higher: bool, echo: Callable[..., Any]) -> None:
+    """Each finished trial: its line, and the tables and best.yaml brought up to date (the plot waits)."""
+    echo(describe_trial(trial, metric))
+    write_reports(study, out, base, params, metric, higher, plot=False)
 
 
 def import_optuna() -> Any:
@@ -206,9 +228,10 @@ def _param(params: list[Param], key: str) -> Param:
 class Objective:
     """One trial: the base config with the trial's values -> `finetune` into OUT/trials/NNNN -> best val metric."""
 
-    def __init__(self, base: dict[str, Any], params: list[Param], out: Path, metric: str,
+    def __init__(self, base: dict[str, Any], params: list[Param], out: Path, metric: str, higher: bool,
                  cache: dict[str, Any]) -> None:
-        self.base, self.params, self.out, self.metric, self.cache = base, params, out, metric, cache
+        self.base, self.params, self.out, self.metric, self.higher = base, params, out, metric, higher
+        self.cache = cache
         self.resolved = resolve(base).to_dict()
 
     def values(self, trial: Any) -> dict[str, Any]:
@@ -222,52 +245,34 @@ class Objective:
             values[p.key] = p.suggest(trial)
         return values
 
-    def __call__(self, trial: Any) -> float:
+    def reporter(self, trial: Any) -> Callable[[dict[str, Any]], None]:
+        """`finetune`'s `on_epoch`: report the epoch's val metric, keep the trial's best, stop a pruned trial."""
         import optuna
-
-        from ..finetune import finetune
-
-        tick = time.perf_counter()
-        run_dir = self.out / "trials" / f"{trial.number:04d}"
-        trial.set_user_attr("dir", str(run_dir))
-        best: dict[str, Any] = {"value": None, "epoch": None}
 
         def on_epoch(record: dict[str, Any]) -> None:
             value = record.get(f"val_{self.metric}")
             if isinstance(value, (int, float)) and math.isfinite(value):
                 trial.report(float(value), record["epoch"])
-                if best["value"] is None or trial.study.direction.name == "MAXIMIZE" and value > best["value"] or \
-                        trial.study.direction.name == "MINIMIZE" and value < best["value"]:
-                    best.update(value=float(value), epoch=record["epoch"])
-                    trial.set_user_attr("value", best["value"])
-                    trial.set_user_attr("best_epoch", best["epoch"])
+                best = trial.user_attrs.get("value")
+                if best is None or (value > best if self.higher else value < best):
+                    trial.set_user_attr("value", float(value))
+                    trial.set_user_attr("best_epoch", record["epoch"])
             if not trial.user_attrs.get("base") and trial.should_prune():  # the base runs to its end: the yardstick
                 raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
 
+        return on_epoch
+
+    def __call__(self, trial: Any) -> float:
+        tick = time.perf_counter()
         log = self.out / "logs" / f"{trial.number:04d}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         try:
             with log.open("a", encoding="utf-8") as file:
-                def echo(*args: Any) -> None:
-                    print(*args, file=file, flush=True)
-
-                try:
-                    layer = nested(self.values(trial))
-                    config = resolve(self.base, layer, {"out": str(run_dir), "train": {"progress": False,
-                                                                                       **self.cache}})
-                    result = finetune(config, echo=echo, on_epoch=on_epoch)
-                except (ConfigError, TrainingError) as err:  # this trial's values: the study goes on
-                    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    trial.set_user_attr("error", f"{type(err).__name__}: {message}")
-                    echo(f"mmfuse: error: {message}")
-                    return float("nan")  # Optuna records the trial as failed
-                except optuna.TrialPruned:
-                    raise
-                except BaseException:  # Ctrl-C, a data or output error, a bug: the study stops; re-run retries
-                    trial.set_user_attr("interrupted", True)
-                    raise
+                result = self.train(trial, lambda *args: print(*args, file=file, flush=True))
         finally:
             trial.set_user_attr("seconds", round(time.perf_counter() - tick, 2))
+        if result is None:
+            return float("nan")  # Optuna records the trial as failed
         if result.get("interrupted"):
             trial.set_user_attr("interrupted", True)
             raise StudyInterrupted(f"trial {trial.number} was stopped by SIGTERM")
@@ -275,6 +280,30 @@ class Objective:
         trial.set_user_attr("value", value)
         trial.set_user_attr("best_epoch", result["best_epoch"])
         return value
+
+    def train(self, trial: Any, echo: Callable[..., Any]) -> dict[str, Any] | None:
+        """The trial's `finetune` run: its metrics.json summary, or None when its config or training failed (the
+        one-line reason in the trial's `error`)."""
+        import optuna
+
+        from ..finetune import finetune
+
+        run_dir = self.out / "trials" / f"{trial.number:04d}"
+        trial.set_user_attr("dir", str(run_dir))
+        try:
+            config = resolve(self.base, nested(self.values(trial)),
+                             {"out": str(run_dir), "train": {"progress": False, **self.cache}})
+            return finetune(config, echo=echo, on_epoch=self.reporter(trial))
+        except (ConfigError, TrainingError) as err:  # this trial's values: the study goes on
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            trial.set_user_attr("error", f"{type(err).__name__}: {message}")
+            echo(f"mmfuse: error: {message}")
+            return None
+        except optuna.TrialPruned:
+            raise
+        except BaseException:  # Ctrl-C, a data or output error, a bug: the study stops; a re-run retries it
+            trial.set_user_attr("interrupted", True)
+            raise
 
 
 def describe_trial(trial: Any, metric: str) -> str:
