@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ..config import RunConfig, load_yaml
+from ..config import ENCODER_LR_DIVISOR, RunConfig, load_yaml
 from ..errors import ConfigError, did_you_mean
 
 TYPES = ("float", "int", "categorical")
@@ -143,8 +143,8 @@ def load_space(path: str | Path) -> list[Param]:
 
 def default_space(config: RunConfig) -> list[Param]:
     """The default search around `config`: fusion (with two or more modalities, when the task uses it and no
-    fusion_kwargs pin one), dim, dropout, lr, encoder_lr (when a tower trains), weight_decay and epochs (and
-    probe_epochs under an lp-ft recipe). Every range holds the base config's own value."""
+    fusion_kwargs pin one), dim, dropout, lr, encoder_lr (when a pretrained tower trains), weight_decay, epochs and
+    probe_epochs (under an lp-ft recipe). Every range holds the base config's own value."""
     from ..fusion import list_fusions
     from ..tasks import task_class
 
@@ -156,25 +156,41 @@ def default_space(config: RunConfig) -> list[Param]:
     space.append(Param("model.dim", "categorical", choices=tuple(dims)))
     space.append(Param("model.dropout", "float", 0.0, max(0.5, model.dropout)))
     space.append(Param("train.lr", "float", train.lr / 10, train.lr * 10, log=True))
-    if _tower_trains(config):
-        ref = train.encoder_lr or train.lr
-        space.append(Param("train.encoder_lr", "float", ref / 100, ref * 3, log=True))
+    if _pretrained_tower_trains(config):
+        ref = train.encoder_lr or train.lr / ENCODER_LR_DIVISOR
+        space.append(Param("train.encoder_lr", "float", ref / 10, ref * 10, log=True))
     space.append(Param("train.weight_decay", "float", 0.0, max(0.2, train.weight_decay)))
     if train.epochs > 1:
         space.append(Param("train.epochs", "int", max(1, train.epochs // 2), train.epochs * 2))
-    probe = getattr(train, "probe_epochs", None)
-    if getattr(train, "recipe", None) == "lp-ft" and isinstance(probe, int):
-        space.append(Param("train.probe_epochs", "int", 1, max(2, probe * 2)))
+    if recipe(config) == "lp-ft" and train.probe_epochs > 1:
+        space.append(Param("train.probe_epochs", "int", max(1, train.probe_epochs // 4), train.probe_epochs))
     return space
 
 
-def _tower_trains(config: RunConfig) -> bool:
-    """Some encoder learns: a tower not frozen, a frozen one whose top layers train, or one with adapters."""
+def pretrained(config: RunConfig) -> list[str]:
+    """The modalities whose tower may hold pretrained weights: its spec asks for them and it is not one of the
+    random-init `tiny-*` test towers (which tower really loads weights is known once it is built)."""
+    specs = config.model.encoders
+    return [m for m in config.model.modalities
+            if m in specs and specs[m].pretrained and not specs[m].name.startswith("tiny-")]
+
+
+def recipe(config: RunConfig) -> str:
+    """`train.recipe` as `mmfuse.train.recipe.plan_recipe` resolves it, from the config alone (`pretrained`)."""
     train = config.train
-    frozen = set(train.freeze)
-    if getattr(train, "recipe", "full") == "frozen":
-        frozen = set(config.model.modalities)
-    return bool(set(config.model.modalities) - frozen) or train.unfreeze_top > 0 or bool(config.model.adapters)
+    probe = [m for m in pretrained(config) if m not in train.freeze]
+    if train.recipe == "auto":
+        return "lp-ft" if probe and not train.freeze and not train.init_from else "full"
+    return train.recipe if train.recipe == "full" or probe else "full"
+
+
+def _pretrained_tower_trains(config: RunConfig) -> bool:
+    """A pretrained tower learns at `train.encoder_lr` in some stage: not frozen (the frozen recipe freezes them
+    all), or only its top layers or adapters train. Random-init towers learn at `lr`."""
+    train = config.train
+    towers = [m for m in pretrained(config) if m not in train.freeze or train.unfreeze_top > 0
+              or m in config.model.adapters]
+    return bool(towers) and recipe(config) != "frozen"
 
 
 def _fuses(task: type) -> bool:

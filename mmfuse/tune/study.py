@@ -100,8 +100,8 @@ def tune(base: dict[str, Any] | RunConfig, out: str | Path, trials: int = 20, *,
         remaining = trials - _prepare(study, base, params)
         if remaining <= 0:
             echo(f"mmfuse: study '{study_name}' already has {trials} finished trials; raise --trials to run more")
-        cache = {"cache_dir": str(out / "features")} if base_config.train.freeze and \
-            base_config.train.cache_dir is None else {}
+        # towers a trial freezes (train.freeze, the frozen recipe, lp-ft's probe) are encoded once per study
+        cache = {} if base_config.train.cache_dir else {"cache_dir": str(out / "features")}
         echo(f"mmfuse: tuning {', '.join(p.key for p in params)} for val {metric} "
              f"({'higher' if higher else 'lower'} is better): {max(remaining, 0)} trials -> {out}")
         started = time.perf_counter()

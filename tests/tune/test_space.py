@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mmfuse.cli import main
-from mmfuse.config import resolve
+from mmfuse.config import merge, resolve
 from mmfuse.errors import ConfigError
 from mmfuse.fusion import list_fusions
 from mmfuse.tune import Param, default_space, load_space, parse_param
@@ -79,19 +79,33 @@ def test_a_value_the_config_refuses_is_named_before_any_trial():
 def test_default_space_around_the_demo_config_holds_its_values():
     config = resolve({})
     space = default_space(config)
-    assert keys(space) == ["model.fusion", "model.dim", "model.dropout", "train.lr", "train.encoder_lr",
-                           "train.weight_decay", "train.epochs"]
+    assert keys(space) == ["model.fusion", "model.dim", "model.dropout", "train.lr", "train.weight_decay",
+                           "train.epochs"]  # no encoder_lr: the demo's random-init towers learn at lr
     assert set(space[0].choices) == set(list_fusions())
-    assert space[3].log and space[4].log
+    assert space[3].log
     values = config.to_dict()
     for p in space:
-        if p.key != "train.encoder_lr":  # None in the base: the base trial keeps it
-            assert p.contains(dotted(values, p.key)), p.key
+        assert p.contains(dotted(values, p.key)), p.key
     check_space({}, space)
 
 
+BERT = {"model": {"encoders": {"text": {"name": "hf-text:bert-base-uncased"}}}}  # a pretrained tower (not built)
+
+
+def test_a_pretrained_tower_adds_encoder_lr_and_under_lp_ft_probe_epochs():
+    config = resolve(BERT)
+    space = {p.key: p for p in default_space(config)}
+    assert space["train.encoder_lr"].log and space["train.encoder_lr"].contains(config.train.lr / 20)
+    assert space["train.probe_epochs"].contains(config.train.probe_epochs)  # auto resolves to lp-ft
+    space = keys(default_space(resolve(merge(BERT, {"train": {"recipe": "full"}}))))
+    assert "train.encoder_lr" in space and "train.probe_epochs" not in space
+    check_space(BERT, default_space(config))
+
+
 @pytest.mark.parametrize("layer, absent", [
-    ({"train": {"freeze": ["text", "image"]}}, "train.encoder_lr"),  # no tower trains
+    (merge(BERT, {"train": {"freeze": ["text"]}}), "train.encoder_lr"),  # the pretrained tower is frozen
+    (merge(BERT, {"train": {"freeze": ["text"]}}), "train.probe_epochs"),  # auto: full, no probe
+    (merge(BERT, {"train": {"recipe": "frozen"}}), "train.encoder_lr"),  # frozen recipe: pretrained towers frozen
     ({"model": {"task": "contrastive"}}, "model.fusion"),  # no head on the fused embedding
     ({"model": {"modalities": ["text"]}}, "model.fusion"),  # nothing to fuse
     ({"model": {"fusion": "lmf", "fusion_kwargs": {"rank": 4}}}, "model.fusion"),  # options of one fusion
@@ -102,8 +116,8 @@ def test_default_space_leaves_out_what_the_base_config_fixes(layer, absent):
     assert "train.lr" in keys(default_space(resolve(layer)))
 
 
-def test_frozen_towers_with_trained_top_layers_still_search_encoder_lr():
-    space = default_space(resolve({"train": {"freeze": ["text", "image"], "unfreeze_top": 1}}))
+def test_a_frozen_pretrained_tower_with_trained_top_layers_still_searches_encoder_lr():
+    space = default_space(resolve(merge(BERT, {"train": {"freeze": ["text"], "unfreeze_top": 1}})))
     assert "train.encoder_lr" in keys(space)
 
 

@@ -74,7 +74,8 @@ def test_trial_0_is_the_base_config_and_best_yaml_merges_the_best_values(scripte
     assert fake.calls[0]["lr"] == 1e-3 and fake.calls[0]["config"].model.dropout == 0.1  # the base's values
     for call in fake.calls:  # each trial in its own directory, quietly
         assert call["config"].out == str(tmp_path / "study" / "trials" / f"{call['number']:04d}")
-        assert call["config"].train.progress is False and call["config"].train.cache_dir is None
+        assert call["config"].train.progress is False
+        assert call["config"].train.cache_dir == str(tmp_path / "study" / "features")  # frozen towers: shared
     table = rows(tmp_path / "study")
     assert [r["state"] for r in table] == ["complete"] * 4 and table[0]["base"] == "True"
     assert summary["counts"] == {"complete": 4} and summary["base"]["number"] == 0
