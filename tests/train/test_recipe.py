@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
+import yaml
 from test_resume import comparable, crash_run
 
 from mmfuse.cli import main
@@ -121,11 +122,11 @@ def test_a_crash_in_the_finetune_stage_resumes_into_it_and_matches(tiny_layers, 
 
 def test_cli_prints_the_recipe_it_chose_and_honours_recipe_full(tiny_layers, text_dir, tmp_path, capsys):
     layers = pretrained_layers(tiny_layers, text_dir, tmp_path / "run", max_steps=3)
-    (tmp_path / "cfg.json").write_text(json.dumps(layers))
-    import yaml
-
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(layers))
     assert main(["finetune", "--config", str(tmp_path / "cfg.yaml"), "--no-progress", "--recipe", "full",
                  "--overwrite"]) == 0
     out = capsys.readouterr().out
     assert "recipe full (train.recipe): train 2 epochs" in out
+    assert main(["finetune", "--config", str(tmp_path / "cfg.yaml"), "--no-progress", "--overwrite"]) == 0
+    out = capsys.readouterr().out  # no recipe flag: pretrained towers get LP-FT, and the run says so
+    assert "mmfuse: recipe lp-ft (auto: pretrained text tower): probe 2 epochs with text frozen" in out
