@@ -28,7 +28,7 @@ from ..config import RunConfig, resolve
 from ..errors import ConfigError, TrainingError
 from ..outputs import hold
 from .report import write_reports
-from .space import Param, default_space, dotted, nested
+from .space import Param, default_space, dotted, nested, recipe
 
 PRUNERS = ("median", "hyperband", "none")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
@@ -65,8 +65,10 @@ def make_pruner(pruner: Any, params: list[Param], base: RunConfig) -> Any:
         return pruner
     if pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-    if pruner == "hyperband":
+    if pruner == "hyperband":  # the resource is the epoch (an lp-ft run's probe epochs come first)
         epochs = max([base.train.epochs, *(int(p.high) for p in params if p.key == "train.epochs")])
+        if recipe(base) == "lp-ft":
+            epochs += max([base.train.probe_epochs, *(int(p.high) for p in params if p.key == "train.probe_epochs")])
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 2), reduction_factor=3)
     if pruner == "none":
         return optuna.pruners.NopPruner()

@@ -29,7 +29,7 @@ TINY_SETS = ["--set", "model.dim=32", "--set", "model.encoders.text.kwargs.width
 class Scripted:
     """A stand-in for `mmfuse.finetune.finetune`: val accuracy peaks at lr 3e-3; what each call got is kept."""
 
-    def __init__(self, fail: dict[int, BaseException] | None = None) -> None:
+    def __init__(self, fail: dict[int, BaseException | str] | None = None) -> None:
         self.calls: list[dict] = []
         self.fail = fail or {}
 
@@ -37,6 +37,8 @@ class Scripted:
         number = int(Path(config.out).name)
         self.calls.append({"number": number, "lr": config.train.lr, "epochs": [], "config": config})
         if number in self.fail:
+            if self.fail[number] == "sigterm":  # finetune's answer to SIGTERM: a resumable checkpoint, no error
+                return {"interrupted": True, "step": 1, "out": config.out}
             raise self.fail[number]
         value = 1.0 - abs(math.log10(config.train.lr / 3e-3)) / 4
         for epoch in range(1, config.train.epochs + 1):
@@ -118,6 +120,33 @@ def test_a_killed_trial_is_run_again_when_the_study_continues(scripted, tmp_path
     assert [c["number"] for c in fake.calls] == [0, 1, 2, 3]
     assert fake.calls[2]["lr"] == killed_lr  # the killed trial's values, under the next number
     assert [r["state"] for r in rows(tmp_path / "study")] == ["complete", "interrupted", "complete", "complete"]
+
+
+def test_sigterm_ends_the_study_and_a_rerun_continues_it(scripted, tmp_path, capsys):
+    fake = scripted(fail={1: "sigterm"})
+    args = ["tune", "--config", str(write(tmp_path / "base.yaml", BASE)), "--space",
+            str(write(tmp_path / "space.yaml", {p.key: p.to_dict() for p in SPACE})), "--out", str(tmp_path / "s")]
+    assert main([*args, "--trials", "3"]) == 130
+    assert "interrupted: re-run the same command to continue" in capsys.readouterr().out
+    fake.fail.clear()
+    assert main([*args, "--trials", "3"]) == 0
+    assert [c["number"] for c in fake.calls] == [0, 1, 2, 3] and fake.calls[2]["lr"] == fake.calls[1]["lr"]
+    assert [r["state"] for r in rows(tmp_path / "s")] == ["complete", "interrupted", "complete", "complete"]
+
+
+def test_timeout_stops_starting_trials(scripted, tmp_path):
+    fake = scripted()
+    summary = tune(BASE, tmp_path / "study", 50, timeout=1e-3, space=SPACE, echo=lambda *_: None)
+    assert len(fake.calls) == summary["total"] < 50
+
+
+def test_hyperband_counts_the_probe_epochs_of_lp_ft():
+    from mmfuse.config import resolve
+    from mmfuse.tune.study import make_pruner
+
+    config = resolve({"model": {"encoders": {"text": {"name": "hf-text:bert-base-uncased"}}},
+                      "train": {"recipe": "lp-ft", "epochs": 4, "probe_epochs": 6}})
+    assert make_pruner("hyperband", SPACE, config)._max_resource == 10
 
 
 def test_a_study_of_another_base_config_is_refused(scripted, tmp_path):
