@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=int, default=20, help="trials in the whole study, the base config's included "
                                                           "(a continued study runs only the rest)")
     p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
-    p.add_argument("--out", required=True, help="study directory: study.db, trials/NNNN run directories, reports")
+    p.add_argument("--out", help="study directory: study.db, trials/NNNN run directories, reports (required)")
     p.add_argument("--study", default="mmfuse-tune", metavar="NAME", help="study name inside the storage")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     p.add_argument("--space", metavar="SPACE.yaml",
@@ -56,6 +56,7 @@ def base_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import resolve
+    from ..errors import ConfigError
     from ..tune import default_space, load_space, tune
     from ..tune.space import dump_space
     from .common import say
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_space:
         print(dump_space(space if space is not None else default_space(resolve(base))), end="")
         return 0
+    if not args.out:
+        raise ConfigError("mmfuse tune needs --out DIR, the study directory")
     summary = tune(base, args.out, args.trials, timeout=args.timeout, space=space, study_name=args.study,
                    storage=args.storage, seed=args.seed, pruner=args.pruner, resume=args.resume, echo=say)
     return 130 if summary["interrupted"] else 0

@@ -122,11 +122,11 @@ def test_a_frozen_pretrained_tower_with_trained_top_layers_still_searches_encode
 
 
 def test_print_space_writes_a_space_file_that_loads_back(tmp_path, capsys):
-    assert main(["tune", "--out", str(tmp_path / "study"), "--print-space", "--set", "train.epochs=4"]) == 0
+    assert main(["tune", "--print-space", "--set", "train.epochs=4"]) == 0
     path = tmp_path / "space.yaml"
     path.write_text(capsys.readouterr().out)
     assert load_space(path) == default_space(resolve({"train": {"epochs": 4}}))
-    assert not (tmp_path / "study").exists()
+    assert main(["tune", "--trials", "2"]) == 2 and "needs --out DIR" in capsys.readouterr().err
 
 
 def test_nested_and_dotted():
