@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
 from mmfuse.cli import main
-from mmfuse.config import merge, resolve
+from mmfuse.config import load_yaml, merge, resolve
 from mmfuse.errors import ConfigError
 from mmfuse.fusion import list_fusions
 from mmfuse.tune import Param, default_space, load_space, parse_param
@@ -133,3 +134,10 @@ def test_nested_and_dotted():
     layer = nested({"train.lr": 0.1, "train.epochs": 2, "model.fusion_kwargs.rank": 4})
     assert layer == {"train": {"lr": 0.1, "epochs": 2}, "model": {"fusion_kwargs": {"rank": 4}}}
     assert dotted(layer, "model.fusion_kwargs.rank") == 4 and dotted(layer, "data.path") is None
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs" / "spaces").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_space_files_fit_the_demo_config(path):
+    base = load_yaml(Path(__file__).parents[2] / "configs" / "demo.yaml")
+    check_space(base, load_space(path))
