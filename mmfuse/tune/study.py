@@ -329,6 +329,9 @@ def describe_study(summary: dict[str, Any], out: Path) -> str:
     best, default, metric = summary["best"], summary["base"], summary["metric"]
     if best is None:
         lines.append("no trial completed: no best config")
+    elif default and default["number"] == best["number"]:
+        lines.append(f"best: the base config (trial {best['number']}) val {metric} {best['value']:.4f}; no trial "
+                     f"beat it -> {out / 'best.yaml'}")
     else:
         versus = f" vs {default['value']:.4f} for the base config (trial {default['number']})" \
             if default and isinstance(default.get("value"), float) else " (the base config has no value)"

@@ -173,15 +173,17 @@ def test_a_trial_with_an_invalid_config_fails_in_one_line_and_the_study_goes_on(
     assert [r["state"] for r in rows(tmp_path / "study")] == ["complete", "fail", "complete"]
     assert "ConfigError: fusion 'lmf' takes no option 'heads'" in (tmp_path / "study" / "trials.md").read_text()
     assert "3 trials (2 complete, 0 pruned, 1 failed" in printed.out
-    assert "vs " in printed.out and "for the base config (trial 0)" in printed.out
+    assert "best: " in printed.out and "base config (trial 0)" in printed.out
 
 
 def test_pruning_stops_a_trial_after_the_epoch_it_was_pruned_at(scripted, tmp_path):
-    fake = scripted()
-    summary = tune(BASE, tmp_path / "study", 3, space=SPACE, pruner=PruneAll(), echo=lambda *_: None)
+    fake, lines = scripted(), []
+    summary = tune(BASE, tmp_path / "study", 3, space=SPACE, pruner=PruneAll(), echo=lines.append)
     assert [c["epochs"] for c in fake.calls] == [[1, 2, 3], [1], [1]]
     assert summary["counts"] == {"complete": 1, "pruned": 2} and summary["best"]["number"] == 0
     assert [r["best_epoch"] for r in rows(tmp_path / "study")] == ["3", "1", "1"]
+    assert "3 trials (1 complete, 2 pruned, 0 failed, 0 interrupted)" in lines[-1]
+    assert "best: the base config (trial 0) val accuracy" in lines[-1] and "no trial beat it" in lines[-1]
 
 
 def test_the_medians_pruner_and_hyperband_are_built_by_name(scripted, tmp_path):
