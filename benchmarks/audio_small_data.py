@@ -35,7 +35,7 @@ def prepare(model: torch.nn.Module, waves: list, labels: list[int]) -> list[dict
     """Clips -> transformed samples (decoded and featurised once, as the loader's workers would)."""
     pre = model.preprocessors()["audio"]
     return [{"key": str(i), "label": label, "audio": pre.transform((wave, 16_000))}
-            for i, (wave, label) in enumerate(zip(waves, labels))]
+            for i, (wave, label) in enumerate(zip(waves, labels, strict=True))]
 
 
 def accuracy(model: torch.nn.Module, samples: list[dict], collate: Collator, batch_size: int) -> float:

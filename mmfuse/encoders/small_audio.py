@@ -214,7 +214,7 @@ class SmallCNNAudioEncoder(Encoder):
         self.width = width
         self.preprocessor = AudioPreprocessor(sample_rate, max_seconds, LogMelFrames(sample_rate, n_mels))
         sizes = [1] + [channels * 2 ** i for i in range(layers)]
-        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
         rows = n_mels
         for _ in range(layers):
             rows = math.ceil(rows / 2)
