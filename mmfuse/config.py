@@ -20,6 +20,9 @@ from .errors import ConfigError, did_you_mean
 from .model_config import MODALITIES, ModelConfig, default_encoders
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RECIPES = ("auto", "full", "frozen", "lp-ft")
+ENCODER_LR_DIVISOR = 20
+"""`train.encoder_lr` unset: pretrained towers learn at `lr` / this."""
 
 
 @dataclass
@@ -56,12 +59,27 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    recipe: str = "auto"
+    """auto | full | frozen | lp-ft: how pretrained towers train (docs/recipes.md). full: one stage, every tower
+    not in `freeze` trains. frozen: towers with pretrained weights stay frozen (their outputs cached), fusion, head
+    and random-init towers train. lp-ft: stage 1 `probe` as frozen for up to `probe_epochs` (early-stopped after
+    `probe_patience` epochs without a better val metric), then stage 2 `finetune` from stage 1's best weights with the
+    towers unfrozen (whole, their top `unfreeze_top` blocks, or their adapters) for `epochs`, the head at
+    `finetune_head_lr_scale` x `lr`. auto: lp-ft when a tower holds pretrained weights and neither `freeze` nor
+    `init_from` is set, else full."""
     epochs: int = 10
-    """Passes over the training split."""
+    """Passes over the training split (with recipe lp-ft: of stage 2, after the probe's epochs)."""
+    probe_epochs: int = 20
+    """lp-ft stage 1: the most epochs of training fusion + head on the frozen (cached) towers."""
+    probe_patience: int = 3
+    """lp-ft stage 1 ends once the val metric has not improved for this many epochs."""
+    finetune_head_lr_scale: float = 0.1
+    """lp-ft stage 2: the head and fusion (already trained by the probe) learn at this x `lr`."""
     lr: float = 2e-3
-    """Peak learning rate of the fusion, projections and head."""
+    """Peak learning rate of the fusion, projections, head and random-init towers."""
     encoder_lr: float | None = None
-    """Peak learning rate of the encoders (None: same as `lr`); lower it for pretrained towers."""
+    """Peak learning rate of towers that hold pretrained weights (None: `lr` / 20). A random-init tower (`tiny-*`,
+    `pretrained: false`) trains at `lr` unless `tower_lr` names it."""
     weight_decay: float = 0.05
     """AdamW weight decay (not applied to biases, norms and embeddings)."""
     warmup: float = 0.05
@@ -142,6 +160,13 @@ class TrainConfig:
             raise ConfigError(f"train.seed must be in [0, 2**32), got {self.seed}")
         if self.nonfinite not in ("stop", "skip"):
             raise ConfigError(f"train.nonfinite must be stop or skip, got '{self.nonfinite}'")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"train.recipe must be one of {', '.join(RECIPES)}, got '{self.recipe}'"
+                              f"{did_you_mean(self.recipe, RECIPES)}")
+        if self.probe_epochs < 1 or self.probe_patience < 0:
+            raise ConfigError("train.probe_epochs must be >= 1 and train.probe_patience >= 0")
+        if not 0 < self.finetune_head_lr_scale <= 1:
+            raise ConfigError(f"train.finetune_head_lr_scale must be in (0, 1], got {self.finetune_head_lr_scale}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if not 0 <= self.warmup < 1:

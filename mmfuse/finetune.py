@@ -33,6 +33,7 @@ from .progress import progress_bar
 from .tasks import check_model_config, create_model_and_task, create_task, task_class
 from .tasks.base import join_parts
 from .train.coverage import Coverage, data_summary
+from .train.diagnostics import ChanceWatch, hints
 from .train.distributed import (
     DistEnv,
     abandon,
@@ -47,6 +48,8 @@ from .train.distributed import (
 from .train.feature_cache import FeatureCache
 from .train.freeze import apply_freeze, count_parameters
 from .train.init_from import init_from_run
+from .train.optim import tower_rates
+from .train.recipe import Stage, plan_recipe
 from .train.run_dir import claim_run_dir
 from .train.selection import Selection
 from .train.state import read_state, rng_state, seed_everything, set_rng_state
@@ -131,7 +134,7 @@ class FinetuneRun:
             data.num_workers, len(self.info.shard_urls(data.train_split)))
 
     def _build(self) -> None:
-        """Model and task (fresh, or `--init-from` a finished run), freezing, the trainer and the feature cache."""
+        """Model and task (fresh, or `--init-from` a finished run), freezing, the recipe, and its first stage."""
         data, train = self.config.data, self.config.train
         self.model_config = task_class(self.config.model.task).prepare(self.config.model, self.info)
         seed_everything(train.seed)
@@ -146,21 +149,77 @@ class FinetuneRun:
         if train.grad_checkpointing:
             for encoder in model.encoders.values():
                 encoder.set_grad_checkpointing(True)
-        self.params = count_parameters(model)
+        self.model, self.plan = model, plan_recipe(train, model)
+        self.watch = ChanceWatch(self.echo, hints(model, self.plan.recipe, self.model_config.fusion))
+        if len(self.plan.stages) > 1 and self.env.distributed and train.strategy == "fsdp":
+            raise ConfigError(f"train.recipe {self.plan.recipe} ({self.plan.reason}) changes which towers train "
+                              f"between stages, which FSDP sharding does not follow: use train.strategy=ddp, or "
+                              f"train.recipe full or frozen")
+        self.trainable = {name: p.requires_grad for name, p in model.named_parameters()}  # what a finetune stage trains
         self.micro_batches = math.ceil(self.epoch_samples / data.batch_size)
-        total_steps = max(1, self.micro_batches // train.grad_accum) * train.epochs
-        if train.max_steps is not None:
-            total_steps = min(total_steps, train.max_steps)
-        self.trainer = Trainer(model, self.task, train, self.env.device, total_steps, self.env)
         self.preprocessors = model.preprocessors()
-        self.cache = None
-        if train.cache_frozen and model.frozen_towers():
+        self.loader_kwargs = {"num_workers": data.num_workers, "pin_memory": self.env.device.type == "cuda",
+                              "strict": data.strict, "target": self.task.target}
+        self.trainer: Trainer | None = None
+        self.cache: FeatureCache | None = None
+        self._enter_stage(0, first_epoch=1)
+
+    @property
+    def stage(self) -> Stage:
+        return self.plan.stages[self.stage_index]
+
+    def _enter_stage(self, index: int, first_epoch: int) -> None:
+        """Set the model up for recipe stage `index` (starting at epoch `first_epoch`): what trains, the feature
+        cache of the towers that do not, and a trainer (optimizer and schedule) for the stage's steps; the step
+        counters carry over."""
+        data, train = self.config.data, self.config.train
+        self.stage_index, self.stage_start = index, first_epoch
+        stage, model, previous = self.stage, self.model, self.trainer
+        if self.cache is not None:
+            self.cache.uninstall(model)
+        for name, p in model.named_parameters():
+            p.requires_grad_(self.trainable[name])
+        for m in stage.frozen:
+            model.encoders[m].lock()
+        for m in stage.top_only:
+            model.encoders[m].lock(unlocked_layers=train.unfreeze_top)
+        self.params = count_parameters(model)
+        total_steps = max(1, self.micro_batches // train.grad_accum) * stage.epochs
+        if train.max_steps is not None:
+            total_steps = max(1, min(total_steps, train.max_steps - (previous.step if previous else 0)))
+        self.trainer = None
+        del previous  # its DDP wrapper's hooks go with it
+        self.trainer = Trainer(model, self.task, stage.train, self.env.device, total_steps, self.env)
+        if index:
+            t, last = self.trainer, self.steps_before
+            t.step, t.micro_step, t.watch.skipped = last
+        towers = model.frozen_towers()
+        if not (train.cache_frozen and towers):
+            self.cache = None
+        elif self.cache is None or set(self.cache.towers) != set(towers):
             self.cache = FeatureCache(model, self.model_config.encoders, self.info, self.env.device,
                                       self.trainer.precision, data.eval_batch_size, train.cache_dir, self.env,
                                       self.echo, strict=data.strict)
+        if self.cache is not None:
             self.cache.install(model)  # frozen towers read their cached outputs; weights and names stay the encoders'
-        self.loader_kwargs = {"num_workers": data.num_workers, "pin_memory": self.env.device.type == "cuda",
-                              "strict": data.strict, "target": self.task.target}
+
+    def _next_stage(self) -> None:
+        """Start the next recipe stage from the best weights so far (the previous stage's best epoch)."""
+        if not self.best["epoch"]:
+            raise TrainingError(f"stage '{self.stage.name}' had no epoch with a finite val {self.task.best_metric}: "
+                                f"no weights to start stage '{self.plan.stages[self.stage_index + 1].name}' from "
+                                f"(see {self.out / 'metrics.jsonl'})")
+        t = self.trainer
+        self.steps_before = (t.step, t.micro_step, t.watch.skipped)
+        self._enter_stage(self.stage_index + 1, first_epoch=self.epoch)
+        self.trainer.load_model_state(read_weights(self.out / "checkpoints" / "best"))
+        rates = tower_rates(self.model, self.stage.train)
+        towers = ", ".join(f"{m} at {rates[m]:.2g}" for m in self.model.modalities
+                           if any(p.requires_grad for p in self.model.encoders[m].parameters()))
+        self.echo(f"mmfuse: stage {self.stage_index + 1}/{len(self.plan.stages)} '{self.stage.name}' from epoch "
+                  f"{self.best['epoch']}'s weights: {towers or 'no tower'} trained, head at {rates['head']:.2g}, "
+                  f"{self.params['trainable']:,} of {self.params['total']:,} parameters, up to {self.stage.epochs} "
+                  f"epochs")
 
     def _new_progress(self) -> None:
         """What a resumable checkpoint carries: position, best and selection, records, counts."""
@@ -199,7 +258,8 @@ class FinetuneRun:
     def _train_state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
         """The resumable state: every rank's part (`ranks`, in rank order) and what all ranks share."""
         t = self.trainer
-        return {"epoch": self.epoch, "ranks": ranks, "step": t.step, "micro_step": t.micro_step,
+        return {"epoch": self.epoch, "stage": self.stage_index, "stage_start": self.stage_start,
+                "ranks": ranks, "step": t.step, "micro_step": t.micro_step,
                 "optimizer": t.optimizer_state(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
                 "nonfinite_skipped": t.watch.skipped, "incomplete": dict(self.coverage.incomplete),
@@ -220,7 +280,14 @@ class FinetuneRun:
         ckpt = resolve_checkpoint_dir(self.out / "checkpoints" / "resume")
         if not (ckpt / "train_state.pt").exists():
             raise ConfigError(f"{self.out} has no resumable checkpoint (checkpoints/resume/train_state.pt)")
-        state, t = read_state(ckpt), self.trainer
+        state = read_state(ckpt)
+        if state.get("stage", 0) != self.stage_index:  # stopped in a later stage of the recipe
+            if state["stage"] >= len(self.plan.stages):
+                raise ConfigError(f"{ckpt} was written in stage {state['stage'] + 1} of a recipe; this run's "
+                                  f"recipe ({self.plan.describe()}) has {len(self.plan.stages)}")
+            self.steps_before = (state["step"], state["micro_step"], state.get("nonfinite_skipped", 0))
+            self._enter_stage(state["stage"], state["stage_start"])
+        t = self.trainer
         try:
             t.load_model_state(read_weights(ckpt))
             t.load_optimizer_state(state["optimizer"])
@@ -281,9 +348,10 @@ class FinetuneRun:
                               shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
                               epoch_samples=self.epoch_samples, position=self.position)
         rank_batches = math.ceil(self.epoch_samples / self.env.world_size / self.rank_batch)
+        stage = f"{self.stage.name} " if len(self.plan.stages) > 1 else ""
         bar = progress_bar(total=rank_batches, initial=self.tally.batches, leave=False,
-                   desc=f"epoch {self.epoch}/{train.epochs}", disable=not (train.progress and self.env.is_main),
-                   dynamic_ncols=True)
+                           desc=f"{stage}epoch {self.epoch - self.stage_start + 1}/{self.stage.epochs}",
+                           disable=not (train.progress and self.env.is_main), dynamic_ncols=True)
         for step in self.trainer.steps(self._tally(loader), bar, padding=self._padding_batch,
                                        stop=lambda: self.stop_requested):
             if self._after_step(step):
@@ -303,11 +371,12 @@ class FinetuneRun:
             self.coverage.check(data.train_split, samples, skipped, shards)
         val = self.evaluate(data.val_split)
         self.coverage.check(data.val_split, val["count"], sample_skips(val["skipped"]), val["skipped"])
-        record = {"epoch": self.epoch, "step": self.trainer.step,
+        record = {"epoch": self.epoch, "stage": self.stage.name, "step": self.trainer.step,
                   "train_loss": self.tally.mean_loss,
                   "train_samples": samples,
                   "train_skipped": skipped,
                   "data_s": round(self.tally.data_s, 3), "compute_s": round(self.tally.compute_s, 3),
+                  "elapsed_s": round(self._train_time(), 2),
                   **{f"val_{k}": v for k, v in scalar_metrics(val).items()}}
         if train.nonfinite == "skip":
             record["nonfinite_skipped"] = self.trainer.watch.skipped - sum(r.get("nonfinite_skipped", 0)
@@ -319,6 +388,7 @@ class FinetuneRun:
             if record.get("nonfinite_skipped") else ""
         self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
                   f"({samples} samples, data {record['data_s']:.1f}s, compute {record['compute_s']:.1f}s{nonfinite})")
+        self.watch.after_epoch(self.stage.name, [r for r in self.records if r.get("stage") == self.stage.name], val)
         self._save("last")
         improved, dropped = self.selection.update(self.epoch, val[self.task.best_metric])
         if improved:
@@ -368,7 +438,6 @@ class FinetuneRun:
         return self.time_before + time.perf_counter() - self.started
 
     def run(self) -> dict[str, Any]:
-        train = self.config.train
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self.echo(f"mmfuse: fine-tuning {'+'.join(self.model_config.modalities)} with "
@@ -377,20 +446,11 @@ class FinetuneRun:
                       f"{self.env.world_size} x {self.env.device} {self.trainer.precision}, "
                       f"{self.trainer.total_steps} steps, {self.params['trainable']:,} of {self.params['total']:,} "
                       f"parameters trained -> {self.out}")
-            while self.epoch <= train.epochs:
-                self._epoch()
-                finished = train.max_steps is not None and self.trainer.step >= train.max_steps
-                if self.selection.should_stop and self.epoch < train.epochs:
-                    self.stopped_early = True
-                    self.echo(f"mmfuse: early stopping after epoch {self.epoch}: val {self.task.best_metric} has "
-                              f"not improved for {train.early_stopping_patience} epochs (best epoch "
-                              f"{self.selection.best_epoch})")
-                    finished = True
-                self.epoch += 1
-                self.position = LoaderPosition()
-                self.tally = EpochTally()
-                if finished or self.epoch > train.epochs:
+            self.echo(f"mmfuse: recipe {self.plan.describe()}")
+            while True:
+                if self._run_stage() or self.stage_index + 1 == len(self.plan.stages):
                     break
+                self._next_stage()
                 self._save("resume", train_state=True)
                 if any_rank(self.stop_requested, self.env):
                     raise Preempted
@@ -405,8 +465,45 @@ class FinetuneRun:
                 self.tensorboard.close()
             self.release()
 
+    def _run_stage(self) -> bool:
+        """The current stage's remaining epochs, with a resumable checkpoint after each but its last. True when the
+        run is over (`max_steps` reached)."""
+        stage, train = self.stage, self.config.train
+        last = self.stage_start + stage.epochs - 1
+        while self.epoch <= last:
+            self._epoch()
+            finished = train.max_steps is not None and self.trainer.step >= train.max_steps
+            stalled = self.selection.stalled(stage.patience, since=self.stage_start - 1) and self.epoch < last
+            if stalled:
+                final = self.stage_index + 1 == len(self.plan.stages)
+                self.stopped_early |= final
+                self.echo(f"mmfuse: {'early stopping' if final else f'stage {stage.name} ends'} after epoch "
+                          f"{self.epoch}: val {self.task.best_metric} has not improved for {stage.patience} "
+                          f"epochs (best epoch {self.selection.best_epoch})")
+            self.epoch += 1
+            self.position = LoaderPosition()
+            self.tally = EpochTally()
+            if finished or stalled or self.epoch > last:
+                return finished
+            self._save("resume", train_state=True)
+            if any_rank(self.stop_requested, self.env):
+                raise Preempted
+        return False
+
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
+
+    def _stage_summary(self) -> list[dict[str, Any]]:
+        """Per stage that ran: its epochs and its best epoch by the task's metric."""
+        out = []
+        for stage in self.plan.stages[: self.stage_index + 1]:
+            records = [r for r in self.records if r.get("stage") == stage.name]
+            key = f"val_{self.task.best_metric}"
+            scored = [r for r in records if isinstance(r.get(key), float) and math.isfinite(r[key])]
+            best = (max if self.task.higher_is_better else min)(scored, key=lambda r: r[key]) if scored else None
+            out.append({"name": stage.name, "epochs": len(records), "frozen": list(stage.frozen),
+                        "best_epoch": best["epoch"] if best else 0, key: best[key] if best else None})
+        return out
 
     def _finish(self) -> dict[str, Any]:
         data = self.config.data
@@ -430,6 +527,7 @@ class FinetuneRun:
             "unreadable_shards": {r[len(SHARD_REASON):]: n for r, n in skipped.items() if r.startswith(SHARD_REASON)},
             "incomplete_splits": self.coverage.incomplete,
             "epochs": self.records, "stopped_early": self.stopped_early,
+            "recipe": {"name": self.plan.recipe, "reason": self.plan.reason, "stages": self._stage_summary()},
             "nonfinite_skipped": self.trainer.watch.skipped,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
             "device": str(self.env.device), "precision": self.trainer.precision,

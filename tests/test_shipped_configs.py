@@ -96,9 +96,8 @@ class RecordingTrainer(Trainer):
 
 
 def expected_lr(tower: str, train) -> float:
-    if tower in train.tower_lr:
-        return train.tower_lr[tower]
-    return train.lr if tower == "head" else (train.encoder_lr or train.lr)
+    """The towers of this test are tiny random-init ones: they learn at `lr` unless `tower_lr` names them."""
+    return train.tower_lr.get(tower, train.lr)
 
 
 @pytest.mark.parametrize("args", CASES)

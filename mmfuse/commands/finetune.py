@@ -38,6 +38,9 @@ FIELD_FLAGS: dict[str, str] = {
     "--workers": "data.num_workers",
     "--strict": "data.strict",
     "--freeze": "train.freeze",
+    "--recipe": "train.recipe",
+    "--probe-epochs": "train.probe_epochs",
+    "--encoder-lr": "train.encoder_lr",
     "--init-from": "train.init_from",
 }
 """Flag -> the config field it sets (`section.name`). A field's flag is one line here."""

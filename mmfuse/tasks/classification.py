@@ -29,7 +29,12 @@ class ConfusionAccumulator(Accumulator):
         self.cm += confusion_matrix(preds, batch["label"].cpu(), self.cm.shape[0])
 
     def compute(self, env: DistEnv) -> dict[str, Any]:
-        return metrics_from_confusion(all_reduce_sum(self.cm.to(env.device), env).cpu())
+        """Accuracy, macro-F1 and count, and `chance`: the share of the most frequent true class (`majority`)
+        and of the most frequent prediction (`top_prediction`), what the training diagnostics compare with."""
+        cm = all_reduce_sum(self.cm.to(env.device), env).cpu()
+        count = max(1, int(cm.sum()))
+        return {**metrics_from_confusion(cm), "chance": {"majority": int(cm.sum(1).max()) / count,
+                                                         "top_prediction": int(cm.sum(0).max()) / count}}
 
 
 @register_task("classification")

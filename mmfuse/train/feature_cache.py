@@ -114,6 +114,7 @@ class CachedEncoder(nn.Module):
         self.__dict__.update(_parameters=encoder._parameters, _buffers=encoder._buffers, _modules=encoder._modules,
                              _non_persistent_buffers_set=encoder._non_persistent_buffers_set, encoder=encoder)
         self.modality, self.width, self.preprocessor = encoder.modality, encoder.width, encoder.preprocessor
+        self.pretrained = encoder.pretrained
         self.training = encoder.training
         self.splits: dict[str, SplitFeatures] = {}
 

@@ -95,6 +95,8 @@ def init_from_run(run_dir: str | Path, config: ModelConfig) -> tuple[FusionModel
             for name, tensor in rows.items():
                 model.get_parameter(name)[row] = tensor[old_row]
     summary = {"source": str(source), "kept": kept, "new": [label for label in labels if label not in kept]}
+    for encoder in model.encoders.values():
+        encoder.pretrained = True  # trained weights: they learn at encoder_lr like any pretrained tower
     return model, new_config, summary
 
 

@@ -58,7 +58,12 @@ class Selection:
 
     @property
     def should_stop(self) -> bool:
-        return self.patience > 0 and self.last_epoch - self.best_epoch >= self.patience
+        return self.stalled(self.patience)
+
+    def stalled(self, patience: int, since: int = 0) -> bool:
+        """Whether `patience` (> 0) epochs have passed without a better value, counting from the best epoch or from
+        epoch `since` (the last epoch before a recipe stage began), whichever is later."""
+        return patience > 0 and self.last_epoch - max(self.best_epoch, since) >= patience
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -101,7 +101,7 @@ def _wait_for_checkpoint(out, proc: subprocess.Popen, steps: int | range) -> int
 
 def _same_run(out, want: dict) -> None:
     got = json.loads((out / "metrics.json").read_text())
-    strip = lambda m: [{k: v for k, v in e.items() if k not in ("data_s", "compute_s")}  # noqa: E731
+    strip = lambda m: [{k: v for k, v in e.items() if k not in ("data_s", "compute_s", "elapsed_s")}  # noqa: E731
                        for e in m["epochs"]]
     assert strip(got) == strip(want)
     assert (got["val"], got["test"], got["skipped"]) == (want["val"], want["test"], want["skipped"])

@@ -21,7 +21,7 @@ from mmfuse.train.freeze import apply_freeze
 
 
 def metrics_without_time(summary: dict) -> dict:
-    epochs = [{k: v for k, v in e.items() if k not in ("data_s", "compute_s")} for e in summary["epochs"]]
+    epochs = [{k: v for k, v in e.items() if k not in ("data_s", "compute_s", "elapsed_s")} for e in summary["epochs"]]
     return {"epochs": epochs, "val": summary["val"], "test": summary["test"], "skipped": summary["skipped"]}
 
 

@@ -55,7 +55,7 @@ def test_fsdp_run_matches_ddp_and_saves_loadable_checkpoints(tmp_path):
 
 def comparable(metrics: dict) -> dict:
     """metrics.json without wall-clock figures."""
-    epochs = [{k: v for k, v in e.items() if k not in ("data_s", "compute_s")} for e in metrics["epochs"]]
+    epochs = [{k: v for k, v in e.items() if k not in ("data_s", "compute_s", "elapsed_s")} for e in metrics["epochs"]]
     return {**{k: metrics[k] for k in ("val", "test", "best_epoch", "steps", "skipped")}, "epochs": epochs}
 
 

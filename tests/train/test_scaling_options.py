@@ -23,6 +23,8 @@ def test_layer_decay_scales_each_encoder_block_and_leaves_the_head(tiny_config):
                                "text": replace(tiny_config.model.encoders["text"],
                                                kwargs={"width": 16, "layers": 3, "heads": 2})})
     model = create_model_and_task(config)[0]
+    for encoder in model.encoders.values():
+        encoder.pretrained = True  # encoder_lr is the rate of pretrained towers
     train = replace(tiny_config.train, lr=1e-3, encoder_lr=1e-4, layer_decay=0.5)
     lr_of = {id(p): g["lr"] for g in param_groups(model, train) for p in g["params"]}
     text = model.encoders["text"]

@@ -15,6 +15,7 @@ from mmfuse.errors import ConfigError
 from mmfuse.finetune import finetune
 from mmfuse.tasks import create_model_and_task
 from mmfuse.train.freeze import apply_freeze
+from mmfuse.train.optim import tower_rates
 from mmfuse.train.trainer import Trainer
 
 
@@ -36,10 +37,23 @@ def test_unfreeze_top_layers_and_tower_learning_rates(tiny_config):
     apply_freeze(model, ["text"], unfreeze_top=1)
     trainable = {n for n, p in model.encoders["text"].named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("backbone.encoder.layer.0.") for n in trainable)  # 1 layer: the top one
+    model.encoders["text"].pretrained = True  # encoder_lr is the rate of pretrained towers
     cfg = replace(tiny_config.train, lr=1e-3, encoder_lr=1e-4, tower_lr={"image": 5e-5})
     trainer = Trainer(model, task, cfg, torch.device("cpu"), total_steps=10)
     lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert lrs["head"] == 1e-3 and lrs["text"] == 1e-4 and lrs["image"] == 5e-5
+
+
+def test_random_init_towers_learn_at_the_head_rate_pretrained_ones_at_encoder_lr(tiny_config):
+    model = create_model_and_task(replace(tiny_config.model, labels=["a", "b"]))[0]
+    model.encoders["image"].pretrained = True
+    assert not model.encoders["text"].pretrained  # tiny-text: random init
+    rates = tower_rates(model, replace(tiny_config.train, lr=1e-3, encoder_lr=3e-5))
+    assert rates == {"head": 1e-3, "text": 1e-3, "image": 3e-5}  # the documented 3e-5 never slows a random tower
+    default = tower_rates(model, replace(tiny_config.train, lr=1e-3, encoder_lr=None))
+    assert default["image"] == pytest.approx(1e-3 / 20) and default["text"] == 1e-3
+    named = tower_rates(model, replace(tiny_config.train, lr=1e-3, tower_lr={"text": 1e-4, "head": 5e-4}))
+    assert named["text"] == 1e-4 and named["head"] == 5e-4
 
 
 def test_unknown_tower_is_a_config_error():

@@ -1,0 +1,89 @@
+"""Training recipes: which towers train in which stage (`train.recipe`; docs/recipes.md).
+
+A recipe is a list of `Stage`s run one after the other in one run directory:
+
+    full     one stage `train`: every tower not in `train.freeze` trains
+    frozen   one stage `probe`: towers holding pretrained weights stay frozen (their outputs cached), the rest trains
+    lp-ft    `probe` (up to `probe_epochs`, early-stopped after `probe_patience`), then `finetune` from the probe's
+             best weights: the towers unfrozen (whole, their top `unfreeze_top` blocks, or their adapters), for
+             `epochs`, the head at `finetune_head_lr_scale` x `lr`
+
+Linear probing first, then fine-tuning (Kumar et al., 2022, "Fine-Tuning can Distort Pretrained Features"): a head
+trained on frozen features does not send large random gradients into pretrained towers, and on cached features the
+probe's epochs cost seconds. `auto` picks lp-ft when a tower holds pretrained weights and the user has not chosen
+what to freeze (`train.freeze`) nor started from a trained run (`train.init_from`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..config import TrainConfig
+from ..model import FusionModel
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a recipe: its name, epoch budget, early-stopping patience, the towers it keeps frozen (on top of
+    what `train.freeze` and adapters freeze) and the train config its optimizer and schedule are built from."""
+
+    name: str
+    epochs: int
+    patience: int
+    frozen: tuple[str, ...]
+    train: TrainConfig
+    top_only: tuple[str, ...] = ()
+    """Towers of which only the top `train.unfreeze_top` blocks train in this stage."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The recipe a run follows: `recipe` (resolved, never auto), its `stages`, and why it was chosen."""
+
+    recipe: str
+    stages: tuple[Stage, ...]
+    reason: str
+
+    def describe(self) -> str:
+        """One line: 'lp-ft (pretrained text, image towers): probe <= 20 epochs on frozen towers, then finetune
+        10 epochs'."""
+        parts = []
+        for stage in self.stages:
+            frozen = f" with {', '.join(stage.frozen)} frozen" if stage.frozen else ""
+            budget = f"<= {stage.epochs}" if stage.patience else str(stage.epochs)
+            parts.append(f"{stage.name} {budget} epochs{frozen}")
+        return f"{self.recipe} ({self.reason}): {', then '.join(parts)}"
+
+
+def pretrained_towers(model: FusionModel) -> list[str]:
+    """The modalities whose encoder holds pretrained weights (`Encoder.pretrained`)."""
+    return [m for m in model.modalities if getattr(model.encoders[m], "pretrained", False)]
+
+
+def plan_recipe(train: TrainConfig, model: FusionModel) -> Plan:
+    """Resolve `train.recipe` for `model` into its stages (see the module docstring)."""
+    pretrained = pretrained_towers(model)
+    recipe, reason = train.recipe, "train.recipe"
+    if recipe == "auto":
+        if train.init_from:
+            recipe, reason = "full", "auto: starts from a trained run (train.init_from)"
+        elif train.freeze:
+            recipe, reason = "full", "auto: train.freeze chooses the frozen towers"
+        elif not pretrained:
+            recipe, reason = "full", "auto: no tower holds pretrained weights"
+        else:
+            recipe, reason = "lp-ft", f"auto: pretrained {', '.join(pretrained)} tower{'s' * (len(pretrained) > 1)}"
+    probe = [m for m in pretrained if m not in train.freeze]
+    if recipe == "full" or (recipe != "full" and not probe):
+        stages = (Stage("train", train.epochs, train.early_stopping_patience, (), train),)
+        if recipe != "full":
+            reason += "; no tower to freeze first, so one stage"
+            recipe = "full"
+    elif recipe == "frozen":
+        stages = (Stage("probe", train.epochs, train.early_stopping_patience, tuple(probe), train),)
+    else:
+        finetune = replace(train, tower_lr={"head": train.lr * train.finetune_head_lr_scale, **train.tower_lr})
+        partial = tuple(probe) if train.unfreeze_top else ()
+        stages = (Stage("probe", train.probe_epochs, train.probe_patience, tuple(probe), train),
+                  Stage("finetune", train.epochs, train.early_stopping_patience, (), finetune, partial))
+    return Plan(recipe, stages, reason)
