@@ -119,6 +119,7 @@ def train_audio_classifier(name: str, kwargs: dict, train: tuple, test: tuple, c
         return (model(batch).argmax(-1) == batch["label"]).float().mean().item()
 
 
+@pytest.mark.slow  # trains a classifier for 4 epochs: over 10 s on 2 shared cores
 def test_logmel_stats_learns_held_out_spoken_words_in_a_few_epochs():
     """Six words, 16 clips each to train on, other speakers and timings to test on: clearly above chance (1/6)."""
     classes = 6
