@@ -119,7 +119,7 @@ def train_audio_classifier(name: str, kwargs: dict, train: tuple, test: tuple, c
         return (model(batch).argmax(-1) == batch["label"]).float().mean().item()
 
 
-@pytest.mark.slow  # trains a classifier for 4 epochs: over 10 s on 2 shared cores
+@pytest.mark.slow  # trains a classifier for 4 epochs
 def test_logmel_stats_learns_held_out_spoken_words_in_a_few_epochs():
     """Six words, 16 clips each to train on, other speakers and timings to test on: clearly above chance (1/6)."""
     classes = 6
@@ -150,3 +150,22 @@ def test_cli_finetunes_with_the_tower(tower, fusion, demo_shards, tmp_path):
     without_audio = {k: v for k, v in record.items() if k != "audio"}
     proba = predictor.predict_proba([record, without_audio])
     assert np.isfinite(proba).all() and np.allclose(proba.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tower, fusion", [("logmel-stats", "interact"), ("small-cnn-audio", "cross-attention")])
+def test_onnx_export_embeds_like_pytorch(tower, fusion, tmp_path):
+    """The towers trace with dynamic audio-frame axes: clips of other lengths, and absent ones, embed as in torch."""
+    pytest.importorskip("onnxruntime")
+    from mmfuse.inference import Embedder
+    from mmfuse.onnx_export import export_onnx, parity_records
+
+    config = ModelConfig(modalities=["text", "audio"], fusion=fusion, dim=16, labels=["a", "b"],
+                         encoders={"text": EncoderSpec("tiny-text", {"width": 16, "layers": 1}),
+                                   "audio": EncoderSpec(tower, {"width": 16, "layers": 1})})
+    model = create_model_and_task(config)[0].eval()
+    path = export_onnx(model, model.preprocessors(), tmp_path / "model.onnx")
+    records = parity_records(["text", "audio"], count=12) + [{"text": "no audio"}]
+    torch_side = Embedder(model, torch.device("cpu"), batch_size=5)
+    onnx_side = Embedder(model, torch.device("cpu"), batch_size=5, backend="onnx", onnx_file=path)
+    np.testing.assert_allclose(onnx_side.embed(records), torch_side.embed(records), atol=1e-4)
