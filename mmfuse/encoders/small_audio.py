@@ -92,14 +92,16 @@ class RunningStandardize(nn.Module):
         self.register_buffer("batches", torch.zeros((), dtype=torch.long))
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        if self.training and bool(rows.any()):
+        if self.training:  # without a host sync: a batch with no row (or one) leaves the estimates (the spread) as is
             with torch.no_grad():
-                seen = x.detach()[rows].float()
-                rate = max(1.0 / float(self.batches + 1), self.momentum)
-                self.mean.lerp_(seen.mean(0), rate)
-                if len(seen) > 1:  # one clip says nothing of the spread
-                    self.var.lerp_(seen.var(0, unbiased=False), rate)
-                self.batches += 1
+                w = rows.to(torch.float32).unsqueeze(-1)  # (B, 1)
+                n = w.sum()
+                mean = (x.detach().float() * w).sum(0) / n.clamp_min(1.0)
+                var = ((x.detach().float() - mean).square() * w).sum(0) / n.clamp_min(1.0)
+                rate = (1.0 / (self.batches + 1).float()).clamp_min(self.momentum)
+                self.mean.lerp_(mean, rate * (n > 0))
+                self.var.lerp_(var, rate * (n > 1))
+                self.batches += (n > 0).long()
         return (x - self.mean) / (self.var + self.eps).sqrt()
 
 
