@@ -98,6 +98,7 @@ def hf_cache_for_timm(cache: Path) -> Path:
     import safetensors.torch
     import timm
     import torch
+
     from mmfuse.encoders.packaged import effnet_lite0_file
 
     source = torch.load(effnet_lite0_file(), map_location="cpu", weights_only=True)

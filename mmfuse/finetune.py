@@ -17,6 +17,7 @@ import math
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,10 @@ class Preempted(Exception):
 class FinetuneRun:
     """One fine-tuning run: set-up, the epoch loop with resumable checkpoints, and the final test."""
 
-    def __init__(self, config: RunConfig, echo: Any = print, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, config: RunConfig, echo: Any = print, resume: bool = False, overwrite: bool = False,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config, self.started, self.time_before = config, time.perf_counter(), 0.0
+        self.on_epoch = on_epoch  # rank 0, after each epoch's record is written; raising stops the run
         self.env: DistEnv = init_distributed(config.train.device)
         self.echo = echo if self.env.is_main else (lambda *_: None)
         self.out = Path(config.out) if config.out else default_run_dir(config)
@@ -388,6 +391,8 @@ class FinetuneRun:
         self.records.append(record)
         if self.env.is_main:
             self.log.write(record)
+            if self.on_epoch is not None:
+                self.on_epoch(dict(record))
         nonfinite = f", {record['nonfinite_skipped']} non-finite steps skipped" \
             if record.get("nonfinite_skipped") else ""
         self.echo(f"epoch {self.epoch}: loss {record['train_loss']:.4f}  val {self.task.describe(val)}  "
@@ -550,18 +555,20 @@ class FinetuneRun:
         return summary
 
 
-def finetune(config: RunConfig, echo: Any = print, resume: bool = False, overwrite: bool = False
-             ) -> dict[str, Any]:
+def finetune(config: RunConfig, echo: Any = print, resume: bool = False, overwrite: bool = False,
+             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train `config.model` on `config.data`, evaluate each epoch, test the best checkpoint. Returns metrics.json.
 
     `resume=True` continues the run in `config.out` from its `checkpoints/resume` exactly where it stopped.
     The run directory is locked while the run lasts; one holding another run is refused unless `overwrite`
     (which removes that run's files first; see `mmfuse.train.run_dir`).
+    `on_epoch(record)` is called on rank 0 with each epoch's metrics.jsonl record (`val_<metric>` ...) once it is
+    written; an exception it raises ends the run (single-process runs: `mmfuse tune` prunes trials so).
     """
     started_group = not is_initialized()  # a caller's own process group is left to the caller
     run = None
     try:
-        run = FinetuneRun(config, echo, resume, overwrite)
+        run = FinetuneRun(config, echo, resume, overwrite, on_epoch)
         result = run.run()
     except BaseException:
         if started_group:

@@ -44,3 +44,12 @@ def test_the_command_exits_0_on_the_package():
                           text=True, check=False)
     assert done.returncode == 0, done.stdout
     assert "0 import cycles" in done.stdout
+
+
+def test_tune_sits_above_finetune():
+    """`mmfuse tune` drives `finetune`; nothing below it (fine-tuning, training, tasks, model, data) imports it."""
+    for layer in ("mmfuse.model", "mmfuse.data", "mmfuse.encoders", "mmfuse.fusion", "mmfuse.finetune",
+                  "mmfuse.train", "mmfuse.tasks"):
+        assert "mmfuse.tune" in codeshape.LAYERS[layer], layer
+    _, everything = codeshape.graph()
+    assert "mmfuse.finetune" in everything["mmfuse.tune.study"]

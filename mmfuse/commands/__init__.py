@@ -3,4 +3,4 @@
 To add a command: write `mmfuse/commands/<name>.py` and append its module name to `COMMANDS`.
 """
 
-COMMANDS = ["finetune", "list", "demo_data", "shard", "embed", "export_onnx", "bench"]
+COMMANDS = ["finetune", "tune", "list", "demo_data", "shard", "embed", "export_onnx", "bench"]

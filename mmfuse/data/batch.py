@@ -13,7 +13,8 @@
     image           (B, 3, S, S) float resized and normalised by the image encoder's preprocessor
     audio           (B, F, ...) float  per-frame audio features from the audio encoder's preprocessor, padded to the
                                        longest clip: (B, F, n_mels) log-mel / fbank frames (tiny-audio, timm-audio,
-                                       hf-audio AST and Whisper, whose F is fixed), or (B, N) raw samples (wav2vec 2.0)
+                                       logmel-stats, small-cnn-audio, hf-audio AST and Whisper, whose F is fixed), or
+                                       (B, N) raw samples (wav2vec 2.0)
     audio_mask      (B, F) bool        True for real frames (all False for an absent clip)
     present_<m>     (B,) bool          False where the sample has no input of modality m (placeholder values)
     skipped         dict[str, int]     samples dropped since the previous batch, counted per reason; a reason

@@ -1,6 +1,6 @@
 """Encoders: one file per backend family, each registered by name. See `base.py` for the protocol."""
 
-from . import hf_audio, hf_image, hf_text, openclip, spectrogram, timm_image  # noqa: F401  (register the built-in encoders)
+from . import hf_audio, hf_image, hf_text, openclip, packaged, small_audio, spectrogram, timm_image  # noqa: F401
 from .base import Encoder, EncoderOutput, Preprocessor, masked_mean
 from .registry import create_encoder, list_encoders, register_encoder
 

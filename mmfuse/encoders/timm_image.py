@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .base import Encoder, EncoderOutput, Preprocessor, random_init
 from .image_io import decode_image
+from .local_weights import load_by_position, names_match, read_state_dict
 from .registry import register_encoder
 
 __all__ = ["ImagePreprocessor", "TimmImageEncoder", "decode_image"]
@@ -54,14 +55,16 @@ class TimmImageEncoder(Encoder):
     modality = "image"
     adapter_targets = ("qkv",)  # timm ViT attention input projection
 
-    def __init__(self, backbone: torch.nn.Module, image_size: int) -> None:
+    def __init__(self, backbone: torch.nn.Module, image_size: int | None = None) -> None:
+        """`image_size` None: the backbone's pretrained input size; mean / std always come from its config."""
         super().__init__()
         import timm.data
 
         self.backbone = backbone
         self.width = backbone.num_features
         cfg = timm.data.resolve_data_config({}, model=backbone)
-        self.preprocessor = ImagePreprocessor(image_size, tuple(cfg["mean"]), tuple(cfg["std"]))
+        size = image_size if image_size is not None else int(cfg["input_size"][-1])
+        self.preprocessor = ImagePreprocessor(size, tuple(cfg["mean"]), tuple(cfg["std"]))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
         features = self.backbone.forward_features(batch["image"])
@@ -89,6 +92,8 @@ def _create_timm(model: str, pretrained: bool, image_size: int | None, **kwargs:
     if pretrained and Path(model).exists():
         raise ConfigError(f"'{model}' is a path; pass a timm model name and `checkpoint={model}` instead")
     try:
+        if image_size is None:  # the model's own input size
+            return timm.create_model(model, pretrained=pretrained, num_classes=0, **kwargs)
         try:
             return timm.create_model(model, pretrained=pretrained, num_classes=0, img_size=image_size, **kwargs)
         except TypeError:  # CNNs take any input size and have no img_size argument
@@ -98,15 +103,29 @@ def _create_timm(model: str, pretrained: bool, image_size: int | None, **kwargs:
                           f"checkpoint=PATH): {str(err).splitlines()[0]}") from None
 
 
+def _from_checkpoint(model: str, image_size: int | None, checkpoint: str, **kwargs: Any) -> torch.nn.Module:
+    """timm `model` with the weights of a local file: through timm when the names are timm's (it drops the
+    classifier and resamples a ViT's position embedding), else by position if every shape agrees."""
+    state = read_state_dict(checkpoint)
+    backbone = _create_timm(model, False, image_size, **kwargs)
+    if names_match(backbone, state):
+        del state, backbone
+        return _create_timm(model, True, image_size, pretrained_cfg_overlay={"file": checkpoint}, **kwargs)
+    load_by_position(backbone, state, checkpoint)
+    return backbone
+
+
 @register_encoder("timm-image")
-def timm_image(model: str = "vit_base_patch16_224", pretrained: bool = True, image_size: int = 224,
+def timm_image(model: str = "vit_base_patch16_224", pretrained: bool = True, image_size: int | None = None,
                checkpoint: str | None = None, **kwargs: Any) -> TimmImageEncoder:
-    """Any timm model by name; `checkpoint` loads local weights (safetensors or a torch state dict)."""
-    extra = dict(kwargs)
+    """Any timm model by name; `checkpoint` loads local weights (safetensors or a torch state dict: timm's names,
+    or another implementation's whose tensors line up by position). `image_size` None: the model's pretrained
+    input size (`pretrained_cfg`); mean / std always come from that config."""
     if checkpoint is not None:
-        extra["pretrained_cfg_overlay"] = {"file": checkpoint}
-    encoder = TimmImageEncoder(_create_timm(model, pretrained or checkpoint is not None, image_size, **extra),
-                               image_size)
+        backbone = _from_checkpoint(model, image_size, checkpoint, **kwargs)
+    else:
+        backbone = _create_timm(model, pretrained, image_size, **kwargs)
+    encoder = TimmImageEncoder(backbone, image_size)
     encoder.pretrained = pretrained or checkpoint is not None
     return encoder
 

@@ -39,13 +39,14 @@ def hints(model: FusionModel, recipe: str, fusion: str) -> list[str]:
     random = [m for m in model.modalities if m not in pretrained
               and any(p.requires_grad for p in model.encoders[m].parameters())]
     if random:
+        small = " (--audio-encoder logmel-stats)" if "audio" in random else ""
         out.append(f"the {', '.join(random)} tower{'s' * (len(random) > 1)} start{'s' * (len(random) == 1)} from "
-                   f"random weights: use pretrained weights, or a small-data encoder (docs/recipes.md)")
+                   f"random weights: use pretrained weights, or a small-data encoder{small} (docs/recipes.md)")
     if pretrained and recipe == "full":
         out.append("--recipe lp-ft (train fusion + head on the frozen towers first)")
     if len(model.modalities) > 1 and fusion in ("concat-mlp", "gated"):
-        out.append(f"a fusion that models interactions between modalities (--fusion cross-attention; "
-                   f"'{fusion}' adds them up, which matching tasks need more than)")
+        out.append(f"a fusion that models interactions between modalities (--fusion interact or cross-attention; "
+                   f"'{fusion}' adds them up, and matching tasks need their products)")
     out.append("a lower --lr (and --encoder-lr)")
     return out
 

