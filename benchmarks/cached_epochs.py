@@ -48,7 +48,7 @@ def run_config(args: argparse.Namespace, data: Path, out: Path, epochs: int) -> 
 
     return resolve({
         "model": {"modalities": ["text", "image"], "fusion": args.fusion, "dim": 256, "encoders": TOWERS},
-        "data": {"path": str(data), "batch_size": args.batch_size},
+        "data": {"path": str(data), "batch_size": args.batch_size, "num_workers": args.workers},
         "train": {"epochs": epochs, "freeze": ["text", "image"], "progress": False, "precision": "fp32",
                   "cache_dir": str(args.out / "features"), "seed": 0},
         "out": str(out),
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2100, help="samples in all (80%% train, 10%% val, 10%% test)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--fusion", default="gated")
+    parser.add_argument("--workers", type=int, default=0, help="data.num_workers (the replay's loader processes)")
     parser.add_argument("--path", choices=("memory", "tar"), default="memory",
                         help="serve fully cached splits from memory (the default) or replay the webdataset pipeline")
     parser.add_argument("--profile", default=None, help="write a cProfile of the measured run here")
