@@ -10,7 +10,8 @@ under the same reason as without the cache.
 
 `index_split` records what of each raw sample the pipeline needs besides media (key, label / target members,
 names of pickle members), shard by shard; `indexed_samples` replays it in place of reading the tars, so shuffling,
-resume positions, skip and ignore counts are exactly those of a pass over the tar files.
+resume positions, skip and ignore counts are exactly those of a pass over the tar files. A finetune run replays it
+only for resampled epochs: otherwise `mmfuse.data.memory` decodes it once and serves the same batches from memory.
 """
 
 from __future__ import annotations
