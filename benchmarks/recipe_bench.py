@@ -77,12 +77,14 @@ def time_to(result: dict[str, Any], target: float) -> float | None:
     return next((e["wall_s"] for e in result.get("curve", []) if e["val_accuracy"] >= target), None)
 
 
-def run_tuned(shards: Path, out: Path, trials: int) -> dict[str, Any]:
-    """`mmfuse tune` over the frozen recipe, then the best configuration it wrote; the time is both together."""
+def run_tuned(shards: Path, out: Path, trials: int, timeout: int) -> dict[str, Any]:
+    """`mmfuse tune` over the frozen recipe (trials on cached features, pruned), then the best configuration it
+    wrote; the time is both together."""
     study = out / "tune"
     search = run_mmfuse("tune-search", ["tune", "--config", str(CONFIG), "--data", str(shards), "--trials",
-                                        str(trials), "--out", str(study), "--set", "train.recipe=frozen",
-                                        "--set", "train.epochs=30", "--set", "train.early_stopping_patience=4"], out)
+                                        str(trials), "--timeout", str(timeout), "--out", str(study),
+                                        "--set", "train.recipe=frozen", "--set", "train.epochs=15",
+                                        "--set", "train.early_stopping_patience=4"], out)
     best = run_mmfuse("tuned", ["finetune", "--config", str(study / "best.yaml"), "--data", str(shards)], out)
     offset = search["wall_s"]
     best["search_s"] = offset
@@ -159,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--recipes", default="full,frozen,lp-ft,tuned")
     parser.add_argument("--autogluon-python", help="python of a venv with autogluon.multimodal (skipped if absent)")
-    parser.add_argument("--peer-time-limit", type=int, default=900)
+    parser.add_argument("--peer-time-limit", type=int, default=600)
     parser.add_argument("--peer-epochs", type=int, default=10)
     parser.add_argument("--trials", type=int, default=12, help="mmfuse tune trials for `tuned`")
+    parser.add_argument("--tune-timeout", type=int, default=600, help="mmfuse tune's time budget (seconds)")
     parser.add_argument("--target", type=float, default=0.9, help="val accuracy to time (without the peer)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.recipes.split(","):
         if name == "tuned":
-            results.append(run_tuned(shards, out, args.trials))
+            results.append(run_tuned(shards, out, args.trials, args.tune_timeout))
         else:
             results.append(run_mmfuse(name, ["finetune", "--config", str(CONFIG), "--data", str(shards),
                                              *RECIPES[name]], out))

@@ -30,7 +30,7 @@ DISTINCTIVE = {
                         "classification", "model.encoders.text.name": "tiny-text"},
     "demo-interactions.yaml": {"model.task": "interactions", "model.task_kwargs": {"loss": "softmax",
                                                                                    "temperature": 0.1}},
-    "minilm-effnet.yaml": {"model.fusion": "lmf", "model.dim": 256, "model.encoders.text.name": "minilm-l6",
+    "minilm-effnet.yaml": {"model.fusion": "interact", "model.dim": 256, "model.encoders.text.name": "minilm-l6",
                            "model.encoders.image.name": "effnet-lite0", "model.encoders.image.kwargs.image_size": 128,
                            "data.path": "data/digit-match/shards", "data.batch_size": 32, "train.lr": 1e-3,
                            "train.encoder_lr": 1e-4},
