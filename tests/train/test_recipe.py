@@ -130,3 +130,21 @@ def test_cli_prints_the_recipe_it_chose_and_honours_recipe_full(tiny_layers, tex
     assert main(["finetune", "--config", str(tmp_path / "cfg.yaml"), "--no-progress", "--overwrite"]) == 0
     out = capsys.readouterr().out  # no recipe flag: pretrained towers get LP-FT, and the run says so
     assert "mmfuse: recipe lp-ft (auto: pretrained text tower): probe 2 epochs with text frozen" in out
+
+
+@pytest.mark.slow
+def test_lp_ft_under_torchrun_ddp_takes_both_stages_over_every_sample(tiny_layers, text_dir, tmp_path):
+    import subprocess
+    import sys
+
+    layers = pretrained_layers(tiny_layers, text_dir, tmp_path / "run", progress=False)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(layers))
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                               "-m", "mmfuse", "finetune", "--config", str(tmp_path / "cfg.yaml")],
+                              capture_output=True, text=True)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert "mmfuse: stage 2/2 'finetune'" in launched.stdout
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["world_size"] == 2 and summary["recipe"]["name"] == "lp-ft"
+    assert [e["stage"] for e in summary["epochs"]] == ["probe", "probe", "finetune", "finetune"]
+    assert all(e["train_samples"] == 96 for e in summary["epochs"])  # every sample once per epoch, over both ranks
