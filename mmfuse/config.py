@@ -112,6 +112,10 @@ class TrainConfig:
     """Recompute encoder activations in the backward pass: less memory, 27-34% slower (a memory lever only)."""
     checkpoint_every: int = 100
     """Write a resumable checkpoint (checkpoints/resume) every this many optimizer steps; 0: at epoch ends only."""
+    keep_norm_statistics: bool = True
+    """Towers holding pretrained weights keep their BatchNorm running statistics while they fine-tune (BatchNorm in
+    eval mode; its scale and shift still learn): small batches of new data would otherwise replace the pretraining
+    statistics and shift every feature a probe's head learned on. False: BatchNorm trains as usual."""
     layer_decay: float | None = None
     """Layer-wise learning-rate decay in (0, 1], e.g. 0.75: an encoder's block k of L learns at
     decay^(L+1-k) x its tower's rate, its embeddings at decay^(L+1), layers after the blocks at the full rate."""

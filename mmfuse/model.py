@@ -65,6 +65,9 @@ class FusionModel(nn.Module):
         self.head = head
         self.alignment = alignment
         self.modality_dropout = modality_dropout
+        self.keep_norm_statistics = False
+        """In training mode, pretrained towers' BatchNorm layers normalise with their running statistics and do not
+        update them (their scale and shift still learn): set by the trainer from `train.keep_norm_statistics`."""
 
     @property
     def modalities(self) -> list[str]:
@@ -116,10 +119,17 @@ class FusionModel(nn.Module):
 
     def train(self, mode: bool = True) -> FusionModel:
         """Training mode, except frozen towers stay in eval mode: no dropout noise and no BatchNorm statistics
-        updates in a tower that does not learn (so its outputs are fixed, and cacheable)."""
+        updates in a tower that does not learn (so its outputs are fixed, and cacheable). With
+        `keep_norm_statistics`, the BatchNorm layers of towers holding pretrained weights stay in eval mode too."""
         super().train(mode)
         for m in self.frozen_towers():
             self.encoders[m].eval()
+        if mode and self.keep_norm_statistics:
+            for encoder in self.encoders.values():
+                if getattr(encoder, "pretrained", False):
+                    for module in encoder.modules():
+                        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                            module.eval()
         return self
 
     def preprocessors(self) -> dict[str, Any]:

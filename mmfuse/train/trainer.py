@@ -49,6 +49,7 @@ class Trainer:
         self.env = env or DistEnv(device=device)
         self.device = device
         self.model = model.to(device)
+        model.keep_norm_statistics = cfg.keep_norm_statistics
         self.task = task
         task.bind(self.model)
         self.engine: torch.nn.Module = self.model

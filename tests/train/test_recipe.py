@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
+import torch
 import yaml
 from test_resume import comparable, crash_run
 
@@ -148,3 +149,27 @@ def test_lp_ft_under_torchrun_ddp_takes_both_stages_over_every_sample(tiny_layer
     assert summary["world_size"] == 2 and summary["recipe"]["name"] == "lp-ft"
     assert [e["stage"] for e in summary["epochs"]] == ["probe", "probe", "finetune", "finetune"]
     assert all(e["train_samples"] == 96 for e in summary["epochs"])  # every sample once per epoch, over both ranks
+
+
+def test_pretrained_cnn_towers_keep_their_batchnorm_statistics_while_fine_tuning(tiny_config):
+    from mmfuse.encoders import create_encoder
+
+    image = create_encoder("timm-image", model="tf_efficientnet_lite0", pretrained=False, image_size=32)
+    image.pretrained = True  # as if its weights came from a checkpoint
+    model, task = create_model_and_task(replace(tiny_config.model, labels=["a", "b"]))
+    model.encoders["image"] = image
+    model.projections["image"] = torch.nn.Linear(image.width, model.projections["text"].out_features)
+    norms = [m for m in image.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = norms[0].running_mean.clone()
+    batch = {"image": torch.randn(4, 3, 32, 32) * 3 + 1, "present_image": torch.ones(4, dtype=torch.bool)}
+    Trainer(model, task, tiny_config.train, torch.device("cpu"), total_steps=4)
+    model.train()
+    assert model.training and not any(n.training for n in norms)  # eval-mode BatchNorm inside a training model
+    model.encoders["image"](batch)
+    assert torch.equal(norms[0].running_mean, before)  # statistics kept
+    assert all(p.requires_grad for n in norms for p in n.parameters())  # scale and shift still learn
+    Trainer(model, task, replace(tiny_config.train, keep_norm_statistics=False), torch.device("cpu"), total_steps=4)
+    model.train()
+    assert all(n.training for n in norms)
+    model.encoders["image"](batch)
+    assert not torch.equal(norms[0].running_mean, before)
