@@ -188,8 +188,8 @@ class FinetuneRun:
             model.encoders[m].lock(unlocked_layers=train.unfreeze_top)
         self.params = count_parameters(model)
         total_steps = max(1, self.micro_batches // train.grad_accum) * stage.epochs
-        if train.max_steps is not None:
-            total_steps = max(1, min(total_steps, train.max_steps - (previous.step if previous else 0)))
+        if train.max_steps is not None:  # the run's budget, less the earlier stages' steps
+            total_steps = max(1, min(total_steps, train.max_steps - (self.steps_before[0] if index else 0)))
         self.trainer = None
         del previous  # its DDP wrapper's hooks go with it
         self.trainer = Trainer(model, self.task, stage.train, self.env.device, total_steps, self.env)
@@ -214,6 +214,7 @@ class FinetuneRun:
                                 f"(see {self.out / 'metrics.jsonl'})")
         t = self.trainer
         self.steps_before = (t.step, t.micro_step, t.watch.skipped)
+        del t  # the last reference but self.trainer: the old DDP wrapper and its gradient hooks go in _enter_stage
         self._enter_stage(self.stage_index + 1, first_epoch=self.epoch)
         self.trainer.load_model_state(read_weights(self.out / "checkpoints" / "best"))
         rates = tower_rates(self.model, self.stage.train)
