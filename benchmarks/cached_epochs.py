@@ -17,6 +17,7 @@ commits on the same idle machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import statistics
@@ -34,12 +35,10 @@ TOWERS = {
 
 def written_bytes() -> int:
     """Bytes this process has written so far (write syscalls), or -1 where /proc/self/io is absent."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/self/io").read_text().splitlines():
             if line.startswith("wchar:"):
                 return int(line.split()[1])
-    except OSError:
-        pass
     return -1
 
 

@@ -171,13 +171,13 @@ class FinetuneRun:
     def stage(self) -> Stage:
         return self.plan.stages[self.stage_index]
 
-    def _enter_stage(self, index: int, first_epoch: int) -> None:
+    def _enter_stage(self, index: int, first_epoch: int, counts: tuple[int, int, int] = (0, 0, 0)) -> None:
         """Set the model up for recipe stage `index` (starting at epoch `first_epoch`): what trains, the feature
-        cache of the towers that do not, and a trainer (optimizer and schedule) for the stage's steps; the step
-        counters carry over."""
+        cache of the towers that do not, and a trainer (optimizer and schedule) for the stage's steps, which starts
+        at the earlier stages' `counts` (optimizer steps, micro-steps, non-finite steps skipped)."""
         data, train = self.config.data, self.config.train
         self.stage_index, self.stage_start = index, first_epoch
-        stage, model, previous = self.stage, self.model, self.trainer
+        stage, model = self.stage, self.model
         if self.cache is not None:
             self.cache.uninstall(model)
         for name, p in model.named_parameters():
@@ -189,13 +189,10 @@ class FinetuneRun:
         self.params = count_parameters(model)
         total_steps = max(1, self.micro_batches // train.grad_accum) * stage.epochs
         if train.max_steps is not None:  # the run's budget, less the earlier stages' steps
-            total_steps = max(1, min(total_steps, train.max_steps - (self.steps_before[0] if index else 0)))
-        self.trainer = None
-        del previous  # its DDP wrapper's hooks go with it
+            total_steps = max(1, min(total_steps, train.max_steps - counts[0]))
+        self.trainer = None  # the previous stage's trainer, and its DDP wrapper's gradient hooks, go first
         self.trainer = Trainer(model, self.task, stage.train, self.env.device, total_steps, self.env)
-        if index:
-            t, last = self.trainer, self.steps_before
-            t.step, t.micro_step, t.watch.skipped = last
+        self.trainer.step, self.trainer.micro_step, self.trainer.watch.skipped = counts
         towers = model.frozen_towers()
         if not (train.cache_frozen and towers):
             self.cache = None
@@ -212,10 +209,8 @@ class FinetuneRun:
             raise TrainingError(f"stage '{self.stage.name}' had no epoch with a finite val {self.task.best_metric}: "
                                 f"no weights to start stage '{self.plan.stages[self.stage_index + 1].name}' from "
                                 f"(see {self.out / 'metrics.jsonl'})")
-        t = self.trainer
-        self.steps_before = (t.step, t.micro_step, t.watch.skipped)
-        del t  # the last reference but self.trainer: the old DDP wrapper and its gradient hooks go in _enter_stage
-        self._enter_stage(self.stage_index + 1, first_epoch=self.epoch)
+        counts = (self.trainer.step, self.trainer.micro_step, self.trainer.watch.skipped)
+        self._enter_stage(self.stage_index + 1, self.epoch, counts)
         self.trainer.load_model_state(read_weights(self.out / "checkpoints" / "best"))
         rates = tower_rates(self.model, self.stage.train)
         towers = ", ".join(f"{m} at {rates[m]:.2g}" for m in self.model.modalities
@@ -293,8 +288,8 @@ class FinetuneRun:
             if state["stage"] >= len(self.plan.stages):
                 raise ConfigError(f"{ckpt} was written in stage {state['stage'] + 1} of a recipe; this run's "
                                   f"recipe ({self.plan.describe()}) has {len(self.plan.stages)}")
-            self.steps_before = (state["step"], state["micro_step"], state.get("nonfinite_skipped", 0))
-            self._enter_stage(state["stage"], state["stage_start"])
+            self._enter_stage(state["stage"], state["stage_start"],
+                              (state["step"], state["micro_step"], state.get("nonfinite_skipped", 0)))
         t = self.trainer
         try:
             t.load_model_state(read_weights(ckpt))

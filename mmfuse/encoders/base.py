@@ -47,8 +47,8 @@ class Preprocessor(ABC):
 class Encoder(nn.Module, ABC):
     """Base class of all encoders. Subclasses set `modality`, `width` and `preprocessor`.
 
-    `pretrained` says whether the weights came from a pretrained checkpoint (set by `create_encoder` from its
-    `pretrained` argument; random-init presets set False): the recipe freezes and caches such towers first and
+    `pretrained` says whether the weights came from a pretrained checkpoint (set by `create_encoder`; False for the
+    encoders registered `random_init`): the recipe freezes and caches such towers first and
     trains them at `train.encoder_lr`, while a random-init tower trains at the head's rate.
     """
 
@@ -75,12 +75,6 @@ class Encoder(nn.Module, ABC):
         Returns keyword overrides for `create_encoder` that point at the written assets. Default: nothing to write.
         """
         return {}
-
-
-def random_init(encoder: Encoder) -> Encoder:
-    """Mark `encoder` as holding random-init weights whatever `create_encoder` was asked (the `tiny-*` presets)."""
-    encoder.pretrained = False
-    return encoder
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .base import EncoderOutput, Preprocessor, masked_mean, random_init
+from .base import EncoderOutput, Preprocessor, masked_mean
 from .hf_common import HFEncoder
 from .registry import register_encoder
 
@@ -175,7 +175,7 @@ def tiny_tokenizer() -> Any:
     return BertTokenizerFast(vocab={token: i for i, token in enumerate(lines)}, do_lower_case=True)
 
 
-@register_encoder("tiny-text")
+@register_encoder("tiny-text", random_init=True)
 def tiny_text(pretrained: bool = False, width: int = 64, layers: int = 2, heads: int = 2, max_length: int = 64,
               pooling: str = "mean", model: str | None = None) -> HFTextEncoder:
     """A random-init BERT of `width` and `layers` with a packaged tokenizer: no download, for tests and the demo.
@@ -183,12 +183,12 @@ def tiny_text(pretrained: bool = False, width: int = 64, layers: int = 2, heads:
     `model` (a directory written by `save_assets`) restores a saved tiny encoder's tokenizer and config.
     """
     if model is not None:
-        return random_init(hf_text(model=model, pretrained=False, pooling=pooling, max_length=max_length))
+        return hf_text(model=model, pretrained=False, pooling=pooling, max_length=max_length)
     from transformers import BertConfig, BertModel
 
     tokenizer = tiny_tokenizer()
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=width, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=4 * width, max_position_embeddings=max_length,
                         attn_implementation="sdpa")
-    return random_init(HFTextEncoder(BertModel(config, add_pooling_layer=False), tokenizer, pooling=pooling,
-                                     max_length=max_length))
+    return HFTextEncoder(BertModel(config, add_pooling_layer=False), tokenizer, pooling=pooling,
+                         max_length=max_length)

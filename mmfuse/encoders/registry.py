@@ -15,9 +15,23 @@ from .base import Encoder
 ENCODERS: Registry[Encoder] = Registry("encoder")
 
 
-def register_encoder(name: str) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
-    """Decorator: make an encoder class or builder available to `create_encoder(name)`."""
+RANDOM_INIT: set[str] = set()
+"""Encoders registered with `random_init=True`: they never hold pretrained weights (the `tiny-*` presets)."""
+
+
+def register_encoder(name: str, random_init: bool = False
+                     ) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
+    """Decorator: make an encoder class or builder available to `create_encoder(name)`. `random_init`: its weights
+    are never pretrained, whatever `pretrained` it is given."""
+    if random_init:
+        RANDOM_INIT.add(name)
     return ENCODERS.register(name)
+
+
+def loads_pretrained_weights(name: str, pretrained: bool = True) -> bool:
+    """Whether `create_encoder(name, pretrained)` gives an encoder holding pretrained weights, known without
+    building it (a builder may still set True itself, e.g. `timm-image` given a local `checkpoint`)."""
+    return pretrained and split_encoder_name(name)[0] not in RANDOM_INIT
 
 
 def create_encoder(name: str, pretrained: bool = True, **kwargs: Any) -> Encoder:
@@ -25,12 +39,14 @@ def create_encoder(name: str, pretrained: bool = True, **kwargs: Any) -> Encoder
 
     `name` may carry the backbone after a colon, timm style: `create_encoder("hf-text:bert-base-uncased")` is
     `create_encoder("hf-text", model="bert-base-uncased")`. `pretrained=False` builds the architecture only.
-    The encoder's `pretrained` attribute says whether it holds pretrained weights: `pretrained` unless the builder
-    set it (random-init presets set False, a local `checkpoint` sets True).
+    The encoder's `pretrained` attribute says whether it holds pretrained weights: False for an encoder registered
+    `random_init`, else what the builder set (a local `checkpoint` sets True), else `pretrained`.
     """
     name, implied = split_encoder_name(name)
     encoder = ENCODERS.get(name)(pretrained=pretrained, **{**implied, **kwargs})
-    if "pretrained" not in vars(encoder):
+    if name in RANDOM_INIT:
+        encoder.pretrained = False
+    elif "pretrained" not in vars(encoder):
         encoder.pretrained = bool(pretrained)
     return encoder
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .audio_io import AudioPreprocessor, LogMelFrames
-from .base import Encoder, EncoderOutput, masked_mean, random_init
+from .base import Encoder, EncoderOutput, masked_mean
 from .registry import register_encoder
 
 
@@ -249,7 +249,7 @@ def _check(name: str, **counts: int) -> None:
             raise ConfigError(f"{name}: {key} must be an integer >= 1, got {value!r}")
 
 
-@register_encoder("logmel-stats")
+@register_encoder("logmel-stats", random_init=True)
 def logmel_stats(pretrained: bool = False, width: int = 128, hidden: int = 256, layers: int = 1, n_mels: int = 40,
                  n_mfcc: int = 13, token_stride: int = 4, dropout: float = 0.1, sample_rate: int = 16_000,
                  max_seconds: float = 10.0) -> LogMelStatsEncoder:
@@ -258,14 +258,14 @@ def logmel_stats(pretrained: bool = False, width: int = 128, hidden: int = 256, 
            token_stride=token_stride)
     if n_mfcc > n_mels:
         raise ConfigError(f"logmel-stats: n_mfcc ({n_mfcc}) must be <= n_mels ({n_mels})")
-    return random_init(LogMelStatsEncoder(width, hidden, layers, n_mels, n_mfcc, token_stride, dropout,
-                                          sample_rate, max_seconds))
+    return LogMelStatsEncoder(width, hidden, layers, n_mels, n_mfcc, token_stride, dropout, sample_rate,
+                              max_seconds)
 
 
-@register_encoder("small-cnn-audio")
+@register_encoder("small-cnn-audio", random_init=True)
 def small_cnn_audio(pretrained: bool = False, width: int = 128, layers: int = 3, channels: int = 16,
                     n_mels: int = 40, dropout: float = 0.1, sample_rate: int = 16_000,
                     max_seconds: float = 10.0) -> SmallCNNAudioEncoder:
     """`layers` conv blocks (`channels`, doubling per block) over the log-mel image (random init)."""
     _check("small-cnn-audio", width=width, layers=layers, channels=channels, n_mels=n_mels)
-    return random_init(SmallCNNAudioEncoder(width, layers, channels, n_mels, dropout, sample_rate, max_seconds))
+    return SmallCNNAudioEncoder(width, layers, channels, n_mels, dropout, sample_rate, max_seconds)

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .audio_io import AudioPreprocessor, LogMelFrames
-from .base import Encoder, EncoderOutput, masked_mean, random_init
+from .base import Encoder, EncoderOutput, masked_mean
 from .registry import register_encoder
 
 FRAME_SHIFT_S, WINDOW_S = 0.010, 0.025
@@ -139,10 +139,9 @@ def timm_audio(model: str = "vit_base_patch16_224", pretrained: bool = True, sam
     return encoder
 
 
-@register_encoder("tiny-audio")
+@register_encoder("tiny-audio", random_init=True)
 def tiny_audio(pretrained: bool = False, width: int = 64, layers: int = 2, heads: int = 2, n_mels: int = 32,
                patch_size: int = 8, max_seconds: float = 1.0, sample_rate: int = 16_000) -> SpectrogramEncoder:
     """A random-init spectrogram ViT (mean-pooled patches, no class token): no download, for tests and the demo."""
-    return random_init(_build("vit_tiny_patch16_224", False, sample_rate, n_mels, max_seconds, patch_size,
-                              embed_dim=width, depth=layers, num_heads=heads, mlp_ratio=2.0, global_pool="avg",
-                              class_token=False))
+    return _build("vit_tiny_patch16_224", False, sample_rate, n_mels, max_seconds, patch_size, embed_dim=width,
+                  depth=layers, num_heads=heads, mlp_ratio=2.0, global_pool="avg", class_token=False)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import Encoder, EncoderOutput, Preprocessor, random_init
+from .base import Encoder, EncoderOutput, Preprocessor
 from .image_io import decode_image
 from .local_weights import load_by_position, names_match, read_state_dict
 from .registry import register_encoder
@@ -130,7 +130,7 @@ def timm_image(model: str = "vit_base_patch16_224", pretrained: bool = True, ima
     return encoder
 
 
-@register_encoder("tiny-image")
+@register_encoder("tiny-image", random_init=True)
 def tiny_image(pretrained: bool = False, image_size: int = 64, patch_size: int = 8, width: int = 64,
                layers: int = 2, heads: int = 2) -> TimmImageEncoder:
     """A random-init timm ViT (`width`, `layers`, patch `patch_size`) for tests and the demo; never downloads.
@@ -140,4 +140,4 @@ def tiny_image(pretrained: bool = False, image_size: int = 64, patch_size: int =
     """
     backbone = _create_timm("vit_tiny_patch16_224", False, image_size, patch_size=patch_size, embed_dim=width,
                             depth=layers, num_heads=heads, mlp_ratio=2.0, global_pool="avg", class_token=False)
-    return random_init(TimmImageEncoder(backbone, image_size))
+    return TimmImageEncoder(backbone, image_size)

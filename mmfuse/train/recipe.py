@@ -17,9 +17,12 @@ what to freeze (`train.freeze`) nor started from a trained run (`train.init_from
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ..config import TrainConfig
-from ..model import FusionModel
+
+if TYPE_CHECKING:
+    from ..model import FusionModel
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,9 @@ def pretrained_towers(model: FusionModel) -> list[str]:
     return [m for m in model.modalities if getattr(model.encoders[m], "pretrained", False)]
 
 
-def plan_recipe(train: TrainConfig, model: FusionModel) -> Plan:
-    """Resolve `train.recipe` for `model` into its stages (see the module docstring)."""
-    pretrained = pretrained_towers(model)
+def choose_recipe(train: TrainConfig, pretrained: list[str]) -> tuple[str, str, list[str]]:
+    """`train.recipe` resolved for a model whose `pretrained` towers hold pretrained weights: (recipe, why, the
+    towers a probe stage freezes). A recipe with no tower to freeze first becomes `full`."""
     recipe, reason = train.recipe, "train.recipe"
     if recipe == "auto":
         if train.init_from:
@@ -74,11 +77,16 @@ def plan_recipe(train: TrainConfig, model: FusionModel) -> Plan:
         else:
             recipe, reason = "lp-ft", f"auto: pretrained {', '.join(pretrained)} tower{'s' * (len(pretrained) > 1)}"
     probe = [m for m in pretrained if m not in train.freeze]
-    if recipe == "full" or (recipe != "full" and not probe):
+    if recipe != "full" and not probe:
+        recipe, reason = "full", f"{reason}; no tower to freeze first, so one stage"
+    return recipe, reason, probe
+
+
+def plan_recipe(train: TrainConfig, model: FusionModel) -> Plan:
+    """Resolve `train.recipe` for `model` into its stages (see the module docstring)."""
+    recipe, reason, probe = choose_recipe(train, pretrained_towers(model))
+    if recipe == "full":
         stages = (Stage("train", train.epochs, train.early_stopping_patience, (), train),)
-        if recipe != "full":
-            reason += "; no tower to freeze first, so one stage"
-            recipe = "full"
     elif recipe == "frozen":
         stages = (Stage("probe", train.epochs, train.early_stopping_patience, tuple(probe), train),)
     else:

@@ -168,20 +168,20 @@ def default_space(config: RunConfig) -> list[Param]:
 
 
 def pretrained(config: RunConfig) -> list[str]:
-    """The modalities whose tower may hold pretrained weights: its spec asks for them and it is not one of the
-    random-init `tiny-*` test towers (which tower really loads weights is known once it is built)."""
+    """The modalities whose tower will hold pretrained weights, from the config alone: its spec asks for them and
+    its encoder is not registered `random_init` (`mmfuse.encoders.registry.loads_pretrained_weights`)."""
+    from ..encoders.registry import loads_pretrained_weights
+
     specs = config.model.encoders
     return [m for m in config.model.modalities
-            if m in specs and specs[m].pretrained and not specs[m].name.startswith("tiny-")]
+            if m in specs and loads_pretrained_weights(specs[m].name, specs[m].pretrained)]
 
 
 def recipe(config: RunConfig) -> str:
-    """`train.recipe` as `mmfuse.train.recipe.plan_recipe` resolves it, from the config alone (`pretrained`)."""
-    train = config.train
-    probe = [m for m in pretrained(config) if m not in train.freeze]
-    if train.recipe == "auto":
-        return "lp-ft" if probe and not train.freeze and not train.init_from else "full"
-    return train.recipe if train.recipe == "full" or probe else "full"
+    """`train.recipe` as a run resolves it (`mmfuse.train.recipe.choose_recipe`), from the config alone."""
+    from ..train.recipe import choose_recipe
+
+    return choose_recipe(config.train, pretrained(config))[0]
 
 
 def _pretrained_tower_trains(config: RunConfig) -> bool:

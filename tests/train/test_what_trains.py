@@ -115,3 +115,14 @@ def test_grad_checkpointing_gives_the_same_gradients(tiny_config, demo_shards):
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_random_init_encoders_are_known_from_their_registration_without_building_them():
+    from mmfuse.encoders import create_encoder
+    from mmfuse.encoders.registry import loads_pretrained_weights
+
+    for name in ("tiny-text", "tiny-image", "tiny-audio", "logmel-stats", "small-cnn-audio"):
+        assert not loads_pretrained_weights(name), name
+    assert loads_pretrained_weights("hf-text:bert-base-uncased") and loads_pretrained_weights("minilm-l6")
+    assert not loads_pretrained_weights("hf-text:bert-base-uncased", pretrained=False)
+    assert create_encoder("logmel-stats").pretrained is False  # whatever `pretrained` create_encoder was given
