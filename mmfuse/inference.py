@@ -25,7 +25,7 @@ from .errors import ConfigError, DataError
 from .fingerprint import weights_fingerprint
 from .model import FusionModel, ModelConfig
 from .names import inside
-from .precision import autocast, choose_precision, resolve_device
+from .precision import autocast, choose_precision, resolve_device, tower_autocast
 from .records import error_reason, length_order, windows
 from .serving import cast_inputs, check_backend, quantize_int8
 from .tasks import create_task
@@ -259,8 +259,9 @@ class Embedder:
         with self._lock:
             batch = Collator({modality: self.preprocessors[modality]})(samples)
         batch = self._to_device(batch)
-        with autocast(self.device, self.precision):
-            pooled = self.model.encoders[modality](batch).pooled.float()  # (B, W)
+        encoder = self.model.encoders[modality]
+        with autocast(self.device, self.precision), tower_autocast(encoder):
+            pooled = encoder(batch).pooled.float()  # (B, W)
         return (pooled * batch[f"present_{modality}"][:, None]).cpu()
 
     def _in_order(self, samples: list[dict[str, Any]], run: Any) -> dict[str, torch.Tensor]:

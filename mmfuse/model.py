@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .fusion import Fusion, ModalityFeatures, create_fusion
 from .fusion.base import check_fusion_kwargs
 from .model_config import MODALITIES, EncoderSpec, ModelConfig
+from .precision import tower_autocast
 
 __all__ = ["MODALITIES", "ClassificationHead", "EncoderSpec", "FusionModel", "ModelConfig", "build_encoder",
            "build_model", "build_parts"]
@@ -76,7 +77,11 @@ class FusionModel(nn.Module):
     def encode(self, batch: dict[str, Any], modalities: list[str] | None = None) -> dict[str, ModalityFeatures]:
         """Per-modality features at width D; `modalities` (default all) limits which encoders run."""
         names = self.modalities if modalities is None else sorted(modalities)
-        return self.project({m: self.encoders[m](batch) for m in names}, batch)
+        outputs = {}
+        for m in names:
+            with tower_autocast(self.encoders[m]):  # a CNN tower runs fp32 inside a CPU bf16 autocast
+                outputs[m] = self.encoders[m](batch)
+        return self.project(outputs, batch)
 
     def project(self, outputs: Mapping[str, EncoderOutput], batch: dict[str, Any]) -> dict[str, ModalityFeatures]:
         """Encoder outputs (tokens (B, T, W), mask (B, T), pooled (B, W) per modality) -> `ModalityFeatures` at

@@ -81,3 +81,17 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     """The autocast context for a resolved precision (a no-op for fp32)."""
     dtype = DTYPES[precision]
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+CPU_BF16_FAMILIES = frozenset({"transformer"})
+"""Tower families (`Encoder.family`) that run under a CPU bf16 autocast; the others run in fp32 inside it. bf16
+pays on a CPU where wide matmuls dominate a step, and not for convolutions or small MLPs: figures per family in
+benchmarks/README.md (`mmfuse bench --cases lever --only precision`)."""
+
+
+def tower_autocast(encoder: torch.nn.Module) -> AbstractContextManager:
+    """Inside a CPU bf16 autocast, the context an encoder runs in: unchanged for a family in `CPU_BF16_FAMILIES`,
+    autocast off (fp32) for the others. CUDA autocast is left as it is (bf16 / fp16 pay for every family there)."""
+    if torch.is_autocast_enabled("cpu") and getattr(encoder, "family", "transformer") not in CPU_BF16_FAMILIES:
+        return torch.autocast("cpu", enabled=False)
+    return nullcontext()

@@ -8,6 +8,7 @@
     compile      `Trainer.train_step` on a `torch.compile`d model vs eager (compile time in `compile_s`)
     grad-ckpt    `Trainer.train_step` with encoder gradient checkpointing vs without (a memory lever: ratio < 1)
     fused-adamw  `Trainer.train_step` with AdamW(fused=True) (the trainer's default) vs AdamW(foreach=True)
+    channels-last  `Trainer.train_step` with the CNN towers channels-last (NHWC, their default) vs contiguous (NCHW)
     precision    `Trainer.train_step` under bf16 autocast vs fp32, per tower family; beside the speed ratio, a short
                  run of two copies from the same start on the same batches (`quality`: train loss, val loss and
                  accuracy in either precision), since bf16 is a lever only if it learns as well
@@ -37,7 +38,7 @@ from .common import Context, case_batches, case_model, case_result, repeat_steps
 from .presets import CaseSpec
 from .timing import PeakMemory, interleaved, timed
 
-LEVERS = ("cache", "compile", "grad-ckpt", "fused-adamw", "precision")
+LEVERS = ("cache", "compile", "grad-ckpt", "fused-adamw", "channels-last", "precision")
 QUALITY_STEPS = 24
 """Train steps of the precision lever's short run (over the first four batches of the train split)."""
 
@@ -130,12 +131,20 @@ def _foreach_adamw(trainer: Trainer, on: bool) -> dict[str, Any]:
     return {"baseline": "the same train step with AdamW(foreach=True)"}
 
 
+def _channels_last(trainer: Trainer, on: bool) -> dict[str, Any]:
+    for encoder in trainer.model.encoders.values():
+        if hasattr(encoder, "set_channels_last"):
+            encoder.set_channels_last(on)
+    return {"baseline": "the same train step with the CNN towers contiguous (NCHW)"}
+
+
 def _bf16(trainer: Trainer, on: bool) -> dict[str, Any]:
     trainer.precision = "bf16" if on else "fp32"
     return {"baseline": "the same train step in fp32 (no autocast)"}
 
 
-STEP_LEVERS = {"compile": _compile, "grad-ckpt": _grad_ckpt, "fused-adamw": _foreach_adamw, "precision": _bf16}
+STEP_LEVERS = {"compile": _compile, "grad-ckpt": _grad_ckpt, "fused-adamw": _foreach_adamw,
+               "channels-last": _channels_last, "precision": _bf16}
 
 
 @torch.no_grad()

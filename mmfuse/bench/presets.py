@@ -109,7 +109,7 @@ class CaseSpec:
     batch_size: int
     fusion: str = "concat-mlp"
     lever: str | None = None
-    """For kind `lever`: cache, compile, grad-ckpt, fused-adamw or precision."""
+    """For kind `lever`: cache, compile, grad-ckpt, fused-adamw, channels-last or precision."""
     text_tokens: int | None = None
     """Time the text tower on `text_tokens`-long sequences of random ids instead of the demo's short titles
     (encode and train cases; compute does not depend on the ids)."""
@@ -179,6 +179,7 @@ def _preset_cases(preset: str) -> list[CaseSpec]:
             CaseSpec("lever", "bert-small", ["text"], 32, lever="precision", text_tokens=128),
             CaseSpec("lever", "vit-s", ["image"], 16, lever="precision"),
             CaseSpec("lever", "effnet-lite0", ["image"], 32, lever="precision"),
+            CaseSpec("lever", "effnet-lite0", ["image"], 32, lever="channels-last"),
             CaseSpec("text-embed", "minilm", ["text"], 32),
             CaseSpec("embed-backends", "demo", ["text", "image"], 128)]
 

@@ -56,6 +56,9 @@ class Encoder(nn.Module, ABC):
     width: int
     preprocessor: Preprocessor
     pretrained: bool = False
+    family: str = "transformer"
+    """transformer | cnn | mlp: what dominates the tower's compute, which decides its precision on a CPU
+    (`mmfuse.precision.tower_autocast`) and its memory layout."""
 
     @abstractmethod
     def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:

@@ -114,6 +114,7 @@ class LogMelStatsEncoder(Encoder):
     """
 
     modality = "audio"
+    family = "mlp"
 
     def __init__(self, width: int, hidden: int, layers: int, n_mels: int, n_mfcc: int, token_stride: int,
                  dropout: float, sample_rate: int, max_seconds: float) -> None:
@@ -209,6 +210,7 @@ class SmallCNNAudioEncoder(Encoder):
     """
 
     modality = "audio"
+    family = "cnn"
 
     def __init__(self, width: int, layers: int, channels: int, n_mels: int, dropout: float, sample_rate: int,
                  max_seconds: float) -> None:

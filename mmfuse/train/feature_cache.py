@@ -51,7 +51,7 @@ from ..encoders.base import Encoder, EncoderOutput
 from ..fingerprint import weights_fingerprint
 from ..model import EncoderSpec, FusionModel
 from ..outputs import atomic_file
-from ..precision import autocast
+from ..precision import autocast, tower_autocast
 from .distributed import DistEnv, barrier
 
 FORMAT = "mmfuse-features/1"
@@ -163,7 +163,7 @@ def encode_split(encoder: Encoder, info: DatasetInfo, split: str, batch_size: in
     loader_kwargs = {"pin_memory": device.type == "cuda", **loader_kwargs}  # to_device copies without blocking
     loader = make_loader(info, split, {m: encoder.preprocessor}, batch_size, every_rank=True, **loader_kwargs)
     try:
-        with torch.no_grad(), autocast(device, precision):
+        with torch.no_grad(), autocast(device, precision), tower_autocast(encoder):
             for batch in loader:
                 if not count(batch):
                     continue

@@ -163,6 +163,8 @@ def test_build_cases_overrides_and_errors():
     precision = build_cases(BenchConfig(cases=["lever"], only=["precision"]))  # one per tower family
     assert [c.name for c in precision] == ["lever/precision/demo/text+image", "lever/precision/bert-small/text@128tok",
                                            "lever/precision/vit-s/image", "lever/precision/effnet-lite0/image"]
+    layout = build_cases(BenchConfig(cases=["lever"], only=["channels-last"]))  # NHWC vs NCHW on the CNN tower
+    assert [c.name for c in layout] == ["lever/channels-last/effnet-lite0/image"]
     with pytest.raises(ConfigError, match="no default bench case of kind lever has a name containing fp8"):
         build_cases(BenchConfig(cases=["lever"], only=["fp8"]))
 

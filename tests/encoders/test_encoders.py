@@ -237,3 +237,38 @@ def test_bad_or_unreachable_models_are_one_line_config_errors(name, kwargs, mess
     with pytest.raises(ConfigError, match=message) as info:
         create_encoder(name, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_cnn_towers_run_channels_last_and_save_plain_weights(tmp_path):
+    """A timm CNN tower is laid out NHWC (weights and inputs); a ViT is not; the two layouts agree and the saved
+    checkpoint loads into either."""
+    from mmfuse.encoders.timm_image import is_cnn
+
+    torch.manual_seed(0)
+    cnn = create_encoder("timm-image", model="resnet10t", pretrained=False, image_size=32).eval()
+    vit = create_encoder("tiny-image")
+    assert (cnn.family, vit.family) == ("cnn", "transformer")
+    assert is_cnn(cnn.backbone) and not is_cnn(vit.backbone)
+    conv = next(m for m in cnn.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    batch = {"image": torch.randn(2, 3, 32, 32)}
+    with torch.no_grad():
+        nhwc = cnn(batch).pooled
+        cnn.set_channels_last(False)
+        assert conv.weight.is_contiguous()
+        nchw = cnn(batch).pooled
+    torch.testing.assert_close(nhwc, nchw, rtol=1e-4, atol=1e-5)
+
+
+def test_tower_autocast_runs_cnn_and_mlp_towers_in_fp32_inside_cpu_bf16():
+    from mmfuse.precision import tower_autocast
+
+    layer = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8)
+    for family, dtype in (("transformer", torch.bfloat16), ("cnn", torch.float32), ("mlp", torch.float32)):
+        tower = torch.nn.Module()
+        tower.family = family
+        with torch.autocast("cpu", dtype=torch.bfloat16), tower_autocast(tower):
+            assert layer(x).dtype == dtype, family
+        with tower_autocast(tower):  # no ambient autocast: nothing changes
+            assert layer(x).dtype == torch.float32
