@@ -36,17 +36,19 @@ def stage_policy(setting: str, image_trains: bool) -> str:
 
 
 def build_policy(policy: str, size: tuple[int, int]) -> Any:
-    """The `torchvision.transforms.v2` transform of `policy` for (3, H, W) float images in [0, 1] of `size`."""
+    """The `torchvision.transforms.v2` transform of `policy` for (3, H, W) float images in [0, 1] of `size`; areas
+    moved in from outside the image are black."""
     from torchvision.transforms import v2
 
+    bilinear = v2.InterpolationMode.BILINEAR  # torchvision's default for the geometric ops is nearest: jagged edges
     if policy == "light":
         return v2.Compose([
-            v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True),
-            v2.RandomAffine(degrees=10.0, translate=(0.05, 0.05)),
+            v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), interpolation=bilinear, antialias=True),
+            v2.RandomAffine(degrees=10.0, translate=(0.05, 0.05), interpolation=bilinear),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
         ])
     if policy == "trivial":
-        return v2.TrivialAugmentWide()
+        return v2.TrivialAugmentWide(interpolation=bilinear)
     raise ValueError(f"no augmentation policy '{policy}' (choose from {', '.join(POLICIES[1:])})")
 
 
