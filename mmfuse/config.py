@@ -152,7 +152,8 @@ class TrainConfig:
     images, and an uncached frozen tower is treated alike, so `cache_frozen` does not change results), nor to
     val / test / embedding / serving. light: random resized crop (70-100% of the area), rotation up to 10 degrees,
     5% shift, mild colour jitter; no flip (flips corrupt digits and text). trivial: TrivialAugmentWide (strong:
-    rotations up to 135 degrees; for natural photos). auto: light. Seeded per (seed, epoch, sample key)."""
+    rotations up to 135 degrees; for natural photos). auto: light for a pretrained image tower, none for a
+    random-init one. Seeded per (seed, epoch, sample key)."""
 
     def __post_init__(self) -> None:
         _finite(self)
