@@ -180,7 +180,7 @@ class FinetuneRun:
         trains = "image" in self.model.modalities and "image" not in stage.frozen and any(
             self.trainable[name] for name, _ in self.model.encoders["image"].named_parameters(prefix="encoders.image"))
         policy = stage_policy(setting, trains)
-        if setting == "auto" and not getattr(self.model.encoders.get("image"), "pretrained", False):
+        if setting == "auto" and trains and not getattr(self.model.encoders["image"], "pretrained", False):
             policy = "none"  # a random-init tower from scratch: on the demo, light cost 0.99 -> 0.70 test accuracy
         if policy != "none" and not isinstance(self.preprocessors["image"], ImagePreprocessor):
             if setting != "auto":
