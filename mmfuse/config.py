@@ -21,6 +21,7 @@ from .model_config import MODALITIES, ModelConfig, default_encoders
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RECIPES = ("auto", "full", "frozen", "lp-ft")
+AUGMENTS = ("auto", "none", "light", "trivial")
 ENCODER_LR_DIVISOR = 20
 """`train.encoder_lr` unset: pretrained towers learn at `lr` / this."""
 
@@ -145,6 +146,14 @@ class TrainConfig:
     """A micro-batch whose loss is NaN or Inf: `stop` the run with an error naming the step and the batch's sample
     keys (no checkpoint is written after it), or `skip` it (no gradient from it; counted and reported). `skip`
     reads every loss on the host (one device sync per micro-batch); `stop` reads them at the progress/log reads."""
+    augment: str = "auto"
+    """auto | none | light | trivial: image augmentation of training batches (docs/recipes.md), applied only in
+    stages where the image tower trains; never in a stage where it is frozen (its cached features are of unaugmented
+    images, and an uncached frozen tower is treated alike, so `cache_frozen` does not change results), nor to
+    val / test / embedding / serving. light: random resized crop (70-100% of the area), rotation up to 10 degrees,
+    5% shift, mild colour jitter; no flip (flips corrupt digits and text). trivial: TrivialAugmentWide (strong:
+    rotations up to 135 degrees; for natural photos). auto: light for a pretrained image tower, none for a
+    random-init one. Seeded per (seed, epoch, sample key)."""
 
     def __post_init__(self) -> None:
         _finite(self)
@@ -171,6 +180,9 @@ class TrainConfig:
             raise ConfigError("train.probe_epochs must be >= 1 and train.probe_patience >= 0")
         if not 0 < self.finetune_head_lr_scale <= 1:
             raise ConfigError(f"train.finetune_head_lr_scale must be in (0, 1], got {self.finetune_head_lr_scale}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"train.augment must be one of {', '.join(AUGMENTS)}, got '{self.augment}'"
+                              f"{did_you_mean(self.augment, AUGMENTS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if not 0 <= self.warmup < 1:

@@ -24,10 +24,12 @@ from typing import Any
 
 from .checkpoint import read_weights, resolve_checkpoint_dir, save_checkpoint
 from .config import RunConfig, dump_yaml
+from .data.augment import ImageAugment, stage_policy
 from .data.demo import DemoSpec, demo_dataset
 from .data.info import DatasetInfo
 from .data.loader import SHARD_REASON, make_loader, sample_skips
 from .data.position import LoaderPosition
+from .encoders.timm_image import ImagePreprocessor
 from .errors import ConfigError, DataError, OutputError, TrainingError
 from .outputs import OutputLock
 from .progress import progress_bar
@@ -161,6 +163,7 @@ class FinetuneRun:
         self.trainable = {name: p.requires_grad for name, p in model.named_parameters()}  # what a finetune stage trains
         self.micro_batches = math.ceil(self.epoch_samples / data.batch_size)
         self.preprocessors = model.preprocessors()
+        self.augments = {stage.name: self._augment_policy(stage) for stage in self.plan.stages}
         self.loader_kwargs = {"num_workers": data.num_workers, "pin_memory": self.env.device.type == "cuda",
                               "strict": data.strict, "target": self.task.target}
         self.trainer: Trainer | None = None
@@ -170,6 +173,21 @@ class FinetuneRun:
     @property
     def stage(self) -> Stage:
         return self.plan.stages[self.stage_index]
+
+    def _augment_policy(self, stage: Stage) -> str:
+        """`train.augment` resolved for `stage`: its policy where the image tower trains in it, else none."""
+        setting = self.config.train.augment
+        trains = "image" in self.model.modalities and "image" not in stage.frozen and any(
+            self.trainable[name] for name, _ in self.model.encoders["image"].named_parameters(prefix="encoders.image"))
+        policy = stage_policy(setting, trains)
+        if setting == "auto" and trains and not getattr(self.model.encoders["image"], "pretrained", False):
+            policy = "none"  # a random-init tower from scratch: on the demo, light cost 0.99 -> 0.70 test accuracy
+        if policy != "none" and not isinstance(self.preprocessors["image"], ImagePreprocessor):
+            if setting != "auto":
+                raise ConfigError(f"train.augment {setting}: the image encoder's preprocessor "
+                                  f"({type(self.preprocessors['image']).__name__}) takes no augmentation; use none")
+            policy = "none"
+        return policy
 
     def _enter_stage(self, index: int, first_epoch: int, counts: tuple[int, int, int] = (0, 0, 0)) -> None:
         """Set the model up for recipe stage `index` (starting at epoch `first_epoch`): what trains, the feature
@@ -347,9 +365,11 @@ class FinetuneRun:
 
     def _epoch(self) -> None:
         data, train = self.config.data, self.config.train
+        policy = self.augments[self.stage.name]
+        augment = {"image": ImageAugment(policy, train.seed, self.epoch)} if policy != "none" else None
         loader = self._loader(data.train_split, self.rank_batch, shuffle=True, seed=train.seed, epoch=self.epoch,
                               shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
-                              epoch_samples=self.epoch_samples, position=self.position)
+                              epoch_samples=self.epoch_samples, position=self.position, augment=augment)
         rank_batches = math.ceil(self.epoch_samples / self.env.world_size / self.rank_batch)
         stage = f"{self.stage.name} " if len(self.plan.stages) > 1 else ""
         bar = progress_bar(total=rank_batches, initial=self.tally.batches, leave=False,
@@ -451,6 +471,9 @@ class FinetuneRun:
                       f"{self.trainer.total_steps} steps, {self.params['trainable']:,} of {self.params['total']:,} "
                       f"parameters trained -> {self.out}")
             self.echo(f"mmfuse: recipe {self.plan.describe()}")
+            if "image" in self.model_config.modalities:
+                self.echo(f"mmfuse: image augmentation (train.augment {self.config.train.augment}): "
+                          f"{', '.join(f'{name} {policy}' for name, policy in self.augments.items())}")
             while True:
                 if self._run_stage() or self.stage_index + 1 == len(self.plan.stages):
                     break
@@ -507,6 +530,7 @@ class FinetuneRun:
             scored = [r for r in records if isinstance(r.get(key), float) and math.isfinite(r[key])]
             best = (max if self.task.higher_is_better else min)(scored, key=lambda r: r[key]) if scored else None
             out.append({"name": stage.name, "epochs": len(records), "frozen": list(stage.frozen),
+                        "augment": self.augments[stage.name],
                         "best_epoch": best["epoch"] if best else 0, key: best[key] if best else None})
         return out
 
@@ -532,7 +556,8 @@ class FinetuneRun:
             "unreadable_shards": {r[len(SHARD_REASON):]: n for r, n in skipped.items() if r.startswith(SHARD_REASON)},
             "incomplete_splits": self.coverage.incomplete,
             "epochs": self.records, "stopped_early": self.stopped_early,
-            "recipe": {"name": self.plan.recipe, "reason": self.plan.reason, "stages": self._stage_summary()},
+            "recipe": {"name": self.plan.recipe, "reason": self.plan.reason, "augment": self.config.train.augment,
+                       "stages": self._stage_summary()},
             "nonfinite_skipped": self.trainer.watch.skipped,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
             "device": str(self.env.device), "precision": self.trainer.precision,

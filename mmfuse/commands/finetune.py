@@ -42,6 +42,7 @@ FIELD_FLAGS: dict[str, str] = {
     "--probe-epochs": "train.probe_epochs",
     "--encoder-lr": "train.encoder_lr",
     "--init-from": "train.init_from",
+    "--augment": "train.augment",
 }
 """Flag -> the config field it sets (`section.name`). A field's flag is one line here."""
 
@@ -55,6 +56,9 @@ HELP = {
     "--max-steps": "stop after this many optimizer steps (smoke tests)",
     "--precision": "auto, fp32, bf16 or fp16; auto picks by the hardware and the widest encoder",
     "--freeze": "comma-separated towers whose encoders stay frozen, e.g. text,image",
+    "--augment": "image augmentation of training batches: auto (light where the image tower trains, none where it "
+                 "is frozen or cached), none, light (crop 70-100%, rotate <= 10 degrees, shift 5%, mild colour "
+                 "jitter; no flip) or trivial (TrivialAugmentWide); never val/test",
 }
 """A flag's own words where its field's docstring reads as config, not as a command line."""
 

@@ -10,7 +10,8 @@
                                        interacted with each item, padded with -1
     text_ids        (B, T) int64       token ids, padded to the longest text in the batch
     text_mask       (B, T) bool        True for real tokens
-    image           (B, 3, S, S) float resized and normalised by the image encoder's preprocessor
+    image           (B, 3, S, S) float resized and normalised by the image encoder's preprocessor (in training
+                                       batches, augmented in between: `train.augment`, `mmfuse.data.augment`)
     audio           (B, F, ...) float  per-frame audio features from the audio encoder's preprocessor, padded to the
                                        longest clip: (B, F, n_mels) log-mel / fbank frames (tiny-audio, timm-audio,
                                        logmel-stats, small-cnn-audio, hf-audio AST and Whisper, whose F is fixed), or

@@ -13,6 +13,7 @@ Two shard orders: one pass over every shard (split between ranks and workers, op
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -24,6 +25,7 @@ import webdataset as wds
 from ..encoders.base import Preprocessor
 from ..errors import DataError, FieldError
 from ..limits import LimitExceeded, too_large
+from .augment import ImageAugment
 from .batch import Collator
 from .cached import KeyLookup, indexed_samples
 from .info import PICKLE_EXTENSIONS, DatasetInfo
@@ -40,17 +42,24 @@ def _member(raw: dict[str, Any], extensions: list[str]) -> Any:
 
 
 def decode_sample(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping[str, Preprocessor],
-                  target: str | None = None, lookups: Mapping[str, KeyLookup] | None = None) -> dict:
+                  target: str | None = None, lookups: Mapping[str, KeyLookup] | None = None,
+                  augment: Mapping[str, ImageAugment] | None = None) -> dict:
     """Raw tar members of one sample -> {'key', 'label' / 'target' (see `mmfuse.data.targets`), <modality>:
     transformed value or None}. `target` is the kind of supervision to decode (default: the dataset's task). A
-    modality in `lookups` is not decoded: its value is `lookups[m].lookup(key)` (True, or None when absent)."""
+    modality in `lookups` is not decoded: its value is `lookups[m].lookup(key)` (True, or None when absent). A
+    modality in `augment` is transformed with `augment[m]` bound to the sample's key (`mmfuse.data.augment`)."""
     sample: dict[str, Any] = {"key": raw["__key__"], "_cursor": (raw.get("__worker__", 0), raw.get("__cursor__", 0))}
     sample.update(decode_target(target or info.task, raw, info))
-    lookups = lookups or {}
+    lookups, augment = lookups or {}, augment or {}
     for m, pre in preprocessors.items():
         value = _member(raw, info.modalities[m])
         try:
-            sample[m] = lookups[m].lookup(sample["key"]) if m in lookups else pre.transform(value)
+            if m in lookups:
+                sample[m] = lookups[m].lookup(sample["key"])
+            elif m in augment:
+                sample[m] = pre.transform(value, augment=functools.partial(augment[m], key=sample["key"]))
+            else:
+                sample[m] = pre.transform(value)
         except LimitExceeded as err:
             raise FieldError(m, str(err)) from None
         except Exception as err:  # noqa: BLE001 - any decoder failure is a data problem of this field
@@ -76,7 +85,7 @@ def oversize_field(raw: dict[str, Any], info: DatasetInfo, read: Iterable[str]) 
 
 def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], strict: bool = False,
                  target: str | None = None, shard_errors: _ShardErrorHandler | None = None,
-                 lookups: Mapping[str, KeyLookup] | None = None):
+                 lookups: Mapping[str, KeyLookup] | None = None, augment: Mapping[str, ImageAugment] | None = None):
     """A pipeline stage: raw samples -> decoded samples (`decode_sample`); failures counted (or raised when
     `strict`), with the unreadable shard data `shard_errors` counted."""
 
@@ -87,7 +96,7 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
         for raw in source:
             if shard_errors is not None:
                 pending.update(shard_errors.drain())
-            sample = decode_counted(raw, info, preprocessors, strict, target, lookups, ignored, warned)
+            sample = decode_counted(raw, info, preprocessors, strict, target, lookups, ignored, warned, augment)
             if isinstance(sample, str):
                 pending[sample] += 1
                 continue
@@ -106,7 +115,7 @@ def decode_stage(info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], s
 
 def decode_counted(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mapping[str, Preprocessor], strict: bool,
                    target: str | None, lookups: Mapping[str, KeyLookup] | None, ignored: Counter[str],
-                   warned: set[str]) -> dict[str, Any] | str:
+                   warned: set[str], augment: Mapping[str, ImageAugment] | None = None) -> dict[str, Any] | str:
     """One raw sample -> its decoded sample (`decode_sample`), or the reason it is skipped (a `DataError` when
     `strict`). The members it ignores (pickle, oversize) are added to `ignored`; a shard's first pickle member is
     warned about once (`warned`: the shards already warned about)."""
@@ -123,7 +132,7 @@ def decode_counted(raw: dict[str, Any], info: DatasetInfo, preprocessors: Mappin
         if oversize is not None:
             raise oversize
         ignored.update(f"oversize member .{ext}" for ext in raw.get("__oversize__", {}))
-        return decode_sample(raw, info, preprocessors, target, lookups)
+        return decode_sample(raw, info, preprocessors, target, lookups, augment)
     except FieldError as err:
         if strict:
             raise DataError(f"{raw.get('__url__')}: sample '{raw.get('__key__')}': {err}") from None
@@ -195,7 +204,7 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
                    epoch_samples: int | None = None, position: LoaderPosition | None = None,
                    lookups: Mapping[str, KeyLookup] | None = None,
                    index: dict[str, list[dict[str, Any]]] | None = None, every_rank: bool = False,
-                   target: str | None = None) -> wds.DataPipeline:
+                   target: str | None = None, augment: Mapping[str, ImageAugment] | None = None) -> wds.DataPipeline:
     """The webdataset pipeline for one epoch of `split`; seeded so the same (seed, epoch) gives the same order.
 
     With `resampled`, shards are drawn with replacement (seeded per rank and worker) and the epoch ends after
@@ -205,12 +214,17 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
     are only `present_<m>`. `index` (`index_split`) replaces reading the tar files when every modality is looked
     up. Every batch carries `split`. `every_rank` reads the whole split on each rank of a distributed job (instead
     of its own shards). `target` is the supervision decoded into the batches (a kind of `mmfuse.data.targets`;
-    default: the dataset's task; 'none' reads unlabelled samples).
+    default: the dataset's task; 'none' reads unlabelled samples). `augment` ({modality: `ImageAugment`}, training
+    batches only) augments those modalities per sample, seeded by sample key (`mmfuse.data.augment`).
     """
     urls = info.shard_urls(split)
     info.require_modalities(list(preprocessors))
     if unread := sorted(set(lookups or ()) - set(preprocessors)):
         raise ValueError(f"lookups for modalities the loader does not read: {unread}")
+    if cached := sorted(set(augment or ()) & set(lookups or ())):
+        raise ValueError(f"cannot augment modalities served from a feature cache: {cached}")
+    if unread := sorted(set(augment or ()) - set(preprocessors)):
+        raise ValueError(f"augmentation for modalities the loader does not read: {unread}")
     if resampled:
         stages: list[Any] = [wds.ResampledShards(urls, seed=seed * 1000 + epoch, deterministic=True)]
     else:
@@ -223,7 +237,8 @@ def build_pipeline(info: DatasetInfo, split: str, preprocessors: Mapping[str, Pr
     stages.append(indexed_samples(index) if index is not None else tar_samples(handler=shard_errors))
     if shuffle:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed * 1000 + epoch))
-    stages += [cursor_stage(position), decode_stage(info, preprocessors, strict, target, shard_errors, lookups)]
+    stages += [cursor_stage(position),
+               decode_stage(info, preprocessors, strict, target, shard_errors, lookups, augment)]
     if resampled:
         stages.append(epoch_limit(epoch_samples if epoch_samples is not None else info.count(split)))
     collate = Collator(preprocessors, looked_up=list(lookups or ()), split=split)
@@ -236,10 +251,13 @@ def make_loader(info: DatasetInfo, split: str, preprocessors: Mapping[str, Prepr
     """A `DataLoader` over `build_pipeline(...)`; workers are capped at the number of shards (unless resampled).
 
     `memory` (a `mmfuse.data.memory.MemorySplit` of this split, every modality looked up) replaces the pipeline by
-    in-memory batches in the same order, unless `resampled`: no worker processes, no pinning."""
+    in-memory batches in the same order, unless `resampled`: no worker processes, no pinning. A memory split has
+    nothing to augment (every modality is cached): `augment` there is an error."""
     memory = pipeline_kwargs.pop("memory", None)
     resampled = pipeline_kwargs.get("resampled", False)
     if memory is not None and not resampled:  # a fully cached split: its samples in memory, in this order
+        if pipeline_kwargs.pop("augment", None):
+            raise ValueError("cannot augment a split served from the feature cache in memory")
         return memory.loader(preprocessors, batch_size, num_workers=num_workers, **pipeline_kwargs)
     pipeline = build_pipeline(info, split, preprocessors, batch_size, **pipeline_kwargs)
     workers = num_workers if resampled else min(num_workers, len(info.shard_urls(split)))

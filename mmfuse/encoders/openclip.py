@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from .base import Encoder, EncoderOutput, Preprocessor
 from .hf_text import TextPreprocessor
 from .registry import register_encoder
-from .timm_image import ImagePreprocessor, decode_image
+from .timm_image import ImagePreprocessor
 
 
 def create_clip(model: str, pretrained_tag: str | None, checkpoint: str | None, pretrained: bool) -> tuple[Any, str]:
@@ -135,10 +135,8 @@ class OpenCLIPTextEncoder(Encoder):
 class OpenCLIPImagePreprocessor(ImagePreprocessor):
     """open_clip's image transform: resize the shortest side to `size`, centre crop, normalise."""
 
-    def transform(self, value: Any) -> torch.Tensor | None:
-        if value is None:
-            return None
-        image = decode_image(value).float()  # (3, H, W)
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) float in [0, 255] -> (3, S, S): shortest side to S (bicubic, antialiased), centre crop."""
         h, w = image.shape[-2:]
         scale = self.size / min(h, w)
         if (h, w) != (self.size, self.size):
@@ -146,7 +144,7 @@ class OpenCLIPImagePreprocessor(ImagePreprocessor):
             image = F.interpolate(image[None], size=new, mode="bicubic", antialias=True, align_corners=False)[0]
             top, left = (new[0] - self.size) // 2, (new[1] - self.size) // 2
             image = image[:, top: top + self.size, left: left + self.size].clamp(0, 255)
-        return (image - self.mean) / self.std
+        return image
 
 
 class OpenCLIPImageEncoder(Encoder):

@@ -5,6 +5,7 @@ Batch entry: `image` (B, 3, S, S) float, resized and normalised by the encoder's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ __all__ = ["ImagePreprocessor", "TimmImageEncoder", "decode_image"]
 
 
 class ImagePreprocessor(Preprocessor):
-    """Decodes, resizes (bilinear, antialiased) to `size`x`size` and normalises with `mean` / `std`."""
+    """Decodes, resizes (bilinear, antialiased) to `size`x`size` and normalises with `mean` / `std`; a training
+    loader's `augment` (`mmfuse.data.augment.ImageAugment`, bound to the sample) runs between resize and normalise."""
 
     modality = "image"
 
@@ -30,14 +32,21 @@ class ImagePreprocessor(Preprocessor):
         self.mean = torch.tensor(mean).view(3, 1, 1) * 255.0
         self.std = torch.tensor(std).view(3, 1, 1) * 255.0
 
-    def transform(self, value: Any) -> torch.Tensor | None:
+    def transform(self, value: Any, augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> torch.Tensor | None:
         if value is None:
             return None
-        image = decode_image(value).float()  # (3, H, W)
+        image = self.resize(decode_image(value).float())  # (3, S, S) in [0, 255]
+        if augment is not None:
+            image = augment(image)
+        return (image - self.mean) / self.std
+
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) float in [0, 255] -> (3, S, S), S = `size`."""
         if image.shape[-2:] != (self.size, self.size):
             image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", antialias=True,
                                   align_corners=False)[0]
-        return (image - self.mean) / self.std
+        return image
 
     def collate(self, values: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
         blank = torch.zeros(3, self.size, self.size)

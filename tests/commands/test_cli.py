@@ -161,6 +161,7 @@ def test_help_names_each_default_once(command, capsys):
         modalities = next(e for e in entries if e.startswith("--modalities"))
         assert modalities.endswith("(default: text,image)")
         assert any(e.startswith("--lr LR train.lr:") and e.endswith("(default: 0.002)") for e in entries)
+        assert any(e.startswith("--augment AUGMENT train.augment:") and e.endswith("(default: auto)") for e in entries)
     if command == "bench":
         assert any(e.startswith("--repeats") and e.endswith("(default: 5)") for e in entries)
 
@@ -193,6 +194,7 @@ def test_generated_flags_set_their_config_fields(monkeypatch, tmp_path):
     assert main(["finetune", "--lr", "0.01", "--batch-size", "8", "--fusion", "gated", "--modalities", "text",
                  "--workers", "1", "--strict", "--freeze", "text", "--max-steps", "5", "--seed", "3", "--epochs", "4",
                  "--device", "cpu", "--precision", "fp32", "--task", "multilabel", "--init-from", "runs/x",
+                 "--augment", "trivial",
                  "--data", "shards/y", "--out", str(tmp_path / "run"), "--no-progress",
                  "--set", "train.epochs=6"]) == 0
     config = seen["config"]
@@ -204,12 +206,13 @@ def test_generated_flags_set_their_config_fields(monkeypatch, tmp_path):
         (3, "cpu", "fp32", "multilabel")
     assert (config.train.init_from, config.data.path, config.out, config.train.progress) == \
         ("runs/x", "shards/y", str(tmp_path / "run"), False)
-    assert config.train.epochs == 6  # --set still wins over a flag
+    assert config.train.epochs == 6 and config.train.augment == "trivial"  # --set still wins over a flag
     assert seen["echo"].keywords == {"flush": True} and seen["overwrite"] is False
     # absent flags leave the defaults (and a config file's values) alone
     assert main(["finetune", "--config", "configs/demo-gated.yaml", "--lr", "0.5"]) == 0
     config = seen["config"]
     assert config.model.fusion == "gated" and config.train.lr == 0.5 and config.data.batch_size == 64
+    assert config.train.augment == "auto"
 
 
 def test_flag_table_reads_the_config_dataclasses():

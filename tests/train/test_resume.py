@@ -92,6 +92,22 @@ def test_crash_then_resume_with_the_feature_cache_matches(tiny_layers, tmp_path,
     assert comparable(finetune(config, echo=lambda *_: None, resume=True)) == comparable(reference)
 
 
+@pytest.mark.slow
+def test_crash_then_resume_with_augmented_images_matches(tiny_layers, tmp_path, monkeypatch):
+    """Augmentation draws from (seed, epoch, sample key), not the global RNG: with 2 loader worker processes doing
+    it, a run resumed mid-epoch sees the same images and ends as the uninterrupted one."""
+    layers = lambda out: layers_for(tiny_layers, out, workers=2, epochs=2, augment="trivial",  # noqa: E731
+                                    precision="fp32")
+    reference = finetune(resolve(layers(tmp_path / "ref")), echo=lambda *_: None)
+    assert [s["augment"] for s in reference["recipe"]["stages"]] == ["trivial"]
+    config = resolve(layers(tmp_path / "run"))
+    crash_run(config, 5, monkeypatch)
+    assert comparable(finetune(config, echo=lambda *_: None, resume=True)) == comparable(reference)
+    plain = finetune(resolve({**layers(tmp_path / "plain"), "train": {**layers(tmp_path)["train"], "augment": "none"}}),
+                     echo=lambda *_: None)
+    assert plain["epochs"][0]["train_loss"] != reference["epochs"][0]["train_loss"]  # the images did change
+
+
 def test_resume_without_checkpoint_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["finetune", "--resume", str(tmp_path / "run")]) == 2
