@@ -10,15 +10,17 @@ import yaml
 
 import mmfuse
 from mmfuse.cli import main
-from mmfuse.config import resolve
+from mmfuse.config import load_yaml, resolve
 from mmfuse.data.info import DatasetInfo
 from mmfuse.data.loader import read_records
 from mmfuse.encoders import create_encoder, list_encoders
 from mmfuse.encoders.registry import RANDOM_INIT, SMALL_DATA, register_encoder, small_data_replacement
 from mmfuse.encoders.small_audio import LogMelStatsEncoder
 from mmfuse.errors import ConfigError
+from mmfuse.finetune import finetune
 from mmfuse.model_config import EncoderSpec
 from mmfuse.train.recipe import apply_small_data, small_data_swaps
+from mmfuse.train.trainer import Trainer
 
 AUDIO = {"width": 16, "layers": 1, "heads": 2, "n_mels": 16, "patch_size": 8, "max_seconds": 1.0}
 SWAPPED = "audio tower tiny-audio -> logmel-stats (random-init, 96 train items < 5,000)"
@@ -118,3 +120,25 @@ def test_explicit_recipe_full_keeps_the_named_tower(demo_shards, tmp_path, capsy
     saved = yaml.safe_load((run / "run_config.yaml").read_text())
     assert saved["model"]["encoders"]["audio"]["name"] == "tiny-audio"
     assert json.loads((run / "metrics.json").read_text())["recipe"]["small_data"] == []
+
+
+def test_a_resumed_run_keeps_the_swapped_tower_and_its_record(demo_shards, tmp_path, monkeypatch):
+    config = audio_config(epochs=2, checkpoint_every=2, progress=False)
+    config = replace(config, data=replace(config.data, path=str(demo_shards), batch_size=16), out=str(tmp_path / "r"))
+    original = Trainer.train_step
+
+    def crashing_step(self, batch):  # kill -9 at the 4th micro-step, after the resumable checkpoint of step 2
+        if self.micro_step + 1 == 4:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config, echo=lambda *_: None)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    saved = resolve(load_yaml(tmp_path / "r" / "run_config.yaml"), {"out": str(tmp_path / "r")})  # as --resume
+    assert saved.model.encoders["audio"].name == "logmel-stats"
+    lines = []
+    metrics = finetune(saved, echo=lines.append, resume=True)
+    assert [s["replaced"] for s in metrics["recipe"]["small_data"]] == ["tiny-audio"]
+    assert any(SWAPPED in line for line in lines) and metrics["steps"] == 12
