@@ -67,7 +67,12 @@ class TrainConfig:
     `probe_patience` epochs without a better val metric), then stage 2 `finetune` from stage 1's best weights with the
     towers unfrozen (whole, their top `unfreeze_top` blocks, or their adapters) for `epochs`, the head at
     `finetune_head_lr_scale` x `lr`. auto: lp-ft when a tower holds pretrained weights and neither `freeze` nor
-    `init_from` is set, else full."""
+    `init_from` is set, else full; on a train split under `small_data_items` it also swaps random-init towers that
+    have a registered small-data encoder (tiny-audio -> logmel-stats) before the model is built."""
+    small_data_items: int = 5000
+    """recipe auto: a train split with fewer items is small, and each random-init tower with a registered small-data
+    encoder (`register_encoder(small_data_for=...)`) trains that encoder instead, written to run_config.yaml and the
+    checkpoints (docs/recipes.md); 0 never swaps. An explicit `recipe` keeps the towers as named."""
     epochs: int = 10
     """Passes over the training split (with recipe lp-ft: of stage 2, after the probe's epochs)."""
     probe_epochs: int = 20
@@ -176,6 +181,9 @@ class TrainConfig:
         if self.recipe not in RECIPES:
             raise ConfigError(f"train.recipe must be one of {', '.join(RECIPES)}, got '{self.recipe}'"
                               f"{did_you_mean(self.recipe, RECIPES)}")
+        if self.small_data_items < 0:
+            raise ConfigError(f"train.small_data_items must be >= 0 (0: never swap a tower), got "
+                              f"{self.small_data_items}")
         if self.probe_epochs < 1 or self.probe_patience < 0:
             raise ConfigError("train.probe_epochs must be >= 1 and train.probe_patience >= 0")
         if not 0 < self.finetune_head_lr_scale <= 1:

@@ -52,7 +52,7 @@ from .train.feature_cache import FeatureCache
 from .train.freeze import apply_freeze, count_parameters
 from .train.init_from import init_from_run
 from .train.optim import tower_rates
-from .train.recipe import Stage, plan_recipe
+from .train.recipe import SmallDataSwap, Stage, apply_small_data, plan_recipe, small_data_swaps
 from .train.run_dir import claim_run_dir
 from .train.selection import Selection
 from .train.state import read_state, rng_state, seed_everything, set_rng_state
@@ -142,6 +142,8 @@ class FinetuneRun:
         """Model and task (fresh, or `--init-from` a finished run), freezing, the recipe, and its first stage."""
         data, train = self.config.data, self.config.train
         self.model_config = task_class(self.config.model.task).prepare(self.config.model, self.info)
+        small_data = small_data_swaps(train, self.model_config, self.info.count(data.train_split))
+        self.model_config = apply_small_data(self.model_config, small_data)
         seed_everything(train.seed)
         if train.init_from:
             model, self.model_config, init = init_from_run(train.init_from, self.model_config)
@@ -154,7 +156,7 @@ class FinetuneRun:
         if train.grad_checkpointing:
             for encoder in model.encoders.values():
                 encoder.set_grad_checkpointing(True)
-        self.model, self.plan = model, plan_recipe(train, model)
+        self.model, self.plan = model, plan_recipe(train, model, small_data)
         self.watch = ChanceWatch(self.echo, hints(model, self.plan.recipe, self.model_config.fusion))
         if len(self.plan.stages) > 1 and self.env.distributed and train.strategy == "fsdp":
             raise ConfigError(f"train.recipe {self.plan.recipe} ({self.plan.reason}) changes which towers train "
@@ -259,7 +261,8 @@ class FinetuneRun:
         """run_config.yaml, metrics.jsonl (cut to the checkpoint's lines on a resume) and TensorBoard (rank 0)."""
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        dump_yaml(replace(config, out=str(self.out), data=replace(config.data, path=str(self.info.root))),
+        dump_yaml(replace(config, out=str(self.out), data=replace(config.data, path=str(self.info.root)),
+                          model=apply_small_data(config.model, self.plan.small_data)),  # the towers trained
                   self.out / "run_config.yaml")
         purge = self.trainer.step + 1 if resume else None  # drop events a killed run logged past its checkpoint
         self.tensorboard = open_tensorboard(self.out / "tensorboard", purge, self.echo) if config.train.tensorboard \
@@ -282,7 +285,7 @@ class FinetuneRun:
                 "scaler": t.scaler.state_dict(), "best": dict(self.best), "records": list(self.records),
                 "nonfinite_skipped": t.watch.skipped, "incomplete": dict(self.coverage.incomplete),
                 "selection": self.selection.to_dict(), "log_lines": self.log.lines if self.env.is_main else 0,
-                "train_time_s": self._train_time()}
+                "train_time_s": self._train_time(), "small_data": [s.to_dict() for s in self.plan.small_data]}
 
     def _save(self, kind: str, train_state: bool = False, epoch: int | None = None) -> None:
         # collectives: every rank takes part (the gather; under FSDP the optimizer state and the weights)
@@ -320,6 +323,8 @@ class FinetuneRun:
         t.step, t.micro_step = state["step"], state["micro_step"]
         t.watch.skipped = state.get("nonfinite_skipped", 0)
         self.time_before = state.get("train_time_s", 0.0)
+        if state.get("small_data"):  # swapped when the run started; its run_config.yaml names the swapped towers
+            self.plan = replace(self.plan, small_data=tuple(SmallDataSwap(**s) for s in state["small_data"]))
         self.coverage.incomplete = state.get("incomplete", {})
         if len(state["ranks"]) != self.env.world_size:
             raise ConfigError(f"{ckpt} was written by {len(state['ranks'])} processes; resume with as many")
@@ -557,7 +562,7 @@ class FinetuneRun:
             "incomplete_splits": self.coverage.incomplete,
             "epochs": self.records, "stopped_early": self.stopped_early,
             "recipe": {"name": self.plan.recipe, "reason": self.plan.reason, "augment": self.config.train.augment,
-                       "stages": self._stage_summary()},
+                       "stages": self._stage_summary(), "small_data": [s.to_dict() for s in self.plan.small_data]},
             "nonfinite_skipped": self.trainer.watch.skipped,
             "steps": self.trainer.step, "parameters": self.params, "world_size": self.env.world_size,
             "device": str(self.env.device), "precision": self.trainer.precision,

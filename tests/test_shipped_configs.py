@@ -45,7 +45,8 @@ TINY_TOWERS = {
 """The tiny random-init tower that replaces a tower needing a download (hf-*, timm-*, open-clip-*)."""
 
 ONE_STEP = ["train.epochs=1", "train.max_steps=1", "train.progress=false", "train.device=cpu",
-            "data.batch_size=16", "data.eval_batch_size=32", "data.num_workers=0"]
+            "data.batch_size=16", "data.eval_batch_size=32", "data.num_workers=0", "train.small_data_items=0"]
+"""small_data_items=0: a tiny tower standing in for a pretrained one is not swapped (tests/train/test_small_data.py)."""
 
 
 def file_layer(args: list[str]) -> dict:
@@ -120,7 +121,7 @@ def test_shipped_config_runs_one_step(args, task_data, tmp_path, monkeypatch, ca
             "task_kwargs", "contrastive_loss", "contrastive_weight")
     assert {k: getattr(model_cfg, k) for k in keep} == {k: getattr(shipped.model, k) for k in keep}
     kept_train = {k: v for k, v in asdict(shipped.train).items() if k not in ("epochs", "max_steps", "progress",
-                                                                             "device")}
+                                                                             "device", "small_data_items")}
     assert {k: getattr(train, k) for k in kept_train} == kept_train
     for m in model_cfg.modalities:
         spec = model_cfg.encoders[m]

@@ -19,13 +19,41 @@ RANDOM_INIT: set[str] = set()
 """Encoders registered with `random_init=True`: they never hold pretrained weights (the `tiny-*` presets)."""
 
 
-def register_encoder(name: str, random_init: bool = False
+SMALL_DATA: dict[str, str] = {}
+"""Encoder -> the random-init encoder registered to replace it, when it would train from scratch on a small split
+(`register_encoder(small_data_for=...)`; `train.recipe: auto` swaps it, docs/recipes.md)."""
+SMALL_DATA_CARRIED = ("width", "sample_rate", "n_mels", "max_seconds", "image_size")
+"""Options of the replaced encoder that describe its input and output width; its replacement takes those it has
+(the rest default)."""
+
+
+def register_encoder(name: str, random_init: bool = False, small_data_for: tuple[str, ...] = ()
                      ) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:
     """Decorator: make an encoder class or builder available to `create_encoder(name)`. `random_init`: its weights
-    are never pretrained, whatever `pretrained` it is given."""
+    are never pretrained, whatever `pretrained` it is given. `small_data_for`: encoders this one (random-init, with
+    the inductive bias of small data) replaces when they would train from scratch on a small split."""
+    if small_data_for and not random_init:
+        raise ValueError(f"encoder '{name}': only a random-init encoder may replace others on small data")
+    for replaced in small_data_for:
+        if SMALL_DATA.get(replaced, name) != name:
+            raise ValueError(f"encoder '{replaced}' already has a small-data replacement '{SMALL_DATA[replaced]}'")
+    SMALL_DATA.update(dict.fromkeys(small_data_for, name))
     if random_init:
         RANDOM_INIT.add(name)
     return ENCODERS.register(name)
+
+
+def small_data_replacement(name: str, kwargs: dict[str, Any], pretrained: bool = True
+                           ) -> tuple[str, dict[str, Any]] | None:
+    """The (name, kwargs) of the encoder registered to replace encoder `name` built with `kwargs` and `pretrained`,
+    when that one would start from random weights and has a replacement, else None. The replacement keeps the input
+    options (`SMALL_DATA_CARRIED`) its builder takes."""
+    base = split_encoder_name(name)[0]
+    if base not in SMALL_DATA or loads_pretrained_weights(name, pretrained) or WEIGHT_SOURCES & set(kwargs):
+        return None
+    target = SMALL_DATA[base]
+    takes = inspect.signature(ENCODERS.get(target)).parameters
+    return target, {k: v for k, v in kwargs.items() if k in SMALL_DATA_CARRIED and k in takes and v is not None}
 
 
 def loads_pretrained_weights(name: str, pretrained: bool = True) -> bool:

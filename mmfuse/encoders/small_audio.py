@@ -251,7 +251,8 @@ def _check(name: str, **counts: int) -> None:
             raise ConfigError(f"{name}: {key} must be an integer >= 1, got {value!r}")
 
 
-@register_encoder("logmel-stats", random_init=True)
+@register_encoder("logmel-stats", random_init=True,
+                  small_data_for=("tiny-audio", "timm-audio", "hf-audio"))
 def logmel_stats(pretrained: bool = False, width: int = 128, hidden: int = 256, layers: int = 1, n_mels: int = 40,
                  n_mfcc: int = 13, token_stride: int = 4, dropout: float = 0.1, sample_rate: int = 16_000,
                  max_seconds: float = 10.0) -> LogMelStatsEncoder:

@@ -12,14 +12,22 @@ Linear probing first, then fine-tuning (Kumar et al., 2022, "Fine-Tuning can Dis
 trained on frozen features does not send large random gradients into pretrained towers, and on cached features the
 probe's epochs cost seconds. `auto` picks lp-ft when a tower holds pretrained weights and the user has not chosen
 what to freeze (`train.freeze`) nor started from a trained run (`train.init_from`).
+
+On a small training split (fewer than `train.small_data_items` items) `auto` also swaps each random-init tower that
+has a registered small-data replacement (`register_encoder(small_data_for=...)`: `tiny-audio`, or `timm-audio` /
+`hf-audio` without pretrained weights -> `logmel-stats`) before the model is built (`small_data_swaps`): a
+transformer trained from scratch on a few thousand clips memorises them. An explicit recipe, `train.init_from`, a
+tower in `train.freeze` or with an adapter, and towers holding pretrained weights keep the encoder they name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from ..config import TrainConfig
+from ..encoders.registry import small_data_replacement
+from ..model_config import EncoderSpec, ModelConfig
 
 if TYPE_CHECKING:
     from ..model import FusionModel
@@ -40,12 +48,32 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class SmallDataSwap:
+    """A random-init `tower` whose encoder `replaced` was swapped for `replacement`: `train_items` < `threshold`."""
+
+    tower: str
+    replaced: str
+    replacement: str
+    train_items: int
+    threshold: int
+
+    def describe(self) -> str:
+        return (f"{self.tower} tower {self.replaced} -> {self.replacement} (random-init, {self.train_items:,} train "
+                f"items < {self.threshold:,})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Plan:
-    """The recipe a run follows: `recipe` (resolved, never auto), its `stages`, and why it was chosen."""
+    """The recipe a run follows: `recipe` (resolved, never auto), its `stages`, why it was chosen, and the towers
+    `auto` swapped for their small-data encoder before the model was built."""
 
     recipe: str
     stages: tuple[Stage, ...]
     reason: str
+    small_data: tuple[SmallDataSwap, ...] = field(default=())
 
     def describe(self) -> str:
         """One line: 'lp-ft (pretrained text, image towers): probe <= 20 epochs on frozen towers, then finetune
@@ -55,7 +83,35 @@ class Plan:
             frozen = f" with {', '.join(stage.frozen)} frozen" if stage.frozen else ""
             budget = f"<= {stage.epochs}" if stage.patience else str(stage.epochs)
             parts.append(f"{stage.name} {budget} epochs{frozen}")
-        return f"{self.recipe} ({self.reason}): {', then '.join(parts)}"
+        swaps = "".join(f"; {swap.describe()}" for swap in self.small_data)
+        return f"{self.recipe} ({self.reason}): {', then '.join(parts)}{swaps}"
+
+
+def small_data_swaps(train: TrainConfig, model: ModelConfig, train_items: int) -> tuple[SmallDataSwap, ...]:
+    """The towers of `model` that `train.recipe: auto` swaps for their small-data encoder on a training split of
+    `train_items` items (see the module docstring); none when `train_items` >= `train.small_data_items`."""
+    if train.recipe != "auto" or train.init_from or train_items >= train.small_data_items:
+        return ()
+    swaps = []
+    for m in model.modalities:
+        spec = model.encoders[m]
+        found = None if m in train.freeze or m in model.adapters else \
+            small_data_replacement(spec.name, spec.kwargs, spec.pretrained)
+        if found is not None:
+            swaps.append(SmallDataSwap(m, spec.name, found[0], train_items, train.small_data_items))
+    return tuple(swaps)
+
+
+def apply_small_data(model: ModelConfig, swaps: tuple[SmallDataSwap, ...]) -> ModelConfig:
+    """`model` with each swapped tower's encoder replaced (its input options kept, `small_data_replacement`)."""
+    encoders = dict(model.encoders)
+    for swap in swaps:
+        spec = encoders[swap.tower]
+        found = small_data_replacement(spec.name, spec.kwargs, spec.pretrained) if spec.name == swap.replaced \
+            else None
+        if found is not None:  # else swapped already (a resumed run's run_config.yaml)
+            encoders[swap.tower] = EncoderSpec(*found, pretrained=False)
+    return replace(model, encoders=encoders)
 
 
 def pretrained_towers(model: FusionModel) -> list[str]:
@@ -82,8 +138,9 @@ def choose_recipe(train: TrainConfig, pretrained: list[str]) -> tuple[str, str, 
     return recipe, reason, probe
 
 
-def plan_recipe(train: TrainConfig, model: FusionModel) -> Plan:
-    """Resolve `train.recipe` for `model` into its stages (see the module docstring)."""
+def plan_recipe(train: TrainConfig, model: FusionModel, small_data: tuple[SmallDataSwap, ...] = ()) -> Plan:
+    """Resolve `train.recipe` for `model` into its stages (see the module docstring); `small_data`: the towers
+    swapped before `model` was built (`small_data_swaps`), for the record."""
     recipe, reason, probe = choose_recipe(train, pretrained_towers(model))
     if recipe == "full":
         stages = (Stage("train", train.epochs, train.early_stopping_patience, (), train),)
@@ -94,4 +151,4 @@ def plan_recipe(train: TrainConfig, model: FusionModel) -> Plan:
         partial = tuple(probe) if train.unfreeze_top else ()
         stages = (Stage("probe", train.probe_epochs, train.probe_patience, tuple(probe), train),
                   Stage("finetune", train.epochs, train.early_stopping_patience, (), finetune, partial))
-    return Plan(recipe, stages, reason)
+    return Plan(recipe, stages, reason, small_data)
